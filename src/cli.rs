@@ -29,6 +29,16 @@ pub enum Command {
     Smoke,
     /// Fill MongoDB with generated GMC data and write the expected documents.
     Seed(SeedArgs),
+    /// Rebuild both index families from TCS and GMC, validate, and move every alias at once.
+    Run(RunArgs),
+    /// Show the current run, or the last one: phases, counts, rejects, gates, outcome.
+    Status(StatusArgs),
+    /// Play TCS on RabbitMQ: answer each syncStart with the generated trainees.
+    TcsSimulator(SimulatorArgs),
+    /// Move every alias back to the previous generation of each family, in one request.
+    Rollback(RollbackArgs),
+    /// List the generations of both families: created, documents, size, aliases, run.
+    Generations,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -57,4 +67,45 @@ impl DatasetArgs {
     pub fn spec(&self) -> crate::dev::datagen::DatasetSpec {
         crate::dev::datagen::DatasetSpec::new(self.seed, self.doctors).with_variant(self.variant)
     }
+}
+
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// Move the aliases to this generation (master or recommendation) and its
+    /// pair instead of the previous one; naming a newer one rolls forward.
+    #[arg(long, value_name = "GENERATION")]
+    pub to: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Build and validate the new generations, but move no alias.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Promote even if the new generation is much smaller than the live one
+    /// (overrides the share_of_previous gate; recorded in the run).
+    #[arg(long)]
+    pub force: bool,
+    /// What started this run (cli, schedule, http), recorded in the run history.
+    #[arg(long, default_value = "cli")]
+    pub trigger: crate::state::history::Trigger,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print the run record as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SimulatorArgs {
+    #[command(flatten)]
+    pub dataset: DatasetArgs,
+    /// Serve one sync, then exit.
+    #[arg(long)]
+    pub once: bool,
+    /// Publish only this many messages per sync and no syncEnd (a TCS that dies mid-sync).
+    #[arg(long, value_name = "K")]
+    pub stop_after: Option<u64>,
 }

@@ -37,5 +37,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Smoke => ops::smoke::run(&settings).await,
         Command::Seed(args) => ops::seed::run(&settings, &args).await,
+        Command::Run(args) => ops::run::run(&settings, &args).await,
+        Command::Status(args) => ops::status::run(&settings, &args).await,
+        Command::TcsSimulator(args) => ops::simulator::run(&settings, &args).await,
+        Command::Rollback(args) => ops::rollback::run(&settings, &args).await,
+        Command::Generations => ops::generations::run(&settings).await,
     }
 }

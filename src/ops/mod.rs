@@ -1,8 +1,13 @@
 //! The operations behind each command: thin orchestration over the library,
 //! with `anyhow` context and the report each prints.
 
+pub mod generations;
+pub mod rollback;
+pub mod run;
 pub mod seed;
+pub mod simulator;
 pub mod smoke;
+pub mod status;
 
 /// Exit codes: 1 for a failure, 3 when a run was refused (lease held,
 /// validation gate failed, alias conflict), so schedulers can tell them apart.

@@ -1,8 +1,15 @@
 //! Everything that talks to OpenSearch: the client, index templates,
 //! generations, the bulk writer, aliases and server-side reindex.
 
+pub mod aliases;
+pub mod bulk;
 pub mod client;
+pub mod generations;
+pub mod reindex;
+pub mod retention;
 pub mod templates;
 
+pub use bulk::{BulkItem, BulkOutcome, BulkOutcomes, BulkSender, BulkStats, ItemOutcome};
 pub use client::{SearchClient, SearchError};
+pub use generations::{Generation, GenerationInfo, GenerationMeta, GenerationState};
 pub use templates::{Family, IndexTemplate};

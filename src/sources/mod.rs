@@ -1,6 +1,9 @@
 //! The data sources: connections to MongoDB (GMC data) and RabbitMQ (TCS
 //! records), with the `SourceError` boundary type.
 
+pub mod gmc;
+pub mod tcs;
+
 use std::time::Duration;
 
 use lapin::{Connection, ConnectionProperties};

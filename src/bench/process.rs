@@ -1,0 +1,346 @@
+//! What the machine spends: the resident memory and CPU time of a child
+//! process (sampled from `/proc/<pid>/status` and `/proc/<pid>/stat` while it
+//! runs, since both vanish when it exits), and CPU time per server between
+//! two snapshots of `/proc`, which shows where a measurement's time went on
+//! this shared two-core machine.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::watch;
+
+use super::{round3, Point};
+
+/// Linux reports CPU time in clock ticks of 1/100 s (`USER_HZ`) on every
+/// architecture this runs on.
+const TICKS_PER_SEC: f64 = 100.0;
+
+/// What the sampler saw of one child process.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ChildUsage {
+    /// Peak resident set (`VmHWM`), in MiB.
+    pub peak_rss_mb: f64,
+    /// User plus system CPU time at the last sample, in seconds.
+    pub cpu_secs: f64,
+    /// Resident set (`VmRSS`, MiB) over time.
+    pub rss_series: Vec<Point>,
+}
+
+/// Samples `pid` every `every` until `stop` or until the process is gone.
+pub async fn sample_child(
+    pid: u32,
+    origin: Instant,
+    every: Duration,
+    mut stop: watch::Receiver<bool>,
+) -> ChildUsage {
+    let mut usage = ChildUsage::default();
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.changed() => {}
+        }
+        let Some(status) = read_status(pid) else {
+            break;
+        };
+        usage.peak_rss_mb = usage.peak_rss_mb.max(status.hwm_kb as f64 / 1024.0);
+        usage.rss_series.push((
+            round3(origin.elapsed().as_secs_f64()),
+            round3(status.rss_kb as f64 / 1024.0),
+        ));
+        if let Some(ticks) = read_cpu_ticks(pid) {
+            usage.cpu_secs = round3(ticks as f64 / TICKS_PER_SEC);
+        }
+        if *stop.borrow() {
+            break;
+        }
+    }
+    usage.peak_rss_mb = round3(usage.peak_rss_mb);
+    usage
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemStatus {
+    pub hwm_kb: u64,
+    pub rss_kb: u64,
+}
+
+/// `VmHWM` and `VmRSS` of a live process (a zombie has neither).
+pub fn read_status(pid: u32) -> Option<MemStatus> {
+    parse_status(&std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?)
+}
+
+fn parse_status(text: &str) -> Option<MemStatus> {
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|kb| kb.parse::<u64>().ok())
+    };
+    Some(MemStatus {
+        hwm_kb: field("VmHWM:")?,
+        rss_kb: field("VmRSS:")?,
+    })
+}
+
+/// User plus system CPU ticks of a process.
+pub fn read_cpu_ticks(pid: u32) -> Option<u64> {
+    parse_stat_ticks(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+fn parse_stat_ticks(stat: &str) -> Option<u64> {
+    // The command name is in parentheses and may hold spaces: count fields
+    // after the last ')'. utime and stime are fields 14 and 15 of the line,
+    // so the 12th and 13th after the name.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// CPU ticks of the whole machine and of every process, at one moment.
+#[derive(Clone, Debug, Default)]
+pub struct CpuSnapshot {
+    at: Option<Instant>,
+    busy_ticks: u64,
+    total_ticks: u64,
+    /// pid to (role, ticks).
+    processes: BTreeMap<u32, (String, u64)>,
+}
+
+impl CpuSnapshot {
+    pub fn take() -> Self {
+        let (busy_ticks, total_ticks) = std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|s| parse_machine_ticks(&s))
+            .unwrap_or((0, 0));
+        let mut processes = BTreeMap::new();
+        if let Ok(dir) = std::fs::read_dir("/proc") {
+            for entry in dir.flatten() {
+                let Some(pid) = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|s| s.parse::<u32>().ok())
+                else {
+                    continue;
+                };
+                let Some(ticks) = read_cpu_ticks(pid) else {
+                    continue;
+                };
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+                    .unwrap_or_default();
+                processes.insert(pid, (role_of(&cmdline).to_string(), ticks));
+            }
+        }
+        Self {
+            at: Some(Instant::now()),
+            busy_ticks,
+            total_ticks,
+            processes,
+        }
+    }
+}
+
+/// Busy and total ticks from the aggregate `cpu` line of `/proc/stat`.
+fn parse_machine_ticks(stat: &str) -> Option<(u64, u64)> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest is inside user).
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3)? + v.get(4).copied().unwrap_or(0);
+    Some((total - idle, total))
+}
+
+/// Which part of the stack a command line belongs to.
+pub fn role_of(cmdline: &str) -> &'static str {
+    if cmdline.contains("opensearch-429") {
+        "opensearch-429 (idle node)"
+    } else if cmdline.contains("org.opensearch.bootstrap") {
+        "opensearch"
+    } else if cmdline.contains("rabbit") || cmdline.contains("beam.smp") {
+        "rabbitmq"
+    } else if cmdline.contains("secantus") {
+        "mongo (SecantusDB)"
+    } else if cmdline.contains("tcs-simulator") {
+        "tcs-simulator"
+    } else if cmdline.contains("rebuilder-bench") {
+        "bench (loader, probe, samplers)"
+    } else if cmdline.contains("rustc") || cmdline.contains("cargo") {
+        FOREIGN_BUILDS
+    } else if cmdline.contains("rebuilder") {
+        FOREIGN_REBUILDER
+    } else {
+        FOREIGN_OTHER
+    }
+}
+
+/// Roles of work that is not the benchmark's: it competes for the cores and
+/// makes the figures of that measurement doubtful.
+const FOREIGN_BUILDS: &str = "other: cargo/rustc";
+const FOREIGN_REBUILDER: &str = "other: rebuilder processes (tests)";
+const FOREIGN_OTHER: &str = "other";
+/// The measured `rebuilder run` child (added from its own samples).
+pub const MEASURED_RUN: &str = "rebuilder run (measured)";
+
+/// Where CPU went between two snapshots.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct CpuUsage {
+    pub wall_secs: f64,
+    /// Busy share of the whole machine (1.0 = every core busy all the time).
+    pub machine_busy: f64,
+    pub cores: usize,
+    /// CPU seconds per role, most first.
+    pub by_role: Vec<(String, f64)>,
+}
+
+impl CpuUsage {
+    /// `extra`: CPU seconds of processes that exited in between (children
+    /// sampled by [`sample_child`]), added under their role.
+    pub fn between(before: &CpuSnapshot, after: &CpuSnapshot, extra: &[(&str, f64)]) -> Self {
+        let wall = match (before.at, after.at) {
+            (Some(a), Some(b)) => b.duration_since(a).as_secs_f64(),
+            _ => 0.0,
+        };
+        let mut by_role: BTreeMap<String, f64> = BTreeMap::new();
+        for (pid, (role, ticks)) in &after.processes {
+            let start = before
+                .processes
+                .get(pid)
+                .filter(|(r, _)| r == role)
+                .map_or(0, |(_, t)| *t);
+            let secs = ticks.saturating_sub(start) as f64 / TICKS_PER_SEC;
+            if secs > 0.0 {
+                *by_role.entry(role.clone()).or_default() += secs;
+            }
+        }
+        for (role, secs) in extra {
+            *by_role.entry((*role).to_string()).or_default() += secs;
+        }
+        let mut by_role: Vec<(String, f64)> =
+            by_role.into_iter().map(|(r, s)| (r, round3(s))).collect();
+        by_role.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let total = after.total_ticks.saturating_sub(before.total_ticks);
+        let busy = after.busy_ticks.saturating_sub(before.busy_ticks);
+        Self {
+            wall_secs: round3(wall),
+            machine_busy: round3(if total == 0 {
+                0.0
+            } else {
+                busy as f64 / total as f64
+            }),
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            by_role,
+        }
+    }
+
+    /// Share of the machine's capacity that went to work outside the
+    /// benchmark (builds, tests, anything unknown).
+    pub fn foreign_share(&self) -> f64 {
+        let capacity = self.wall_secs * self.cores as f64;
+        let foreign: f64 = self
+            .by_role
+            .iter()
+            .filter(|(r, _)| r.starts_with(FOREIGN_OTHER))
+            .map(|(_, s)| s)
+            .sum();
+        if capacity > 0.0 {
+            foreign / capacity
+        } else {
+            0.0
+        }
+    }
+
+    /// One line: `machine 93% busy; opensearch 70.1 s, rebuilder 12.0 s, ...`.
+    pub fn line(&self) -> String {
+        let roles: Vec<String> = self
+            .by_role
+            .iter()
+            .filter(|(_, s)| *s >= 0.05)
+            .map(|(r, s)| format!("{r} {s:.1} s"))
+            .collect();
+        format!(
+            "machine {:.0}% busy over {:.1} s on {} cores; CPU: {}",
+            self.machine_busy * 100.0,
+            self.wall_secs,
+            self.cores,
+            roles.join(", ")
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_gives_the_peak_and_current_resident_set() {
+        let text = "Name:\trebuilder\nVmPeak:\t 900 kB\nVmHWM:\t  204800 kB\nVmRSS:\t  102400 kB\n";
+        assert_eq!(
+            parse_status(text),
+            Some(MemStatus {
+                hwm_kb: 204_800,
+                rss_kb: 102_400
+            })
+        );
+        assert_eq!(parse_status("Name:\tzombie\n"), None);
+    }
+
+    #[test]
+    fn stat_ticks_survive_a_command_name_with_spaces() {
+        let stat = "42 (tokio rt (x)) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 8 0";
+        assert_eq!(parse_stat_ticks(stat), Some(300));
+    }
+
+    #[test]
+    fn machine_ticks_count_iowait_as_idle() {
+        let stat = "cpu  100 0 50 800 50 0 0 0 0 0\ncpu0 1 2 3\n";
+        assert_eq!(parse_machine_ticks(stat), Some((150, 1000)));
+    }
+
+    #[test]
+    fn foreign_work_is_a_share_of_the_machine_capacity() {
+        let usage = CpuUsage {
+            wall_secs: 10.0,
+            machine_busy: 1.0,
+            cores: 2,
+            by_role: vec![
+                ("opensearch".into(), 12.0),
+                (FOREIGN_BUILDS.into(), 4.0),
+                (FOREIGN_OTHER.into(), 1.0),
+            ],
+        };
+        assert!((usage.foreign_share() - 0.25).abs() < 1e-9);
+    }
+
+    #[test]
+    fn roles_are_read_from_command_lines() {
+        assert_eq!(
+            role_of("/usr/bin/java -Xms2g org.opensearch.bootstrap.OpenSearch"),
+            "opensearch"
+        );
+        assert_eq!(
+            role_of("/x/target/debug/deps/engine-0a1b2c /x/rebuilder"),
+            FOREIGN_REBUILDER
+        );
+        assert_eq!(
+            role_of("/root/.rustup/toolchains/x/bin/rustc --crate-name"),
+            FOREIGN_BUILDS
+        );
+        assert_eq!(
+            role_of("/x/target/release/rebuilder tcs-simulator --doctors 5"),
+            "tcs-simulator"
+        );
+        assert_eq!(
+            role_of("python -m secantus --port 27017"),
+            "mongo (SecantusDB)"
+        );
+    }
+}

@@ -1,0 +1,205 @@
+//! Server-side `_reindex` from one generation into another, started with
+//! `wait_for_completion=false` and followed through the tasks API until it
+//! finishes, so that no HTTP request has to outlive a long copy.
+
+use std::time::{Duration, Instant};
+
+use opensearch::http::Method;
+use serde::Serialize;
+use serde_json::{json, Value};
+use tracing::{debug, info, warn};
+
+use super::client::{truncate, SearchClient, SearchError};
+
+/// Documents per scroll batch of the copy.
+const SCROLL_SIZE: u64 = 5000;
+/// Transient failures of the task lookup tolerated in a row.
+const MAX_POLL_ERRORS: u32 = 10;
+
+/// What a finished reindex did, and the counts that prove it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct ReindexReport {
+    pub source: String,
+    pub dest: String,
+    pub task: String,
+    pub total: u64,
+    pub created: u64,
+    pub updated: u64,
+    pub took_ms: u64,
+    pub polls: u32,
+    /// Documents in the source and the destination after a refresh (set by
+    /// the engine once the destination is loaded).
+    pub source_count: u64,
+    pub dest_count: u64,
+}
+
+/// How the reindex is followed.
+#[derive(Clone, Copy, Debug)]
+pub struct ReindexOptions {
+    pub poll_interval: Duration,
+    /// The copy is given up (and its task cancelled) after this long.
+    pub max_wait: Duration,
+}
+
+impl Default for ReindexOptions {
+    fn default() -> Self {
+        Self {
+            poll_interval: Duration::from_millis(500),
+            max_wait: Duration::from_secs(4 * 3600),
+        }
+    }
+}
+
+/// Copies every document of `source` into `dest` and waits for the task.
+/// Fails if the task reports an error or any failed document.
+pub async fn reindex(
+    client: &SearchClient,
+    source: &str,
+    dest: &str,
+    options: ReindexOptions,
+) -> Result<ReindexReport, SearchError> {
+    let started = Instant::now();
+    let body = json!({
+        "conflicts": "abort",
+        "source": { "index": source, "size": SCROLL_SIZE },
+        "dest": { "index": dest, "op_type": "index" }
+    });
+    let answer = client
+        .json(
+            Method::Post,
+            "/_reindex",
+            &[("wait_for_completion", "false"), ("refresh", "false")],
+            Some(&body),
+        )
+        .await?;
+    let task = answer["task"]
+        .as_str()
+        .ok_or_else(|| SearchError::Decode {
+            path: "/_reindex".into(),
+            message: format!("no task id in {}", truncate(&answer.to_string(), 300)),
+        })?
+        .to_string();
+    info!(%source, %dest, %task, "Reindex started.");
+
+    let mut polls = 0;
+    let mut errors_in_a_row = 0;
+    let finished = loop {
+        tokio::time::sleep(options.poll_interval).await;
+        polls += 1;
+        match client
+            .json(Method::Get, &format!("/_tasks/{task}"), &[], None)
+            .await
+        {
+            Ok(state) => {
+                errors_in_a_row = 0;
+                if state["completed"].as_bool() == Some(true) {
+                    break state;
+                }
+                let status = &state["task"]["status"];
+                debug!(
+                    %task,
+                    total = status["total"].as_u64().unwrap_or(0),
+                    created = status["created"].as_u64().unwrap_or(0),
+                    "Reindex in progress."
+                );
+            }
+            Err(e) if e.is_retriable() && errors_in_a_row < MAX_POLL_ERRORS => {
+                errors_in_a_row += 1;
+                warn!(%task, error = %e, "Reindex task lookup failed; trying again.");
+            }
+            Err(e) => return Err(e),
+        }
+        if started.elapsed() > options.max_wait {
+            let _ = client
+                .request(Method::Post, &format!("/_tasks/{task}/_cancel"), &[], None)
+                .await;
+            return Err(SearchError::Invalid(format!(
+                "reindex {source} -> {dest} (task {task}) did not finish within {} s; cancelled",
+                options.max_wait.as_secs()
+            )));
+        }
+    };
+    check_finished(source, dest, &task, &finished)?;
+    let response = &finished["response"];
+    let report = ReindexReport {
+        source: source.to_string(),
+        dest: dest.to_string(),
+        task,
+        total: response["total"].as_u64().unwrap_or(0),
+        created: response["created"].as_u64().unwrap_or(0),
+        updated: response["updated"].as_u64().unwrap_or(0),
+        took_ms: started.elapsed().as_millis() as u64,
+        polls,
+        source_count: 0,
+        dest_count: 0,
+    };
+    info!(
+        source = %report.source,
+        dest = %report.dest,
+        total = report.total,
+        created = report.created,
+        took_ms = report.took_ms,
+        "Reindex finished."
+    );
+    Ok(report)
+}
+
+/// Turns an error or failures in a finished task into an error.
+pub fn check_finished(
+    source: &str,
+    dest: &str,
+    task: &str,
+    finished: &Value,
+) -> Result<(), SearchError> {
+    if let Some(error) = finished.get("error").filter(|e| !e.is_null()) {
+        return Err(SearchError::Invalid(format!(
+            "reindex {source} -> {dest} (task {task}) failed: {}",
+            truncate(&error.to_string(), 1000)
+        )));
+    }
+    let response = &finished["response"];
+    if response.is_null() {
+        return Err(SearchError::Invalid(format!(
+            "reindex {source} -> {dest} (task {task}) finished without a response"
+        )));
+    }
+    let failures = response["failures"].as_array().map_or(0, Vec::len);
+    if failures > 0 {
+        return Err(SearchError::Invalid(format!(
+            "reindex {source} -> {dest} (task {task}) had {failures} failures, first: {}",
+            truncate(&response["failures"][0].to_string(), 1000)
+        )));
+    }
+    if response["canceled"].as_str().is_some() {
+        return Err(SearchError::Invalid(format!(
+            "reindex {source} -> {dest} (task {task}) was cancelled: {}",
+            response["canceled"]
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_clean_finished_task_passes() {
+        let done =
+            json!({"completed": true, "response": {"total": 3, "created": 3, "failures": []}});
+        assert!(check_finished("a", "b", "n:1", &done).is_ok());
+    }
+
+    #[test]
+    fn failures_errors_and_cancellation_are_errors() {
+        let failed = json!({"completed": true, "response": {"total": 3, "created": 2,
+            "failures": [{"id": "x", "cause": {"type": "mapper_parsing_exception"}}]}});
+        let e = check_finished("a", "b", "n:1", &failed).unwrap_err();
+        assert!(e.to_string().contains("1 failures"));
+        let error = json!({"completed": true, "error": {"type": "index_not_found_exception"}});
+        assert!(check_finished("a", "b", "n:1", &error).is_err());
+        let cancelled =
+            json!({"completed": true, "response": {"failures": [], "canceled": "by user request"}});
+        assert!(check_finished("a", "b", "n:1", &cancelled).is_err());
+    }
+}

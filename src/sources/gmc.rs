@@ -1,0 +1,467 @@
+//! The GMC side of a rebuild, read from MongoDB (DocumentDB in production):
+//! the latest recommendation outcome of every doctor from ONE aggregation,
+//! the doctors of a batch of GMC numbers from a few `$in` queries (never one
+//! query per doctor), and every doctor of `doctorsForDB` page by page. Also
+//! the compact GMC-number containers ([`GmcNumberMap`], [`GmcNumberSet`]) a
+//! run keeps per doctor.
+//!
+//! No cursor is ever left open while the caller waits. DocumentDB kills a
+//! cursor that idles for ten minutes (and MongoDB after its own timeout), and
+//! a rebuild waits a lot: OpenSearch applies backpressure through the bulk
+//! writer's bounded queue, so the reader of `doctorsForDB` can be parked for
+//! minutes between two batches. So the doctors are read by keyset
+//! pagination: each page is a fresh query `{_id: {$gt: <last id>}}` sorted
+//! by `_id` with a `limit`, drained completely before it is handed over.
+//! Between pages nothing lives on the server. The one long cursor, the
+//! outcome aggregation, is drained in one go into memory before any writing
+//! starts, so it never waits on OpenSearch either.
+
+use std::collections::HashMap;
+
+use bson::{doc, Bson, Document};
+use futures::{StreamExt, TryStreamExt};
+use mongodb::{Client, Collection};
+use tracing::{debug, info};
+
+use super::SourceError;
+use crate::config::MongoSettings;
+use crate::domain::gmc::GMC_DOCTOR_FIELDS;
+use crate::domain::{GmcDoctor, GmcNumber, GmcNumberError, GmcStatus, RejectReason};
+
+/// A map keyed by GMC number that stores the usual all-digit numbers as a
+/// `u64` (8 bytes instead of a heap string), so that a run can keep one
+/// entry per doctor for a million doctors and more in a few tens of MB.
+/// Numbers that do not fit (leading zero, letters, more than 19 digits)
+/// are kept as strings beside them; both forms never collide.
+#[derive(Clone, Debug)]
+pub struct GmcNumberMap<V> {
+    numeric: HashMap<u64, V>,
+    other: HashMap<Box<str>, V>,
+}
+
+/// The set of GMC numbers a run has seen (see [`GmcNumberMap`]).
+pub type GmcNumberSet = GmcNumberMap<()>;
+
+impl<V> Default for GmcNumberMap<V> {
+    fn default() -> Self {
+        Self {
+            numeric: HashMap::new(),
+            other: HashMap::new(),
+        }
+    }
+}
+
+/// The `u64` form of a GMC number when it round-trips exactly to the same text.
+fn numeric_key(number: &str) -> Option<u64> {
+    let digits = !number.is_empty() && number.bytes().all(|b| b.is_ascii_digit());
+    let canonical = number.len() == 1 || !number.starts_with('0');
+    if digits && canonical && number.len() <= 19 {
+        number.parse().ok()
+    } else {
+        None
+    }
+}
+
+impl<V> GmcNumberMap<V> {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Inserts or replaces; returns the previous value.
+    pub fn insert(&mut self, number: &GmcNumber, value: V) -> Option<V> {
+        match numeric_key(number.as_str()) {
+            Some(n) => self.numeric.insert(n, value),
+            None => self.other.insert(number.as_str().into(), value),
+        }
+    }
+
+    pub fn get(&self, number: &GmcNumber) -> Option<&V> {
+        match numeric_key(number.as_str()) {
+            Some(n) => self.numeric.get(&n),
+            None => self.other.get(number.as_str()),
+        }
+    }
+
+    pub fn contains(&self, number: &GmcNumber) -> bool {
+        self.get(number).is_some()
+    }
+
+    pub fn len(&self) -> usize {
+        self.numeric.len() + self.other.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl GmcNumberSet {
+    /// Adds a number; `true` when it was not there yet.
+    pub fn add(&mut self, number: &GmcNumber) -> bool {
+        self.insert(number, ()).is_none()
+    }
+}
+
+/// The latest recommendation outcome per doctor.
+pub type OutcomeMap = GmcNumberMap<GmcStatus>;
+
+/// What the outcome aggregation delivered.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OutcomeLoad {
+    /// Doctors with a latest submitted recommendation (groups returned).
+    pub groups: u64,
+    /// Groups whose latest outcome is not a known value; they get no `gmcStatus`.
+    pub unknown_outcomes: u64,
+    /// Groups whose `gmcNumber` is not usable; they match no doctor.
+    pub unusable_numbers: u64,
+}
+
+/// One document of `doctorsForDB`: a doctor, or why it cannot be one.
+pub type DoctorRow = Result<(GmcNumber, GmcDoctor), GmcNumberError>;
+
+/// The reject key of an unusable `doctorsForDB` id (the same keys as TCS rejects).
+pub fn reject_key(error: &GmcNumberError) -> &'static str {
+    RejectReason::BadGmcNumber(error.clone()).as_str()
+}
+
+/// Reads the GMC collections of one database.
+#[derive(Clone, Debug)]
+pub struct GmcSource {
+    doctors: Collection<Document>,
+    recommendations: Collection<Document>,
+    batch_size: u32,
+    numeric_ids: bool,
+}
+
+/// GMC numbers per `$in` query (see [`GmcSource::doctors_by_number`]).
+pub const IN_CHUNK: usize = 100;
+/// `$in` queries of one batch in flight at once.
+pub const IN_CONCURRENCY: usize = 4;
+
+impl GmcSource {
+    pub fn new(client: &Client, settings: &MongoSettings) -> Self {
+        let db = client.database(&settings.database);
+        Self {
+            doctors: db.collection(&settings.doctors_collection),
+            recommendations: db.collection(&settings.recommendation_collection),
+            batch_size: settings.batch_size.max(1),
+            numeric_ids: false,
+        }
+    }
+
+    /// The latest outcome of every doctor, from one aggregation: the
+    /// submitted recommendations (those with an `actualSubmissionDate`;
+    /// drafts have none), sorted by doctor and newest `gmcSubmissionDate`
+    /// first, grouped by doctor keeping the first outcome. `allowDiskUse`
+    /// lets the server sort more than its memory limit; an index on
+    /// `{gmcNumber: 1, gmcSubmissionDate: -1}` lets it avoid sorting at all.
+    pub async fn latest_outcomes(&self) -> Result<(OutcomeMap, OutcomeLoad), SourceError> {
+        let pipeline = vec![
+            doc! {"$match": {"actualSubmissionDate": {"$exists": true, "$ne": null}}},
+            doc! {"$sort": {"gmcNumber": 1, "gmcSubmissionDate": -1}},
+            doc! {"$group": {
+                "_id": "$gmcNumber",
+                "outcome": {"$first": "$outcome"},
+                "submitted": {"$first": "$gmcSubmissionDate"},
+            }},
+        ];
+        let mut cursor = self
+            .recommendations
+            .aggregate(pipeline)
+            .allow_disk_use(true)
+            .batch_size(self.batch_size.max(1000))
+            .await?;
+        let mut map = OutcomeMap::new();
+        // Stored numbers that differ only by padding trim to one doctor;
+        // the later submission wins. Only such collisions are tracked.
+        let mut padded: HashMap<GmcNumber, Bson> = HashMap::new();
+        let mut load = OutcomeLoad::default();
+        while let Some(group) = cursor.try_next().await? {
+            load.groups += 1;
+            let raw = match group.get("_id") {
+                Some(Bson::String(s)) => s.clone(),
+                Some(Bson::Int32(n)) => n.to_string(),
+                Some(Bson::Int64(n)) => n.to_string(),
+                _ => String::new(),
+            };
+            let Ok(number) = GmcNumber::parse(&raw) else {
+                load.unusable_numbers += 1;
+                continue;
+            };
+            let Some(status) = group
+                .get_str("outcome")
+                .ok()
+                .and_then(|s| s.parse::<GmcStatus>().ok())
+            else {
+                load.unknown_outcomes += 1;
+                continue;
+            };
+            let submitted = group.get("submitted").cloned().unwrap_or(Bson::Null);
+            if raw != number.as_str() || padded.contains_key(&number) {
+                if let Some(earlier) = padded.get(&number) {
+                    if !is_later(&submitted, earlier) {
+                        continue;
+                    }
+                }
+                padded.insert(number.clone(), submitted);
+            }
+            map.insert(&number, status);
+        }
+        info!(
+            doctors = map.len(),
+            groups = load.groups,
+            unknown_outcomes = load.unknown_outcomes,
+            "Loaded the latest recommendation outcomes."
+        );
+        Ok((map, load))
+    }
+
+    /// The GMC doctors among `numbers`, by `$in` queries on `_id`: one per
+    /// [`IN_CHUNK`] numbers, run [`IN_CONCURRENCY`] at a time.
+    ///
+    /// Why chunks: an `_id` `$in` is a point lookup per value on MongoDB and
+    /// DocumentDB, so one query of 1000 ids costs a few milliseconds there.
+    /// SecantusDB (the local stack) re-checks every fetched document against
+    /// the whole `$in` list, so its cost grows with the square of the list:
+    /// measured on 4000 ids, 100 µs per id in chunks of 50, 130 µs in chunks
+    /// of 100, 690 µs in one query of 1000. Chunks of 100 cost MongoDB
+    /// nothing noticeable and keep SecantusDB linear.
+    ///
+    /// Numbers are asked for as strings, the type of `doctorsForDB._id`;
+    /// when [`probe_id_types`](Self::probe_id_types) found numeric ids in
+    /// the collection, numeric-looking numbers are asked for as integers too.
+    pub async fn doctors_by_number(
+        &self,
+        numbers: &[GmcNumber],
+    ) -> Result<Vec<(GmcNumber, GmcDoctor)>, SourceError> {
+        let lookups: Vec<_> = numbers
+            .chunks(IN_CHUNK)
+            .map(|chunk| self.doctors_in(chunk))
+            .collect();
+        let chunks = futures::stream::iter(lookups)
+            .buffer_unordered(IN_CONCURRENCY)
+            .try_collect::<Vec<_>>()
+            .await?;
+        let found: Vec<(GmcNumber, GmcDoctor)> = chunks.into_iter().flatten().collect();
+        debug!(
+            asked = numbers.len(),
+            found = found.len(),
+            "Fetched GMC doctors."
+        );
+        Ok(found)
+    }
+
+    async fn doctors_in(
+        &self,
+        numbers: &[GmcNumber],
+    ) -> Result<Vec<(GmcNumber, GmcDoctor)>, SourceError> {
+        let mut ids: Vec<Bson> = Vec::with_capacity(numbers.len() * 2);
+        for n in numbers {
+            ids.push(Bson::String(n.as_str().to_string()));
+            if self.numeric_ids {
+                if let Some(k) = numeric_key(n.as_str()).and_then(|k| i64::try_from(k).ok()) {
+                    ids.push(Bson::Int64(k));
+                }
+            }
+        }
+        let docs: Vec<Document> = self
+            .doctors
+            .find(doc! {"_id": {"$in": ids}})
+            .projection(projection())
+            .batch_size(numbers.len().max(1) as u32 * 2)
+            .await?
+            .try_collect()
+            .await?;
+        Ok(docs
+            .iter()
+            .filter_map(|d| GmcDoctor::from_document(d).ok())
+            .collect())
+    }
+
+    /// Looks once whether any doctor has a numeric `_id` (an index range
+    /// probe, not a scan), so that lookups ask for both forms only then.
+    pub async fn probe_id_types(&mut self) -> Result<bool, SourceError> {
+        let numeric = self
+            .doctors
+            .find_one(doc! {"_id": {"$gt": f64::NEG_INFINITY}})
+            .projection(doc! {"_id": 1})
+            .await?;
+        self.numeric_ids = numeric.is_some();
+        if self.numeric_ids {
+            info!("Some GMC doctors have a numeric _id; lookups ask for both forms.");
+        }
+        Ok(self.numeric_ids)
+    }
+
+    /// Every doctor of `doctorsForDB`, page by page (see the module notes).
+    pub fn pages(&self) -> DoctorPages {
+        DoctorPages {
+            doctors: self.doctors.clone(),
+            page_size: i64::from(self.batch_size),
+            pass: Pass::Strings(None),
+        }
+    }
+
+    /// The number of doctors, as the server estimates it (for progress bars).
+    pub async fn estimated_doctors(&self) -> Result<u64, SourceError> {
+        Ok(self.doctors.estimated_document_count().await?)
+    }
+}
+
+fn projection() -> Document {
+    GMC_DOCTOR_FIELDS
+        .iter()
+        .map(|f| ((*f).to_string(), Bson::Int32(1)))
+        .collect()
+}
+
+fn is_later(a: &Bson, b: &Bson) -> bool {
+    match (a, b) {
+        (Bson::DateTime(a), Bson::DateTime(b)) => a > b,
+        (Bson::String(a), Bson::String(b)) => a > b,
+        (_, Bson::Null) => true,
+        _ => false,
+    }
+}
+
+/// Keyset pagination over `doctorsForDB`. MongoDB compares `$gt` only
+/// within one BSON type, so the ids are walked in two passes: string ids
+/// (the norm) and then numeric ids. Documents whose `_id` is neither are
+/// counted in one query at the end and reported as unusable.
+#[derive(Debug)]
+pub struct DoctorPages {
+    doctors: Collection<Document>,
+    page_size: i64,
+    pass: Pass,
+}
+
+#[derive(Debug)]
+enum Pass {
+    Strings(Option<String>),
+    Numbers(Option<Bson>),
+    Others,
+    Done,
+}
+
+/// One page of doctors and, on the last page, how many documents had an id
+/// that is neither a string nor a number.
+#[derive(Debug, Default)]
+pub struct DoctorPage {
+    pub rows: Vec<DoctorRow>,
+    pub unreadable_ids: u64,
+}
+
+impl DoctorPages {
+    /// The next page, or `None` when every doctor was read. Each call runs
+    /// one bounded query and drains it, so no cursor outlives the call.
+    pub async fn next_page(&mut self) -> Result<Option<DoctorPage>, SourceError> {
+        loop {
+            let filter = match &self.pass {
+                Pass::Strings(None) => doc! {"_id": {"$gte": ""}},
+                Pass::Strings(Some(last)) => doc! {"_id": {"$gt": last.as_str()}},
+                Pass::Numbers(None) => doc! {"_id": {"$gt": f64::NEG_INFINITY}},
+                Pass::Numbers(Some(last)) => doc! {"_id": {"$gt": last.clone()}},
+                Pass::Others => {
+                    let unreadable = self
+                        .doctors
+                        .count_documents(doc! {"_id": {"$not": {"$type": ["string", "number"]}}})
+                        .await?;
+                    self.pass = Pass::Done;
+                    return Ok(Some(DoctorPage {
+                        rows: Vec::new(),
+                        unreadable_ids: unreadable,
+                    }));
+                }
+                Pass::Done => return Ok(None),
+            };
+            let docs: Vec<Document> = self
+                .doctors
+                .find(filter)
+                .sort(doc! {"_id": 1})
+                .limit(self.page_size)
+                .batch_size(self.page_size as u32)
+                .projection(projection())
+                .await?
+                .try_collect()
+                .await?;
+            let full = docs.len() as i64 == self.page_size;
+            let last = docs.last().and_then(|d| d.get("_id")).cloned();
+            self.pass = match (&self.pass, last, full) {
+                (Pass::Strings(_), Some(Bson::String(s)), true) => Pass::Strings(Some(s)),
+                (Pass::Strings(_), _, _) => Pass::Numbers(None),
+                (Pass::Numbers(_), Some(n), true) => Pass::Numbers(Some(n)),
+                (Pass::Numbers(_), _, _) => Pass::Others,
+                (Pass::Others | Pass::Done, _, _) => Pass::Done,
+            };
+            if docs.is_empty() {
+                continue;
+            }
+            let rows = docs.iter().map(GmcDoctor::from_document).collect();
+            return Ok(Some(DoctorPage {
+                rows,
+                unreadable_ids: 0,
+            }));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(s: &str) -> GmcNumber {
+        GmcNumber::parse(s).unwrap()
+    }
+
+    #[test]
+    fn numeric_keys_round_trip_and_others_stay_text() {
+        assert_eq!(numeric_key("1234567"), Some(1_234_567));
+        assert_eq!(numeric_key("0"), Some(0));
+        assert_eq!(numeric_key("0123"), None);
+        assert_eq!(numeric_key("C123"), None);
+        assert_eq!(numeric_key("12345678901234567890"), None);
+    }
+
+    #[test]
+    fn a_gmc_number_map_keeps_numeric_and_text_numbers_apart() {
+        let mut map = GmcNumberMap::new();
+        assert_eq!(map.insert(&n("123"), 1), None);
+        assert_eq!(map.insert(&n("0123"), 2), None);
+        assert_eq!(map.insert(&n("123"), 3), Some(1));
+        assert_eq!(map.get(&n("123")), Some(&3));
+        assert_eq!(map.get(&n("0123")), Some(&2));
+        assert_eq!(map.len(), 2);
+        assert!(!map.contains(&n("124")));
+    }
+
+    #[test]
+    fn a_gmc_number_set_says_whether_a_number_is_new() {
+        let mut seen = GmcNumberSet::new();
+        assert!(seen.add(&n("7")));
+        assert!(!seen.add(&n("7")));
+        assert!(seen.add(&n("X7")));
+        assert_eq!(seen.len(), 2);
+    }
+
+    #[test]
+    fn the_projection_reads_only_the_doctor_fields() {
+        let p = projection();
+        assert_eq!(p.len(), GMC_DOCTOR_FIELDS.len());
+        assert!(p.contains_key("designatedBodyCode"));
+        assert!(!p.contains_key("sanction"));
+    }
+
+    #[test]
+    fn later_submissions_compare_by_date() {
+        let d = |s| Bson::DateTime(bson::DateTime::parse_rfc3339_str(s).unwrap());
+        assert!(is_later(
+            &d("2024-01-02T00:00:00Z"),
+            &d("2024-01-01T00:00:00Z")
+        ));
+        assert!(!is_later(
+            &d("2023-01-02T00:00:00Z"),
+            &d("2024-01-01T00:00:00Z")
+        ));
+        assert!(is_later(&d("2023-01-02T00:00:00Z"), &Bson::Null));
+    }
+}

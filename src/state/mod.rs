@@ -1,0 +1,67 @@
+//! Run state kept in MongoDB, so that every process and host sees the same:
+//! the single-flight lease of a rebuild and the history of runs, with the
+//! `StateError` boundary type.
+
+pub mod history;
+pub mod lease;
+
+use mongodb::{Client, Collection};
+
+use crate::config::MongoSettings;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("MongoDB failed while reading or writing run state: {0}")]
+    Mongo(#[from] mongodb::error::Error),
+    #[error(
+        "the lease {lease:?} is held by run {run_id} on {host} (pid {pid}) until {expires_at}"
+    )]
+    Held {
+        lease: String,
+        run_id: String,
+        host: String,
+        pid: u32,
+        expires_at: String,
+    },
+    #[error("the lease {lease:?} was lost: {reason}")]
+    Lost { lease: String, reason: String },
+    #[error("a stored run record is unreadable: {0}")]
+    Decode(#[from] bson::de::Error),
+    #[error("a run record cannot be stored: {0}")]
+    Encode(#[from] bson::ser::Error),
+}
+
+impl StateError {
+    /// Whether trying again may help (the server was unreachable or busy).
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            StateError::Mongo(e) => matches!(
+                *e.kind,
+                mongodb::error::ErrorKind::Io(_)
+                    | mongodb::error::ErrorKind::ConnectionPoolCleared { .. }
+                    | mongodb::error::ErrorKind::ServerSelection { .. }
+            ),
+            StateError::Held { .. } => true,
+            StateError::Lost { .. } | StateError::Decode(_) | StateError::Encode(_) => false,
+        }
+    }
+}
+
+/// A collection of the state database.
+pub(crate) fn state_collection(
+    client: &Client,
+    settings: &MongoSettings,
+    name: &str,
+) -> Collection<bson::Document> {
+    client.database(settings.state_database()).collection(name)
+}
+
+/// Now, as the fixed-width UTC text the state documents hold
+/// (`2025-01-31T23:59:59.123Z`): it sorts as it reads.
+pub fn now_text() -> String {
+    time_text(chrono::Utc::now())
+}
+
+pub fn time_text(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+}
