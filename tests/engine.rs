@@ -689,6 +689,12 @@ async fn zero_downtime_every_alias_answers_through_promotions_and_rollbacks() {
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     let report = probe.stop().await;
+    eprintln!(
+        "probe: {} rounds, {} queries, {} problems",
+        report.rounds,
+        report.queries,
+        report.problems.len()
+    );
 
     assert!(report.problems.is_empty(), "{:?}", report.problems);
     assert!(

@@ -150,6 +150,60 @@ fn parse_index_totals(v: &Value) -> BTreeMap<String, u64> {
         .collect()
 }
 
+/// Indexing and query operations per index (primaries), for telling the
+/// benchmark's own load from anyone else's on the same node.
+pub async fn activity(client: &SearchClient) -> Result<BTreeMap<String, (u64, u64)>, SearchError> {
+    let v = client
+        .json(
+            Method::Get,
+            "/_stats/indexing,search",
+            &[
+                ("level", "indices"),
+                (
+                    "filter_path",
+                    "indices.*.primaries.indexing.index_total,indices.*.primaries.search.query_total",
+                ),
+            ],
+            None,
+        )
+        .await?;
+    Ok(parse_activity(&v))
+}
+
+fn parse_activity(v: &Value) -> BTreeMap<String, (u64, u64)> {
+    v["indices"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(name, stats)| {
+            let p = &stats["primaries"];
+            (
+                name.clone(),
+                (
+                    p["indexing"]["index_total"].as_u64().unwrap_or(0),
+                    p["search"]["query_total"].as_u64().unwrap_or(0),
+                ),
+            )
+        })
+        .collect()
+}
+
+/// Documents indexed and queries run between two [`activity`] snapshots on
+/// indices whose name does not start with `prefix` (system indices aside).
+pub fn foreign_activity(
+    before: &BTreeMap<String, (u64, u64)>,
+    after: &BTreeMap<String, (u64, u64)>,
+    prefix: &str,
+) -> (u64, u64) {
+    after
+        .iter()
+        .filter(|(name, _)| !name.starts_with(prefix) && !name.starts_with('.'))
+        .fold((0, 0), |(docs, queries), (name, (i, q))| {
+            let (i0, q0) = before.get(name).copied().unwrap_or((0, 0));
+            (docs + i.saturating_sub(i0), queries + q.saturating_sub(q0))
+        })
+}
+
 /// The indices an alias points to (empty when the alias does not exist).
 pub async fn alias_targets(client: &SearchClient, alias: &str) -> Result<Vec<String>, SearchError> {
     let (status, v) = client
@@ -180,5 +234,20 @@ mod tests {
         assert_eq!(totals["bench_a"], 12);
         assert_eq!(totals["bench_b"], 0);
         assert!(parse_index_totals(&json!({})).is_empty());
+    }
+
+    #[test]
+    fn foreign_activity_counts_only_other_indices() {
+        let before = parse_activity(&json!({"indices": {
+            "bench_x": {"primaries": {"indexing": {"index_total": 5}, "search": {"query_total": 1}}},
+            "t1_master": {"primaries": {"indexing": {"index_total": 10}, "search": {"query_total": 2}}}
+        }}));
+        let after = parse_activity(&json!({"indices": {
+            "bench_x": {"primaries": {"indexing": {"index_total": 500}, "search": {"query_total": 90}}},
+            "t1_master": {"primaries": {"indexing": {"index_total": 40}, "search": {"query_total": 3}}},
+            "t2_new": {"primaries": {"indexing": {"index_total": 7}, "search": {"query_total": 0}}},
+            ".tasks": {"primaries": {"indexing": {"index_total": 9}, "search": {"query_total": 0}}}
+        }}));
+        assert_eq!(foreign_activity(&before, &after, "bench_"), (37, 1));
     }
 }

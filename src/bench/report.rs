@@ -36,8 +36,18 @@ pub struct Report {
     pub probe: Option<ProbeFigures>,
     pub ratios: Ratios,
     pub targets: Vec<Target>,
+    /// Documents indexed and queries run on the node for others (indices
+    /// outside the benchmark's prefix) during A's sweep and during C.
+    pub foreign_opensearch: Vec<ForeignLoad>,
     /// Problems that make a figure doubtful (printed and kept).
     pub warnings: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ForeignLoad {
+    pub during: String,
+    pub docs_indexed: u64,
+    pub queries: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -351,5 +361,128 @@ fn not_measured(name: &str) -> Target {
         actual: "not measured".into(),
         met: None,
         note: "a path it needs was skipped".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::ceiling::LoadResult;
+    use crate::bench::full_run::RunMeasurement;
+
+    fn report(doctors: usize, a: f64, b: f64, c: f64, rss: f64) -> Report {
+        let load = LoadResult {
+            index: "bench_ceiling".into(),
+            batch_docs: 5000,
+            concurrency: 4,
+            docs: doctors as u64,
+            secs: doctors as f64 / a,
+            docs_per_sec: a,
+            requests: 1,
+            retried_requests: 0,
+            cpu: None,
+            series: Vec::new(),
+        };
+        let run = RunMeasurement {
+            label: "c".into(),
+            exit_code: Some(0),
+            wall_secs: doctors as f64 / c,
+            generation: Some("g2".into()),
+            docs: doctors as u64,
+            usage: Default::default(),
+            series: Vec::new(),
+            log: "c.log".into(),
+            started_utc: chrono::Utc::now(),
+        };
+        Report {
+            schema: 1,
+            generated_at: String::new(),
+            command: "scripts/bench".into(),
+            smoke: false,
+            machine: Machine {
+                cores: 2,
+                memory_mb: 1,
+                opensearch_version: "2.19.6".into(),
+                opensearch_heap_mb: 2048,
+                git_commit: String::new(),
+            },
+            dataset: Dataset {
+                doctors,
+                seed: 42,
+                documents: doctors,
+                ndjson_bytes: 1,
+                generate_secs: 0.0,
+                seed_mongo_secs: None,
+                gmc_doctors: None,
+                recommendations: None,
+                tcs_messages: None,
+            },
+            a_ceiling: Some(CeilingOutcome {
+                best: load,
+                sweep: Vec::new(),
+                sweep_docs: doctors,
+            }),
+            a_cpu: None,
+            b_old_path: Some(OldPathResult {
+                index: "bench_oldpath".into(),
+                sample_docs: 2000,
+                sample_secs: 20.0,
+                docs_per_sec: b,
+                time_box_secs: 20.0,
+                time_boxed: true,
+                extrapolated_secs_for_all: doctors as f64 / b,
+                all_docs: doctors as u64,
+                mean_request_ms: 1000.0 / b,
+            }),
+            c_rebuilder: Some(RebuilderFigures {
+                docs_per_sec: c,
+                docs: doctors as u64,
+                wall_secs: doctors as f64 / c,
+                peak_rss_mb: rss,
+                cpu_secs: 0.0,
+                phases: Vec::new(),
+                run,
+                warmup: None,
+                cpu: None,
+                run_report: Value::Null,
+            }),
+            d_reindex: None,
+            probe: None,
+            ratios: Ratios::default(),
+            targets: Vec::new(),
+            foreign_opensearch: Vec::new(),
+            warnings: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn targets_met_say_so_and_the_memory_target_waits_for_a_million() {
+        let mut r = report(200_000, 20_000.0, 100.0, 15_000.0, 120.0);
+        r.judge();
+        assert_eq!(r.ratios.c_over_a, Some(0.75));
+        assert_eq!(r.ratios.c_over_b, Some(150.0));
+        let met: Vec<Option<bool>> = r.targets.iter().map(|t| t.met).collect();
+        assert_eq!(met, [Some(true), Some(true), None, None]);
+        assert!(r.summary().contains("EXTRAPOLATED from 2000 docs"));
+    }
+
+    #[test]
+    fn a_missed_target_says_by_how_much() {
+        let mut r = report(1_000_000, 20_000.0, 100.0, 5_000.0, 350.0);
+        r.judge();
+        assert_eq!(r.targets[0].met, Some(false));
+        assert!(
+            r.targets[0].note.contains("missed by 25.0 points"),
+            "{}",
+            r.targets[0].note
+        );
+        assert_eq!(r.targets[1].met, Some(false));
+        assert!(
+            r.targets[1].note.contains("missed by 50x"),
+            "{}",
+            r.targets[1].note
+        );
+        assert_eq!(r.targets[3].met, Some(false));
+        assert!(r.targets[3].note.contains("missed by 50 MB"));
     }
 }

@@ -17,7 +17,9 @@ use rebuilder::bench::corpus::Corpus;
 use rebuilder::bench::full_run::{self, RebuilderBin, Simulator};
 use rebuilder::bench::indices::{self, IndexSettings};
 use rebuilder::bench::process::{CpuSnapshot, CpuUsage, MEASURED_RUN};
-use rebuilder::bench::report::{Dataset, Machine, ProbeFigures, Ratios, RebuilderFigures, Report};
+use rebuilder::bench::report::{
+    Dataset, ForeignLoad, Machine, ProbeFigures, Ratios, RebuilderFigures, Report,
+};
 use rebuilder::bench::{isolation, probe, reindex, round3, upsert};
 use rebuilder::config::Settings;
 use rebuilder::dev::datagen::DatasetSpec;
@@ -76,6 +78,10 @@ struct Args {
     /// The rebuilder binary (default: beside this one).
     #[arg(long)]
     rebuilder: Option<PathBuf>,
+    /// Doctors of C's first, unmeasured run, which only creates the aliases
+    /// (capped at --doctors).
+    #[arg(long, default_value_t = 10_000)]
+    warmup_doctors: usize,
     /// Longest a `rebuilder run` may take, in seconds.
     #[arg(long, default_value_t = 3600)]
     run_timeout_secs: u64,
@@ -228,6 +234,7 @@ async fn measure(
         probe: None,
         ratios: Ratios::default(),
         targets: Vec::new(),
+        foreign_opensearch: Vec::new(),
         warnings: Vec::new(),
     };
 
@@ -257,7 +264,9 @@ async fn measure(
             plan.concurrencies,
             plan.sweep_docs.min(corpus.len())
         );
+        let activity = indices::activity(search).await?;
         let outcome = ceiling::sweep(search, template, &corpus, &plan, prefix).await?;
+        note_foreign(search, &activity, "A", &mut report).await;
         report.a_cpu = outcome.best.cpu.clone();
         source_index = Some(outcome.best.index.clone());
         if outcome.best.docs != corpus.len() as u64 {
@@ -372,22 +381,6 @@ async fn measure_rebuilder(
         );
     }
 
-    let t = Instant::now();
-    let mongo = rebuilder::sources::mongo_client(&settings.mongodb).await?;
-    let seeded = rebuilder::dev::seed::seed_mongo(&mongo, &settings.mongodb, spec)
-        .await
-        .context("while seeding MongoDB for C")?;
-    report.dataset.seed_mongo_secs = Some(round3(t.elapsed().as_secs_f64()));
-    report.dataset.gmc_doctors = Some(seeded.doctors);
-    report.dataset.recommendations = Some(seeded.recommendations);
-    report.dataset.tcs_messages = Some(seeded.tcs_messages);
-    println!(
-        "C: seeded {} GMC doctors and {} recommendations in {:.1} s (not measured).",
-        seeded.doctors,
-        seeded.recommendations,
-        t.elapsed().as_secs_f64()
-    );
-
     let timeout = Duration::from_secs(if args.smoke {
         args.run_timeout_secs.min(300)
     } else {
@@ -395,10 +388,31 @@ async fn measure_rebuilder(
     });
     let probe_every = Duration::from_millis(args.probe_ms);
     let alias = settings.names.qualify("current_connections");
-    let mut simulator =
-        Simulator::start(&bin, settings, spec.doctors, spec.seed, "simulator.log").await?;
+    let mongo = rebuilder::sources::mongo_client(&settings.mongodb).await?;
 
-    println!("C: first run (creates the aliases; not measured) ...");
+    // The first run only has to leave a live generation behind for the
+    // measured run to swap away from; a small one does (the share gate
+    // bounds the new count from below only), and saves a full rebuild.
+    let warmup_spec = DatasetSpec::new(spec.seed, args.warmup_doctors.min(spec.doctors).max(1));
+    if warmup_spec.doctors < spec.doctors {
+        rebuilder::dev::seed::seed_mongo(&mongo, &settings.mongodb, &warmup_spec)
+            .await
+            .context("while seeding MongoDB for C's first run")?;
+    } else {
+        seed_full(&mongo, settings, spec, report).await?;
+    }
+    let mut simulator = Simulator::start(
+        &bin,
+        settings,
+        warmup_spec.doctors,
+        spec.seed,
+        "simulator-warmup.log",
+    )
+    .await?;
+    println!(
+        "C: first run on {} doctors (creates the aliases; not measured) ...",
+        warmup_spec.doctors
+    );
     let warmup = full_run::run_once(
         &bin,
         search,
@@ -422,9 +436,14 @@ async fn measure_rebuilder(
         warmup.docs,
         warmup.generation.as_deref().unwrap_or("?")
     );
-    if !simulator.is_running() {
+    if warmup_spec.doctors < spec.doctors {
+        simulator.stop().await;
+        seed_full(&mongo, settings, spec, report).await?;
         simulator =
-            Simulator::start(&bin, settings, spec.doctors, spec.seed, "simulator-2.log").await?;
+            Simulator::start(&bin, settings, spec.doctors, spec.seed, "simulator.log").await?;
+    } else if !simulator.is_running() {
+        simulator =
+            Simulator::start(&bin, settings, spec.doctors, spec.seed, "simulator.log").await?;
     }
 
     println!(
@@ -432,6 +451,7 @@ async fn measure_rebuilder(
         args.probe_ms
     );
     let before = CpuSnapshot::take();
+    let activity = indices::activity(search).await?;
     let measured = full_run::run_once(
         &bin,
         search,
@@ -443,6 +463,7 @@ async fn measure_rebuilder(
     )
     .await;
     let after = CpuSnapshot::take();
+    note_foreign(search, &activity, "C", report).await;
     simulator.stop().await;
     let (run, probe_run) = measured?;
     let cpu = CpuUsage::between(&before, &after, &[(MEASURED_RUN, run.usage.cpu_secs)]);
@@ -497,6 +518,55 @@ async fn measure_rebuilder(
         cpu: Some(cpu),
         run_report,
     });
+    Ok(())
+}
+
+/// Records what the node did for others since `before`, and warns when it
+/// is more than noise.
+async fn note_foreign(
+    search: &SearchClient,
+    before: &std::collections::BTreeMap<String, (u64, u64)>,
+    during: &str,
+    report: &mut Report,
+) {
+    let Ok(after) = indices::activity(search).await else {
+        return;
+    };
+    let (docs_indexed, queries) = indices::foreign_activity(before, &after, isolation::PREFIX);
+    if docs_indexed > 1000 || queries > 1000 {
+        report.warnings.push(format!(
+            "{during} shared the node: OpenSearch indexed {docs_indexed} documents and ran {queries} \
+             queries for others meanwhile; rerun on a quiet stack"
+        ));
+    }
+    report.foreign_opensearch.push(ForeignLoad {
+        during: during.to_string(),
+        docs_indexed,
+        queries,
+    });
+}
+
+/// Seeds the full data set for the measured run (timed, not measured).
+async fn seed_full(
+    mongo: &mongodb::Client,
+    settings: &Settings,
+    spec: &DatasetSpec,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let t = Instant::now();
+    let seeded = rebuilder::dev::seed::seed_mongo(mongo, &settings.mongodb, spec)
+        .await
+        .context("while seeding MongoDB for C")?;
+    report.dataset.seed_mongo_secs = Some(round3(t.elapsed().as_secs_f64()));
+    report.dataset.gmc_doctors = Some(seeded.doctors);
+    report.dataset.recommendations = Some(seeded.recommendations);
+    report.dataset.tcs_messages = Some(seeded.tcs_messages);
+    println!(
+        "C: seeded {} GMC doctors and {} recommendations in {:.1} s (not measured).",
+        seeded.doctors,
+        seeded.recommendations,
+        t.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 

@@ -38,7 +38,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use super::engine::{Engine, PromoteError};
+use super::engine::Engine;
 use super::gates::GateReport;
 use super::progress::Progress;
 use crate::config::Settings;
@@ -157,18 +157,10 @@ pub async fn run_rebuild(settings: &Settings, options: RunOptions) -> anyhow::Re
         Err(e) if is_refusal(e) => RunOutcome::Refused,
         Err(_) => RunOutcome::Failed,
     };
-    if result.is_err() {
+    if let (Err(_), Some(engine)) = (&result, &engine) {
         // Nothing moved; delete what this run half-built, best effort (the
         // next run would delete it anyway).
-        if let Some(engine) = &engine {
-            match engine.delete_orphans(&[]).await {
-                Ok(deleted) if !deleted.is_empty() => {
-                    info!(deleted = ?deleted, "Deleted the half-built generations of the failed run.")
-                }
-                Ok(_) => {}
-                Err(e) => warn!(error = %e, "Could not delete the half-built generations."),
-            }
-        }
+        delete_own_half_built(engine, &run_id).await;
     }
     tracker
         .record
@@ -190,6 +182,30 @@ pub async fn run_rebuild(settings: &Settings, options: RunOptions) -> anyhow::Re
         bulk,
         gates,
     })
+}
+
+/// Deletes the generations of `run_id` still building. Only this run's:
+/// a run that failed because it lost the lease must not touch another's.
+async fn delete_own_half_built(engine: &Engine, run_id: &str) {
+    let listing = match engine.list_generations().await {
+        Ok(listing) => listing,
+        Err(e) => {
+            warn!(error = %e, "Could not list generations to delete the half-built ones.");
+            return;
+        }
+    };
+    let others: Vec<String> = listing
+        .into_iter()
+        .filter(|g| g.run_id() != Some(run_id))
+        .map(|g| g.name)
+        .collect();
+    match engine.delete_orphans(&others).await {
+        Ok(deleted) if !deleted.is_empty() => {
+            info!(deleted = ?deleted, "Deleted the half-built generations of the failed run.")
+        }
+        Ok(_) => {}
+        Err(e) => warn!(error = %e, "Could not delete the half-built generations."),
+    }
 }
 
 fn is_refusal(e: &anyhow::Error) -> bool {
@@ -499,9 +515,6 @@ impl Run<'_> {
             Ok(p) => p,
             Err(e) if e.is_refusal() => {
                 return Err(anyhow!(Refused(format!("promotion refused: {e}"))))
-            }
-            Err(PromoteError::Search(e)) => {
-                return Err(e).context("while moving the aliases");
             }
             Err(e) => return Err(e).context("while moving the aliases"),
         };

@@ -134,7 +134,7 @@ pub struct GmcSource {
 }
 
 /// GMC numbers per `$in` query (see [`GmcSource::doctors_by_number`]).
-pub const IN_CHUNK: usize = 100;
+pub const IN_CHUNK: usize = 50;
 /// `$in` queries of one batch in flight at once.
 pub const IN_CONCURRENCY: usize = 4;
 
@@ -151,18 +151,23 @@ impl GmcSource {
 
     /// The latest outcome of every doctor, from one aggregation: the
     /// submitted recommendations (those with an `actualSubmissionDate`;
-    /// drafts have none), sorted by doctor and newest `gmcSubmissionDate`
-    /// first, grouped by doctor keeping the first outcome. `allowDiskUse`
-    /// lets the server sort more than its memory limit; an index on
-    /// `{gmcNumber: 1, gmcSubmissionDate: -1}` lets it avoid sorting at all.
+    /// drafts have none) grouped by doctor, keeping the greatest
+    /// `{gmcSubmissionDate, outcome}` pair. Documents compare field by
+    /// field, so that is the outcome of the latest submission (on an equal
+    /// date, the outcome that sorts last: a fixed rule, not arrival order).
+    ///
+    /// `$max` instead of `$sort` + `$first`: the group is a hash aggregation
+    /// whose memory grows with the doctors, not the recommendations, and it
+    /// needs no sort (which DocumentDB spills to disk past its memory
+    /// limit). Measured on SecantusDB with 383k recommendations: 8.6 s
+    /// against 14.8 s for the sorted form. `allowDiskUse` stays on for
+    /// servers that choose to spill anyway.
     pub async fn latest_outcomes(&self) -> Result<(OutcomeMap, OutcomeLoad), SourceError> {
         let pipeline = vec![
             doc! {"$match": {"actualSubmissionDate": {"$exists": true, "$ne": null}}},
-            doc! {"$sort": {"gmcNumber": 1, "gmcSubmissionDate": -1}},
             doc! {"$group": {
                 "_id": "$gmcNumber",
-                "outcome": {"$first": "$outcome"},
-                "submitted": {"$first": "$gmcSubmissionDate"},
+                "latest": {"$max": {"submitted": "$gmcSubmissionDate", "outcome": "$outcome"}},
             }},
         ];
         let mut cursor = self
@@ -188,15 +193,17 @@ impl GmcSource {
                 load.unusable_numbers += 1;
                 continue;
             };
-            let Some(status) = group
-                .get_str("outcome")
-                .ok()
+            let latest = group.get_document("latest").ok();
+            let Some(status) = latest
+                .and_then(|l| l.get_str("outcome").ok())
                 .and_then(|s| s.parse::<GmcStatus>().ok())
             else {
                 load.unknown_outcomes += 1;
                 continue;
             };
-            let submitted = group.get("submitted").cloned().unwrap_or(Bson::Null);
+            let submitted = latest
+                .and_then(|l| l.get("submitted").cloned())
+                .unwrap_or(Bson::Null);
             if raw != number.as_str() || padded.contains_key(&number) {
                 if let Some(earlier) = padded.get(&number) {
                     if !is_later(&submitted, earlier) {
@@ -224,8 +231,8 @@ impl GmcSource {
     /// SecantusDB (the local stack) re-checks every fetched document against
     /// the whole `$in` list, so its cost grows with the square of the list:
     /// measured on 4000 ids, 100 µs per id in chunks of 50, 130 µs in chunks
-    /// of 100, 690 µs in one query of 1000. Chunks of 100 cost MongoDB
-    /// nothing noticeable and keep SecantusDB linear.
+    /// of 100, 690 µs in one query of 1000. Small chunks cost MongoDB
+    /// nothing noticeable and keep SecantusDB linear; 50 is its sweet spot.
     ///
     /// Numbers are asked for as strings, the type of `doctorsForDB._id`;
     /// when [`probe_id_types`](Self::probe_id_types) found numeric ids in

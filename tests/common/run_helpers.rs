@@ -1,0 +1,281 @@
+//! Helpers of the full-run tests (`tests/run.rs`): seeding a test's
+//! database, the TCS simulator as a task, running a rebuild in-process or
+//! as a child process, reading back documents and the dead-letter queue.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use lapin::options::{BasicGetOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use opensearch::http::Method;
+use rebuilder::dev::datagen::{Category, DatasetSpec};
+use rebuilder::dev::seed::seed_mongo;
+use rebuilder::dev::simulator::{run_simulator, SimulatorOptions, SyncServed};
+use rebuilder::domain::MasterDoctor;
+use rebuilder::rebuild::run::{run_rebuild, RunOptions, RunReport};
+use rebuilder::search::SearchClient;
+use rebuilder::sources::tcs::REASON_HEADER;
+use rebuilder::sources::SourceError;
+use rebuilder::state::history::{RunHistory, RunRecord};
+use serde_json::Value;
+use tokio::task::JoinHandle;
+
+use crate::common::TestEnv;
+
+/// Logs of the code under test, only when asked for with `RUST_LOG`.
+pub fn logs() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        rebuilder::telemetry::init();
+    }
+}
+
+/// Replaces the test's GMC collections with the generated data.
+pub async fn seed(env: &TestEnv, spec: &DatasetSpec) {
+    let mongo = env.mongo().await;
+    seed_mongo(&mongo, &env.settings.mongodb, spec)
+        .await
+        .unwrap_or_else(|e| panic!("seeding failed: {e:#}"));
+}
+
+/// The TCS simulator of this test, serving syncs from `spec` as a task.
+pub fn simulator(
+    env: &TestEnv,
+    spec: DatasetSpec,
+    options: SimulatorOptions,
+) -> JoinHandle<Result<Vec<SyncServed>, SourceError>> {
+    let rabbit = env.settings.rabbitmq.clone();
+    tokio::spawn(async move { run_simulator(&rabbit, spec, options).await })
+}
+
+/// Serves exactly one full sync.
+pub fn simulator_once(
+    env: &TestEnv,
+    spec: DatasetSpec,
+) -> JoinHandle<Result<Vec<SyncServed>, SourceError>> {
+    simulator(
+        env,
+        spec,
+        SimulatorOptions {
+            once: true,
+            ..SimulatorOptions::default()
+        },
+    )
+}
+
+/// One rebuild in-process, bounded in time.
+pub async fn rebuild(env: &TestEnv) -> anyhow::Result<RunReport> {
+    rebuild_with(env, RunOptions::default()).await
+}
+
+pub async fn rebuild_with(env: &TestEnv, options: RunOptions) -> anyhow::Result<RunReport> {
+    tokio::time::timeout(
+        Duration::from_secs(300),
+        run_rebuild(&env.settings, options),
+    )
+    .await
+    .expect("a rebuild finishes within 5 minutes")
+}
+
+/// The run history of the test's database.
+pub async fn history(env: &TestEnv) -> RunHistory {
+    RunHistory::new(&env.mongo().await, &env.settings.mongodb)
+}
+
+pub async fn run_record(env: &TestEnv, id: &str) -> RunRecord {
+    history(env)
+        .await
+        .get(id)
+        .await
+        .expect("history readable")
+        .unwrap_or_else(|| panic!("run {id} is recorded"))
+}
+
+/// Every document behind `target`, by id (test-sized data: up to 10,000).
+pub async fn documents(client: &SearchClient, target: &str) -> BTreeMap<String, MasterDoctor> {
+    let body = serde_json::json!({"size": 10000, "query": {"match_all": {}}, "sort": ["_doc"]});
+    let v = client
+        .json(
+            Method::Post,
+            &format!("/{target}/_search"),
+            &[],
+            Some(&body),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("search of {target} failed: {e}"));
+    let hits = v["hits"]["hits"].as_array().expect("hits");
+    assert!(
+        hits.len() < 10000,
+        "test data must stay under 10,000 documents"
+    );
+    hits.iter()
+        .map(|h| {
+            let doc: MasterDoctor = serde_json::from_value(h["_source"].clone())
+                .unwrap_or_else(|e| panic!("document {} does not read back: {e}", h["_id"]));
+            (h["_id"].as_str().unwrap().to_string(), doc)
+        })
+        .collect()
+}
+
+/// Checks that `target` holds exactly the expected document of every
+/// generated doctor (ignoring `updatedAt`, which must be set), and that
+/// every category occurs. Returns the doctors per category.
+pub async fn assert_documents_match(
+    client: &SearchClient,
+    target: &str,
+    spec: &DatasetSpec,
+) -> BTreeMap<Category, usize> {
+    let mut actual = documents(client, target).await;
+    let mut per_category: BTreeMap<Category, usize> = BTreeMap::new();
+    let mut mismatches = Vec::new();
+    for doctor in spec.doctors() {
+        *per_category.entry(doctor.category).or_default() += 1;
+        match actual.remove(&doctor.gmc_number) {
+            None => mismatches.push(format!(
+                "{} ({}) is missing",
+                doctor.gmc_number,
+                doctor.category.as_str()
+            )),
+            Some(mut doc) => {
+                if doc.updated_at.take().is_none() {
+                    mismatches.push(format!("{} has no updatedAt", doctor.gmc_number));
+                }
+                if doc != doctor.expected {
+                    mismatches.push(format!(
+                        "{} ({}) differs:\n  actual   {doc:?}\n  expected {:?}",
+                        doctor.gmc_number,
+                        doctor.category.as_str(),
+                        doctor.expected
+                    ));
+                }
+            }
+        }
+    }
+    for id in actual.keys() {
+        mismatches.push(format!("{id} is not a generated doctor"));
+    }
+    assert!(
+        mismatches.is_empty(),
+        "{} documents are wrong; the first ones:\n{}",
+        mismatches.len(),
+        mismatches
+            .iter()
+            .take(5)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    for category in [
+        Category::Both,
+        Category::TcsOnly,
+        Category::GmcOnly,
+        Category::NoLongerInGmc,
+    ] {
+        assert!(
+            per_category.get(&category).copied().unwrap_or(0) > 0,
+            "the data set has no {} doctor",
+            category.as_str()
+        );
+    }
+    per_category
+}
+
+/// The messages on the dead-letter queue (taken off it), as
+/// `(reason header, body)`.
+pub async fn take_dead_letters(env: &TestEnv) -> Vec<(String, Vec<u8>)> {
+    let connection = env.rabbit().await;
+    let channel = connection.create_channel().await.expect("channel");
+    let mut out = Vec::new();
+    while let Some(message) = channel
+        .basic_get(
+            &env.settings.rabbitmq.dead_letter_queue,
+            BasicGetOptions { no_ack: true },
+        )
+        .await
+        .expect("basic.get on the dead-letter queue")
+    {
+        let reason = message
+            .delivery
+            .properties
+            .headers()
+            .as_ref()
+            .and_then(|h: &FieldTable| h.inner().get(REASON_HEADER).cloned())
+            .map(|v| match v {
+                AMQPValue::LongString(s) => s.to_string(),
+                other => format!("{other:?}"),
+            })
+            .unwrap_or_default();
+        out.push((reason, message.delivery.data.clone()));
+    }
+    let _ = connection.close(200, "test done").await;
+    out
+}
+
+/// `(ready messages, consumers)` of a queue.
+pub async fn queue_state(env: &TestEnv, queue: &str) -> (u32, u32) {
+    let connection = env.rabbit().await;
+    let channel = connection.create_channel().await.expect("channel");
+    let q = channel
+        .queue_declare(
+            queue,
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("the queue exists");
+    let _ = connection.close(200, "test done").await;
+    (q.message_count(), q.consumer_count())
+}
+
+/// The `REBUILDER_*` environment that gives a child process this test's settings.
+pub fn child_env(env: &TestEnv) -> Vec<(String, String)> {
+    let s = &env.settings;
+    let r = &s.rabbitmq;
+    [
+        ("OPENSEARCH__URL", s.opensearch.url.clone()),
+        ("NAMES__PREFIX", s.names.prefix.clone()),
+        ("MONGODB__DATABASE", s.mongodb.database.clone()),
+        ("RABBITMQ__EXCHANGE", r.exchange.clone()),
+        ("RABBITMQ__SYNC_START_QUEUE", r.sync_start_queue.clone()),
+        (
+            "RABBITMQ__SYNC_START_ROUTING_KEY",
+            r.sync_start_routing_key.clone(),
+        ),
+        ("RABBITMQ__SYNC_DATA_QUEUE", r.sync_data_queue.clone()),
+        (
+            "RABBITMQ__SYNC_DATA_ROUTING_KEY",
+            r.sync_data_routing_key.clone(),
+        ),
+        ("RABBITMQ__UPDATE_QUEUE", r.update_queue.clone()),
+        ("RABBITMQ__UPDATE_ROUTING_KEY", r.update_routing_key.clone()),
+        ("RABBITMQ__DEAD_LETTER_QUEUE", r.dead_letter_queue.clone()),
+        (
+            "RABBITMQ__IDLE_TIMEOUT_SECS",
+            r.idle_timeout_secs.to_string(),
+        ),
+        ("RUN__LEASE_TTL_SECS", s.run.lease_ttl_secs.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (format!("REBUILDER_{k}"), v))
+    .collect()
+}
+
+/// The ids of the expected documents that match a predicate, sorted.
+pub fn expected_ids(spec: &DatasetSpec, keep: impl Fn(&MasterDoctor) -> bool) -> Vec<String> {
+    let mut ids: Vec<String> = spec
+        .doctors()
+        .filter(|d| keep(&d.expected))
+        .map(|d| d.gmc_number)
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// A field of a JSON value as text, for messages.
+pub fn text(v: &Value) -> String {
+    v.to_string().chars().take(300).collect()
+}

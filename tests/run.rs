@@ -1,0 +1,545 @@
+//! The full rebuild run against real servers: RabbitMQ with the TCS
+//! simulator, the MongoDB-compatible store seeded with generated GMC data,
+//! and OpenSearch. End to end per category, zero downtime across a second
+//! run over changed data, the dead-letter queue, safe failures, the
+//! single-flight lease, and a run killed mid-build.
+//!
+//! Needs the local stack (`scripts/stack start`). Every test owns its
+//! index prefix, queues and database, and removes them at the end.
+
+mod common;
+#[path = "common/engine_helpers.rs"]
+mod engine_helpers;
+#[path = "common/run_helpers.rs"]
+mod run_helpers;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::{alias_targets, ids, TestEnv};
+use engine_helpers::{all_aliases, engine, Probe};
+use rebuilder::dev::datagen::DatasetSpec;
+use rebuilder::dev::simulator::SimulatorOptions;
+use rebuilder::ops::Refused;
+use rebuilder::rebuild::run::RunOptions;
+use rebuilder::search::{GenerationState, SearchClient};
+use rebuilder::sources::SourceError;
+use rebuilder::state::history::RunOutcome;
+use rebuilder::state::lease::{lease_collection, read_lease, Lease, LeaseHolder, REBUILD_LEASE};
+use rebuilder::state::StateError;
+use run_helpers::*;
+use serde_json::json;
+
+/// Every alias of both families with the generation it points to.
+async fn alias_map(client: &SearchClient, env: &TestEnv) -> BTreeMap<String, Vec<String>> {
+    let engine = engine(env).await;
+    let mut map = BTreeMap::new();
+    for (alias, _) in all_aliases(&engine) {
+        let targets = alias_targets(client, &alias).await;
+        map.insert(alias, targets);
+    }
+    map
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_writes_every_doctor_as_merged_and_promotes_both_families() {
+    logs();
+    let env = TestEnv::new("run_e2e");
+    let client = env.search().await;
+    let spec = DatasetSpec::new(11, 3000);
+    seed(&env, &spec).await;
+    let tcs = simulator_once(&env, spec);
+
+    let report = rebuild(&env).await.expect("the run succeeds");
+    let served = tcs.await.unwrap().expect("the simulator served the sync");
+    assert!(served[0].sync_end);
+
+    let record = &report.record;
+    assert_eq!(record.outcome, RunOutcome::Succeeded);
+    assert_eq!(
+        record.generations.len(),
+        2,
+        "a master and a recommendation generation"
+    );
+    let promotion = record.promotion.as_ref().expect("promoted");
+    assert_eq!(promotion.previous_master, None, "first run");
+
+    let master_alias = env.name("masterdoctorindex");
+    let per_category = assert_documents_match(&client, &master_alias, &spec).await;
+    let c = &record.counts;
+    assert_eq!(c.docs_expected, spec.doctors as u64);
+    assert_eq!(
+        c.merged_both + c.merged_tcs_only + c.merged_gmc_only,
+        spec.doctors as u64
+    );
+    assert_eq!(
+        c.merged_gmc_only,
+        per_category[&rebuilder::dev::datagen::Category::GmcOnly] as u64
+    );
+    let duplicated = spec.doctors().filter(|d| d.tcs_messages.len() > 1).count() as u64;
+    assert!(duplicated > 0);
+    assert_eq!(c.tcs_duplicates, duplicated);
+    assert_eq!(c.docs_failed, 0);
+
+    let connections = ids(
+        &client,
+        &env.name("current_connections"),
+        json!({"match_all": {}}),
+    )
+    .await;
+    assert_eq!(connections, expected_ids(&spec, |d| d.exists_in_gmc));
+    let discrepancies = ids(
+        &client,
+        &env.name("discrepancies"),
+        json!({"match_all": {}}),
+    )
+    .await;
+    assert_eq!(discrepancies, expected_ids(&spec, |d| d.is_discrepancy()));
+    let recommendations = ids(
+        &client,
+        &env.name("recommendationindex"),
+        json!({"match_all": {}}),
+    )
+    .await;
+    assert_eq!(recommendations.len(), spec.doctors);
+
+    // The run is recorded as it ended, and the lease is free again.
+    let stored = run_record(&env, &record.id).await;
+    assert_eq!(stored.outcome, RunOutcome::Succeeded);
+    assert!(stored.phases.iter().all(|p| p.duration_ms.is_some()));
+    assert_eq!(stored.gates.len(), record.gates.len());
+    assert!(stored.gates.iter().all(|g| g.passed));
+    let lease = read_lease(
+        &lease_collection(&env.mongo().await, &env.settings.mongodb),
+        REBUILD_LEASE,
+    )
+    .await
+    .unwrap();
+    assert!(lease.is_none(), "the lease is released: {lease:?}");
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_tcs_messages_are_dead_lettered_and_counted_and_the_run_succeeds() {
+    logs();
+    let env = TestEnv::new("run_dlq");
+    let spec = DatasetSpec::new(12, 1500);
+    seed(&env, &spec).await;
+    let tcs = simulator_once(&env, spec);
+    let report = rebuild(&env)
+        .await
+        .expect("the run succeeds despite bad input");
+    tcs.await.unwrap().unwrap();
+
+    let expected = spec.expected_rejects();
+    let recorded: BTreeMap<&str, u64> = report
+        .record
+        .rejects
+        .iter()
+        .map(|(k, v)| (k.as_str(), *v))
+        .collect();
+    assert_eq!(recorded, expected, "rejects by reason in the run record");
+
+    let dead = take_dead_letters(&env).await;
+    let mut by_reason: BTreeMap<&str, u64> = BTreeMap::new();
+    for (reason, _) in &dead {
+        *by_reason.entry(reason.as_str()).or_default() += 1;
+    }
+    assert_eq!(
+        by_reason, expected,
+        "messages on the dead-letter queue by reason"
+    );
+    let mut bodies: Vec<Vec<u8>> = dead.into_iter().map(|(_, b)| b).collect();
+    let mut malformed: Vec<Vec<u8>> = spec
+        .malformed_tcs_messages()
+        .into_iter()
+        .map(|(b, _)| b)
+        .collect();
+    bodies.sort();
+    malformed.sort();
+    assert_eq!(
+        bodies, malformed,
+        "the dead letters are the malformed bodies, unchanged"
+    );
+
+    let (left, _) = queue_state(&env, &env.settings.rabbitmq.sync_data_queue).await;
+    assert_eq!(left, 0, "every sync message was acked");
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_run_over_changed_data_keeps_every_alias_answering() {
+    logs();
+    let env = TestEnv::new("run_zero_downtime");
+    let client = env.search().await;
+    let first = DatasetSpec::new(13, 2500);
+    seed(&env, &first).await;
+    let tcs = simulator_once(&env, first);
+    rebuild(&env).await.expect("the first run succeeds");
+    tcs.await.unwrap().unwrap();
+    let before = alias_map(&client, &env).await;
+
+    let changed = first.with_variant(1);
+    seed(&env, &changed).await;
+    let tcs = simulator_once(&env, changed);
+    let engine = engine(&env).await;
+    let aliases: Vec<String> = all_aliases(&engine).into_iter().map(|(a, _)| a).collect();
+    let probe = Probe::start(client.clone(), aliases);
+    let report = rebuild(&env).await.expect("the second run succeeds");
+    let seen = probe.stop().await;
+    tcs.await.unwrap().unwrap();
+
+    assert!(
+        seen.rounds > 10,
+        "the probe ran through the rebuild ({} rounds)",
+        seen.rounds
+    );
+    assert!(
+        seen.problems.is_empty(),
+        "{} problems seen by the probe, the first: {:?}",
+        seen.problems.len(),
+        seen.problems.iter().take(5).collect::<Vec<_>>()
+    );
+    let after = alias_map(&client, &env).await;
+    assert_ne!(before, after, "the aliases moved");
+    let promotion = report.record.promotion.expect("promoted");
+    assert_eq!(
+        promotion.previous_master.as_deref(),
+        before[&env.name("masterdoctorindex")]
+            .first()
+            .map(String::as_str)
+    );
+    assert_documents_match(&client, &env.name("masterdoctorindex"), &changed).await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_fails_and_moves_no_alias_when_tcs_is_silent_or_stops_before_sync_end() {
+    logs();
+    let mut env = TestEnv::new("run_safe_failures");
+    let client = env.search().await;
+    let spec = DatasetSpec::new(14, 1000);
+    seed(&env, &spec).await;
+    let tcs = simulator_once(&env, spec);
+    rebuild(&env).await.expect("the baseline run succeeds");
+    tcs.await.unwrap().unwrap();
+    let before = alias_map(&client, &env).await;
+    env.settings.rabbitmq.idle_timeout_secs = 3;
+
+    // TCS sends nothing at all: no simulator.
+    let error = rebuild(&env).await.expect_err("a silent TCS fails the run");
+    let idle = error
+        .chain()
+        .find_map(|e| e.downcast_ref::<SourceError>())
+        .unwrap_or_else(|| panic!("not a source error: {error:#}"));
+    assert!(
+        matches!(idle, SourceError::TcsIdle { received: 0, .. }),
+        "{error:#}"
+    );
+    assert_eq!(alias_map(&client, &env).await, before, "no alias moved");
+    let last = history(&env)
+        .await
+        .current_or_last()
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(last.outcome, RunOutcome::Failed);
+    assert!(last
+        .error
+        .as_deref()
+        .unwrap_or("")
+        .contains("TCS sent nothing"));
+    // The simulator answers the syncStart the failed run left; drain it.
+    let leftover = simulator_once(&env, spec);
+    leftover.await.unwrap().unwrap();
+
+    // TCS stops mid-sync: 300 messages and no syncEnd.
+    let tcs = simulator(
+        &env,
+        spec,
+        SimulatorOptions {
+            once: true,
+            stop_after: Some(300),
+            ..SimulatorOptions::default()
+        },
+    );
+    let error = rebuild(&env)
+        .await
+        .expect_err("a sync without syncEnd fails the run");
+    assert!(
+        error.chain().any(|e| matches!(
+            e.downcast_ref::<SourceError>(),
+            Some(SourceError::TcsIdle { received: 300, .. })
+        )),
+        "{error:#}"
+    );
+    assert!(!tcs.await.unwrap().unwrap()[0].sync_end);
+    assert_eq!(alias_map(&client, &env).await, before, "no alias moved");
+
+    // What the failed runs built was deleted; only the served pair remains.
+    let listing = engine(&env).await.list_generations().await.unwrap();
+    assert!(
+        listing.iter().all(|g| g.state() == GenerationState::Ready),
+        "no half-built generation is left: {:?}",
+        listing
+            .iter()
+            .map(|g| (&g.name, g.state()))
+            .collect::<Vec<_>>()
+    );
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_concurrent_runs_exactly_one_proceeds_and_the_other_names_it() {
+    logs();
+    let env = TestEnv::new("run_single_flight");
+    let spec = DatasetSpec::new(15, 1000);
+    seed(&env, &spec).await;
+    let tcs = simulator_once(&env, spec);
+    let (a, b) = tokio::join!(rebuild(&env), rebuild(&env));
+    tcs.await.unwrap().unwrap();
+
+    let (winner, refused) = match (a, b) {
+        (Ok(w), Err(r)) | (Err(r), Ok(w)) => (w, r),
+        (a, b) => panic!(
+            "expected exactly one run to proceed: {:?} / {:?}",
+            a.map(|r| r.record.id),
+            b.map(|r| r.record.id)
+        ),
+    };
+    let refusal = refused
+        .chain()
+        .find_map(|e| e.downcast_ref::<Refused>())
+        .unwrap_or_else(|| panic!("the other run is refused: {refused:#}"));
+    assert!(
+        refusal.0.contains(&winner.record.id),
+        "the refusal names the run holding the lease: {}",
+        refusal.0
+    );
+    assert_eq!(rebuilder::ops::exit_code_for(&refused), 3);
+    let runs = history(&env).await.recent(10).await.unwrap();
+    let outcomes: Vec<RunOutcome> = runs.iter().map(|r| r.outcome).collect();
+    assert_eq!(runs.len(), 2, "both runs are recorded: {outcomes:?}");
+    assert!(outcomes.contains(&RunOutcome::Succeeded) && outcomes.contains(&RunOutcome::Refused));
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_holders_lease_expires_and_a_live_one_is_renewed() {
+    logs();
+    let env = TestEnv::new("run_lease");
+    let mongo = env.mongo().await;
+    let leases = lease_collection(&mongo, &env.settings.mongodb);
+    let ttl = Duration::from_millis(1500);
+
+    let first = Lease::acquire(
+        leases.clone(),
+        "test",
+        LeaseHolder::this_process("run-a"),
+        ttl,
+    )
+    .await
+    .unwrap();
+    // Renewed while it lives: still held after several times its ttl.
+    tokio::time::sleep(ttl * 2).await;
+    match Lease::acquire(
+        leases.clone(),
+        "test",
+        LeaseHolder::this_process("run-b"),
+        ttl,
+    )
+    .await
+    {
+        Err(StateError::Held { run_id, .. }) => assert_eq!(run_id, "run-a"),
+        other => panic!(
+            "expected the lease to be held by run-a: {:?}",
+            other.map(|l| l.holder().clone())
+        ),
+    }
+    first.confirm().await.expect("run-a still holds it");
+    // The holder dies: no release, no renewal. The lease expires after its ttl.
+    drop(first);
+    let died = Instant::now();
+    let second = loop {
+        match Lease::acquire(
+            leases.clone(),
+            "test",
+            LeaseHolder::this_process("run-b"),
+            ttl,
+        )
+        .await
+        {
+            Ok(lease) => break lease,
+            Err(StateError::Held { .. }) if died.elapsed() < ttl * 3 => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(e) => panic!("the dead holder's lease did not expire: {e}"),
+        }
+    };
+    assert!(died.elapsed() >= ttl / 2, "taken over only once expired");
+    assert_eq!(second.holder().run_id, "run-b");
+    second.release().await.unwrap();
+    assert!(read_lease(&leases, "test").await.unwrap().is_none());
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_killed_mid_build_moves_no_alias_and_the_next_run_cleans_up_and_loses_nothing() {
+    logs();
+    let mut env = TestEnv::new("run_crash");
+    env.settings.run.lease_ttl_secs = 3;
+    let client = env.search().await;
+    let spec = DatasetSpec::new(16, 2500);
+    seed(&env, &spec).await;
+    let tcs = simulator_once(&env, spec);
+    rebuild(&env).await.expect("the baseline run succeeds");
+    tcs.await.unwrap().unwrap();
+    let before = alias_map(&client, &env).await;
+
+    // TCS delivers part of a sync and then goes quiet; the child run writes
+    // and acks what it got, then waits for more.
+    let sent = 1800;
+    let tcs = simulator(
+        &env,
+        spec,
+        SimulatorOptions {
+            once: true,
+            stop_after: Some(sent),
+            ..SimulatorOptions::default()
+        },
+    );
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_rebuilder"))
+        .arg("run")
+        .envs(child_env(&env))
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("the rebuilder binary starts");
+    let history = history(&env).await;
+    let started = Instant::now();
+    let child_run = loop {
+        let current = history.current_or_last().await.unwrap();
+        if let Some(r) =
+            current.filter(|r| r.outcome == RunOutcome::Running && r.counts.docs_written > 0)
+        {
+            break r;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the child run never wrote anything"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the child run ended early"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    child.kill().expect("SIGKILL the child run");
+    child.wait().unwrap();
+    tcs.await.unwrap().unwrap();
+
+    // The aliases did not move, and the child left a half-built generation.
+    assert_eq!(alias_map(&client, &env).await, before);
+    let listing = engine(&env).await.list_generations().await.unwrap();
+    let orphans: Vec<String> = listing
+        .iter()
+        .filter(|g| g.state() == GenerationState::Building)
+        .map(|g| g.name.clone())
+        .collect();
+    assert_eq!(orphans.len(), 1, "one half-built generation: {orphans:?}");
+    // It acked what it had written: those messages are gone from the queue;
+    // the rest came back when its connection died.
+    let queue = &env.settings.rabbitmq.sync_data_queue;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (ready, _) = loop {
+        let state = queue_state(&env, queue).await;
+        if state.1 == 0 || Instant::now() > deadline {
+            break state;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        u64::from(ready) < sent,
+        "some messages were acked before the crash"
+    );
+
+    // The dead child's lease expires by itself; the next run then cleans up
+    // and succeeds.
+    let leases = lease_collection(&env.mongo().await, &env.settings.mongodb);
+    let held = read_lease(&leases, REBUILD_LEASE)
+        .await
+        .unwrap()
+        .expect("the child held the lease");
+    assert_eq!(held.holder.run_id, child_run.id);
+    let refused = rebuild(&env)
+        .await
+        .expect_err("refused while the dead lease lives");
+    assert!(
+        refused
+            .chain()
+            .any(|c| c.downcast_ref::<Refused>().is_some()),
+        "{refused:#}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !read_lease(&leases, REBUILD_LEASE)
+        .await
+        .unwrap()
+        .is_none_or(|l| l.expired)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the dead child's lease never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let tcs = simulator_once(&env, spec);
+    let report = rebuild(&env)
+        .await
+        .expect("the run after the crash succeeds");
+    tcs.await.unwrap().unwrap();
+    assert_eq!(
+        report.record.orphans_deleted, orphans,
+        "the orphan was deleted"
+    );
+    assert_eq!(report.record.counts.tcs_stale_discarded, u64::from(ready));
+    assert_eq!(
+        run_record(&env, &child_run.id).await.outcome,
+        RunOutcome::Abandoned
+    );
+    // No acked message's data is missing: every doctor is there, as expected.
+    assert_documents_match(&client, &env.name("masterdoctorindex"), &spec).await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_builds_and_validates_but_moves_no_alias() {
+    logs();
+    let env = TestEnv::new("run_dry");
+    let client = env.search().await;
+    let spec = DatasetSpec::new(17, 600);
+    seed(&env, &spec).await;
+    let tcs = simulator_once(&env, spec);
+    let report = rebuild_with(
+        &env,
+        RunOptions {
+            dry_run: true,
+            ..RunOptions::default()
+        },
+    )
+    .await
+    .expect("the dry run succeeds");
+    tcs.await.unwrap().unwrap();
+    assert_eq!(report.record.outcome, RunOutcome::DryRun);
+    assert!(report.record.promotion.is_none());
+    assert!(report.gates.expect("validated").passed());
+    assert_eq!(report.record.generations.len(), 2);
+    assert!(
+        alias_map(&client, &env)
+            .await
+            .values()
+            .all(|t| t.is_empty()),
+        "no alias exists"
+    );
+    env.cleanup().await;
+}
