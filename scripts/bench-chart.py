@@ -8,7 +8,8 @@ Panels, on one time axis (seconds since each measurement started):
      C (rebuilder run, the new generation's indexing total), with C's phases
      shaded, the alias swap marked, and B's extrapolated rate for scale;
   2. the probe's latency on current_connections, errors in red, swap marked;
-  3. the rebuilder process's resident memory against the 300 MB target.
+  3. the cores each part of the stack used during C (where the time goes);
+  4. the rebuilder process's resident memory against the 300 MB target.
 Needs only matplotlib (its wheel ships its own fonts).
 """
 import json
@@ -42,9 +43,9 @@ def main(report_path, png_path):
     machine = r["machine"]
 
     fig, axes = plt.subplots(
-        3, 1, figsize=(12, 10), sharex=True, gridspec_kw={"height_ratios": [3, 2, 1.4]}
+        4, 1, figsize=(12, 12.5), sharex=True, gridspec_kw={"height_ratios": [3, 2, 1.8, 1.3]}
     )
-    docs_ax, probe_ax, mem_ax = axes
+    docs_ax, probe_ax, cpu_ax, mem_ax = axes
     title = (
         f"rebuilder benchmark: {ds['doctors']:,} doctors, OpenSearch {machine['opensearch_version']} "
         f"({machine['opensearch_heap_mb']} MB heap), {machine['cores']} cores"
@@ -124,7 +125,47 @@ def main(report_path, png_path):
     probe_ax.set_ylabel("probe latency (ms)")
     probe_ax.grid(alpha=0.3, which="both")
 
-    # 3. Memory.
+    # 3. CPU by part of the stack.
+    cpu_series = (c or {}).get("run", {}).get("cpu_series") or []
+    if cpu_series:
+        groups = [
+            ("mongo (SecantusDB)", "mongo (SecantusDB)", "#8c564b"),
+            ("opensearch", "opensearch", "#1f77b4"),
+            ("rebuilder run (measured)", "rebuilder run", "#d62728"),
+            ("rabbitmq", "rabbitmq", "#ff7f0e"),
+            ("tcs-simulator", "tcs-simulator", "#bcbd22"),
+            ("bench", "bench (loader, probe)", "#17becf"),
+            ("other", "other work on the machine", "#c7c7c7"),
+        ]
+
+        def group_of(role):
+            for key, _, _ in groups:
+                if role.startswith(key):
+                    return key
+            return "other"
+
+        t = [p[0] for p in cpu_series]
+        stacks = {key: [0.0] * len(t) for key, _, _ in groups}
+        for i, (_, load) in enumerate(cpu_series):
+            for role, cores in load.items():
+                stacks[group_of(role)][i] += cores
+        # Each point covers the interval that ends at its time: the first
+        # one covers the run's start too.
+        t = [0.0] + t
+        stacks = {k: v[:1] + v for k, v in stacks.items()}
+        used = [(key, label, colour) for key, label, colour in groups if any(stacks[key])]
+        cpu_ax.stackplot(t, [stacks[k] for k, _, _ in used], labels=[lab for _, lab, _ in used],
+                         colors=[col for _, _, col in used], step="pre", alpha=0.85)
+        cores = machine["cores"]
+        cpu_ax.axhline(cores, color="black", lw=0.8, ls=":")
+        cpu_ax.set_ylim(0, cores * 1.15)
+        cpu_ax.legend(loc="upper left", fontsize=7, ncol=4)
+    else:
+        cpu_ax.text(0.5, 0.5, "no CPU samples (C not measured)", transform=cpu_ax.transAxes, ha="center")
+    cpu_ax.set_ylabel("cores used during C")
+    cpu_ax.grid(alpha=0.3)
+
+    # 4. Memory.
     if c and c["run"]["usage"].get("rss_series"):
         t, v = zip(*c["run"]["usage"]["rss_series"])
         mem_ax.plot(t, v, color="#9467bd", lw=1.5, label=f"rebuilder RSS (peak {c['peak_rss_mb']:.0f} MB)")

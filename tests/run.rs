@@ -23,6 +23,7 @@ use rebuilder::dev::simulator::SimulatorOptions;
 use rebuilder::ops::Refused;
 use rebuilder::rebuild::run::RunOptions;
 use rebuilder::search::{GenerationState, SearchClient};
+use rebuilder::sources::gmc::GmcSource;
 use rebuilder::sources::SourceError;
 use rebuilder::state::history::RunOutcome;
 use rebuilder::state::lease::{lease_collection, read_lease, Lease, LeaseHolder, REBUILD_LEASE};
@@ -541,5 +542,76 @@ async fn a_dry_run_builds_and_validates_but_moves_no_alias() {
             .all(|t| t.is_empty()),
         "no alias exists"
     );
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_doctors_reader_reopens_its_cursor_after_a_stall_and_reads_each_doctor_once() {
+    logs();
+    let mut env = TestEnv::new("gmc_reader");
+    env.settings.mongodb.batch_size = 50;
+    let spec = DatasetSpec::new(18, 700);
+    seed(&env, &spec).await;
+    let mongo = env.mongo().await;
+    // One doctor stored with a numeric _id, as some old records were.
+    mongo
+        .database(&env.settings.mongodb.database)
+        .collection::<bson::Document>(&env.settings.mongodb.doctors_collection)
+        .insert_one(bson::doc! {"_id": 42_i64, "doctorLastName": "Numeric", "existsInGmc": true})
+        .await
+        .unwrap();
+    let mut gmc = GmcSource::new(&mongo, &env.settings.mongodb);
+
+    // 650 doctors in pages of 50; the writer stalls twice, each time until
+    // the reader has given up its cursor.
+    let mut pages = gmc.pages_with_guard(Duration::from_millis(100));
+    let mut read = Vec::new();
+    let mut n = 0;
+    while let Some(page) = pages.next_page().await.expect("a page") {
+        n += 1;
+        if n == 2 || n == 6 {
+            let resumed = pages.resumes();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while pages.resumes() == resumed {
+                assert!(
+                    Instant::now() < deadline,
+                    "the reader never gave up its cursor"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        read.extend(
+            page.rows
+                .into_iter()
+                .map(|r| r.expect("a usable id").0.into_string()),
+        );
+    }
+    assert_eq!(
+        pages.resumes(),
+        2,
+        "the cursor was reopened after each stall"
+    );
+    let mut expected: Vec<String> = spec
+        .doctors()
+        .filter(|d| d.gmc_doctor.is_some())
+        .map(|d| d.gmc_number)
+        .collect();
+    expected.push("42".into());
+    let mut sorted = read.clone();
+    sorted.sort();
+    expected.sort();
+    assert_eq!(sorted, expected, "every doctor once, none twice");
+
+    // Lookups find the numeric id too, once the probe has seen one.
+    assert!(gmc.probe_id_types().await.unwrap());
+    let wanted = [
+        rebuilder::domain::GmcNumber::parse("42").unwrap(),
+        rebuilder::domain::GmcNumber::parse(&expected[0]).unwrap(),
+        rebuilder::domain::GmcNumber::parse("999").unwrap(),
+    ];
+    let found = gmc.doctors_by_number(&wanted).await.unwrap();
+    let mut found: Vec<String> = found.into_iter().map(|(n, _)| n.into_string()).collect();
+    found.sort();
+    assert_eq!(found, vec![expected[0].clone(), "42".to_string()]);
     env.cleanup().await;
 }

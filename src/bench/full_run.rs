@@ -15,7 +15,7 @@ use serde_json::Value;
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
 
-use super::process::{sample_child, ChildUsage};
+use super::process::{mean_load, sample_child, sample_cpu, ChildUsage, RoleLoad, MEASURED_RUN};
 use super::{indices, probe, round3, sample_until, Point};
 use crate::config::Settings;
 use crate::search::SearchClient;
@@ -179,6 +179,8 @@ pub struct RunMeasurement {
     /// Documents written to the new master generation (index operations),
     /// every 0.5 s since the child started.
     pub series: Vec<Point>,
+    /// Cores used by each part of the stack, every second.
+    pub cpu_series: Vec<(f64, RoleLoad)>,
     pub log: PathBuf,
     #[serde(skip)]
     pub started_utc: chrono::DateTime<chrono::Utc>,
@@ -233,6 +235,12 @@ pub async fn run_once(
         Duration::from_millis(100),
         stop_rx.clone(),
     ));
+    let cpu_task = tokio::spawn(sample_cpu(
+        origin,
+        Duration::from_secs(1),
+        vec![(pid, MEASURED_RUN)],
+        stop_rx.clone(),
+    ));
     let series_task = {
         let search = search.clone();
         tokio::spawn(sample_until(
@@ -270,6 +278,7 @@ pub async fn run_once(
     };
     let usage = usage_task.await.unwrap_or_default();
     let series = series_task.await.unwrap_or_default();
+    let cpu_series = cpu_task.await.unwrap_or_default();
     let samples = match probe_task {
         Some(task) => Some(task.await.unwrap_or_default()),
         None => None,
@@ -294,6 +303,7 @@ pub async fn run_once(
             docs,
             usage,
             series,
+            cpu_series,
             log,
             started_utc,
         },
@@ -311,6 +321,41 @@ pub struct PhaseTime {
     /// Seconds after the child started (None when the report lacks a start).
     pub start_secs: Option<f64>,
     pub secs: f64,
+    /// Documents written to the new master generation during the phase
+    /// (from the sampled indexing totals).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub docs_written: Option<u64>,
+    /// Mean cores each part of the stack used during the phase.
+    #[serde(skip_serializing_if = "RoleLoad::is_empty")]
+    pub cpu_cores: RoleLoad,
+}
+
+/// Fills each phase's `docs_written` from a series of (seconds, documents)
+/// and its `cpu_cores` from a CPU series.
+pub fn attribute_writes(phases: &mut [PhaseTime], series: &[Point], cpu: &[(f64, RoleLoad)]) {
+    for p in phases {
+        if let Some(start) = p.start_secs {
+            let written = value_at(series, start + p.secs) - value_at(series, start);
+            p.docs_written = Some(written.max(0.0).round() as u64);
+            p.cpu_cores = mean_load(cpu, start, start + p.secs);
+        }
+    }
+}
+
+/// A series' value at `t`, interpolated linearly (clamped at both ends).
+pub fn value_at(series: &[Point], t: f64) -> f64 {
+    match series.iter().position(|(x, _)| *x >= t) {
+        None => series.last().map_or(0.0, |p| p.1),
+        Some(0) => series[0].1,
+        Some(i) => {
+            let ((x0, y0), (x1, y1)) = (series[i - 1], series[i]);
+            if x1 > x0 {
+                y0 + (y1 - y0) * (t - x0) / (x1 - x0)
+            } else {
+                y1
+            }
+        }
+    }
 }
 
 /// Reads the phases of a run report (`rebuilder status --json`): the first
@@ -342,6 +387,8 @@ pub fn phases_of(report: &Value, child_started: chrono::DateTime<chrono::Utc>) -
                 phase,
                 start_secs,
                 secs: round3(secs),
+                docs_written: None,
+                cpu_cores: RoleLoad::new(),
             })
         })
         .collect()
@@ -385,15 +432,41 @@ mod tests {
                 PhaseTime {
                     phase: "outcomes".into(),
                     start_secs: Some(1.5),
-                    secs: 2.5
+                    secs: 2.5,
+                    docs_written: None,
+                    cpu_cores: RoleLoad::new()
                 },
                 PhaseTime {
                     phase: "tcs_merge".into(),
                     start_secs: Some(4.0),
-                    secs: 10.0
+                    secs: 10.0,
+                    docs_written: None,
+                    cpu_cores: RoleLoad::new()
                 }
             ]
         );
         assert!(phases_of(&json!({"nothing": 1}), started).is_empty());
+    }
+
+    #[test]
+    fn writes_are_attributed_to_phases_by_interpolating_the_series() {
+        let series = [
+            (0.0, 0.0),
+            (2.0, 0.0),
+            (4.0, 1000.0),
+            (10.0, 4000.0),
+            (12.0, 4000.0),
+        ];
+        assert_eq!(value_at(&series, 3.0), 500.0);
+        assert_eq!(value_at(&series, 99.0), 4000.0);
+        let mut phases = vec![PhaseTime {
+            phase: "tcs_merge".into(),
+            start_secs: Some(3.0),
+            secs: 5.0,
+            docs_written: None,
+            cpu_cores: RoleLoad::new(),
+        }];
+        attribute_writes(&mut phases, &series, &[]);
+        assert_eq!(phases[0].docs_written, Some(2500));
     }
 }

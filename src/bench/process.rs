@@ -113,6 +113,12 @@ pub struct CpuSnapshot {
 
 impl CpuSnapshot {
     pub fn take() -> Self {
+        Self::take_labelled(&[])
+    }
+
+    /// A snapshot where the processes in `own` get the given role whatever
+    /// their command line (the benchmark's own children).
+    pub fn take_labelled(own: &[(u32, &str)]) -> Self {
         let (busy_ticks, total_ticks) = std::fs::read_to_string("/proc/stat")
             .ok()
             .and_then(|s| parse_machine_ticks(&s))
@@ -133,7 +139,11 @@ impl CpuSnapshot {
                 let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
                     .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
                     .unwrap_or_default();
-                processes.insert(pid, (role_of(&cmdline).to_string(), ticks));
+                let role = own
+                    .iter()
+                    .find(|(p, _)| *p == pid)
+                    .map_or_else(|| role_of(&cmdline), |(_, r)| *r);
+                processes.insert(pid, (role.to_string(), ticks));
             }
         }
         Self {
@@ -189,6 +199,69 @@ const FOREIGN_REBUILDER: &str = "other: rebuilder processes (tests)";
 const FOREIGN_OTHER: &str = "other";
 /// The measured `rebuilder run` child (added from its own samples).
 pub const MEASURED_RUN: &str = "rebuilder run (measured)";
+
+/// Cores used per role over one sampling interval.
+pub type RoleLoad = BTreeMap<String, f64>;
+
+/// Samples CPU use per role every `every` until `stop`: each point is the
+/// interval's end (seconds since `origin`) and the cores each role used.
+pub async fn sample_cpu(
+    origin: Instant,
+    every: Duration,
+    own: Vec<(u32, &'static str)>,
+    mut stop: watch::Receiver<bool>,
+) -> Vec<(f64, RoleLoad)> {
+    let mut points = Vec::new();
+    let mut previous = CpuSnapshot::take_labelled(&own);
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.changed() => {}
+        }
+        let current = CpuSnapshot::take_labelled(&own);
+        let usage = CpuUsage::between(&previous, &current, &[]);
+        if usage.wall_secs > 0.0 {
+            let load: RoleLoad = usage
+                .by_role
+                .into_iter()
+                .map(|(role, secs)| (role, round3(secs / usage.wall_secs)))
+                .filter(|(_, cores)| *cores >= 0.005)
+                .collect();
+            points.push((round3(origin.elapsed().as_secs_f64()), load));
+        }
+        previous = current;
+        if *stop.borrow() {
+            break;
+        }
+    }
+    points
+}
+
+/// Mean cores per role over `[start, end]` of a CPU series (each point
+/// covers the interval that ends at its time).
+pub fn mean_load(series: &[(f64, RoleLoad)], start: f64, end: f64) -> RoleLoad {
+    let mut sums: RoleLoad = BTreeMap::new();
+    let mut covered: f64 = 0.0;
+    let mut previous_t: f64 = 0.0;
+    for (t, load) in series {
+        let (a, b) = (previous_t.max(start), t.min(end));
+        previous_t = *t;
+        if b <= a {
+            continue;
+        }
+        covered += b - a;
+        for (role, cores) in load {
+            *sums.entry(role.clone()).or_default() += cores * (b - a);
+        }
+    }
+    sums.into_iter()
+        .map(|(role, s)| (role, round3(if covered > 0.0 { s / covered } else { 0.0 })))
+        .filter(|(_, cores)| *cores >= 0.01)
+        .collect()
+}
 
 /// Where CPU went between two snapshots.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -303,6 +376,24 @@ mod tests {
     fn machine_ticks_count_iowait_as_idle() {
         let stat = "cpu  100 0 50 800 50 0 0 0 0 0\ncpu0 1 2 3\n";
         assert_eq!(parse_machine_ticks(stat), Some((150, 1000)));
+    }
+
+    #[test]
+    fn the_mean_load_of_a_window_weights_each_interval_by_its_overlap() {
+        let load = |os: f64, mongo: f64| -> RoleLoad {
+            [("opensearch".to_string(), os), ("mongo".to_string(), mongo)]
+                .into_iter()
+                .collect()
+        };
+        let series = vec![
+            (1.0, load(1.0, 0.0)),
+            (2.0, load(0.0, 1.0)),
+            (3.0, load(0.5, 0.5)),
+        ];
+        let mean = mean_load(&series, 0.5, 2.0);
+        assert!((mean["opensearch"] - 1.0 / 3.0).abs() < 1e-3, "{mean:?}");
+        assert!((mean["mongo"] - 2.0 / 3.0).abs() < 1e-3);
+        assert!(mean_load(&series, 5.0, 6.0).is_empty());
     }
 
     #[test]

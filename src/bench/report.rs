@@ -297,9 +297,35 @@ impl Report {
                 let phases: Vec<String> = c
                     .phases
                     .iter()
-                    .map(|p| format!("{} {:.1}s", p.phase, p.secs))
+                    .map(|p| match p.docs_written {
+                        Some(n) if n > 0 => format!(
+                            "{} {:.1}s ({n} docs, {:.0}/s)",
+                            p.phase,
+                            p.secs,
+                            n as f64 / p.secs.max(1e-3)
+                        ),
+                        _ => format!("{} {:.1}s", p.phase, p.secs),
+                    })
                     .collect();
                 let _ = writeln!(s, "  C phases: {}", phases.join(", "));
+                for p in c.phases.iter().filter(|p| p.secs >= 0.05 * c.wall_secs) {
+                    let mut load: Vec<(&String, &f64)> = p.cpu_cores.iter().collect();
+                    load.sort_by(|a, b| b.1.total_cmp(a.1));
+                    let load: Vec<String> = load
+                        .iter()
+                        .take(4)
+                        .map(|(r, c)| format!("{r} {c:.2}"))
+                        .collect();
+                    if !load.is_empty() {
+                        let _ = writeln!(
+                            s,
+                            "    {} ({:.0}% of the run), cores used: {}",
+                            p.phase,
+                            p.secs * 100.0 / c.wall_secs.max(1e-9),
+                            load.join(", ")
+                        );
+                    }
+                }
             }
             if let Some(cpu) = &c.cpu {
                 let _ = writeln!(s, "  C {}", cpu.line());
@@ -391,6 +417,7 @@ mod tests {
             docs: doctors as u64,
             usage: Default::default(),
             series: Vec::new(),
+            cpu_series: Vec::new(),
             log: "c.log".into(),
             started_utc: chrono::Utc::now(),
         };

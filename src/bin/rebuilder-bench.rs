@@ -474,7 +474,8 @@ async fn measure_rebuilder(
             serde_json::Value::Null
         }
     };
-    let phases = full_run::phases_of(&run_report, run.started_utc);
+    let mut phases = full_run::phases_of(&run_report, run.started_utc);
+    full_run::attribute_writes(&mut phases, &run.series, &run.cpu_series);
     let expected = spec.doctors as u64;
     if run.docs != expected {
         report.warnings.push(format!(
@@ -511,6 +512,7 @@ async fn measure_rebuilder(
         phases,
         warmup: Some(full_run::RunMeasurement {
             series: Vec::new(),
+            cpu_series: Vec::new(),
             usage: Default::default(),
             ..warmup
         }),

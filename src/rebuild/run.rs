@@ -703,8 +703,8 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Step 5: the doctors of `doctorsForDB` that TCS did not send. A reader
-    /// task fetches the next page while this one sends the current one.
+    /// Step 5: the doctors of `doctorsForDB` that TCS did not send. The
+    /// reader task of [`GmcSource::pages`] fetches ahead while this one sends.
     async fn write_gmc_only(
         &mut self,
         gmc: &GmcSource,
@@ -715,26 +715,12 @@ impl Run<'_> {
         self.tracker.begin(RunPhase::GmcOnly).await;
         let total = gmc.estimated_doctors().await.ok();
         let mut progress = self.progress.phase(RunPhase::GmcOnly, "doctors", total);
-        let (pages_tx, mut pages) = mpsc::channel(1);
-        let mut reader_pages = gmc.pages();
-        let reader = tokio::spawn(async move {
-            while let Some(page) = reader_pages.next_page().await? {
-                if pages_tx.send(page).await.is_err() {
-                    break;
-                }
-            }
-            Ok::<(), SourceError>(())
-        });
-        let _abort_reader = AbortOnDrop(reader.abort_handle());
-        while let Some(page) = pages.recv().await {
-            if page.unreadable_ids > 0 {
-                *self
-                    .tracker
-                    .record
-                    .rejects
-                    .entry("unusable_gmc_number".into())
-                    .or_default() += page.unreadable_ids;
-            }
+        let mut pages = gmc.pages();
+        while let Some(page) = pages
+            .next_page()
+            .await
+            .context("while reading doctorsForDB")?
+        {
             progress.inc(page.rows.len() as u64);
             let updated_at = now_for_documents();
             for row in page.rows {
@@ -774,21 +760,14 @@ impl Run<'_> {
                 return Err(anyhow!("the lease was lost mid-run: {reason}"));
             }
         }
-        reader
-            .await
-            .context("the doctorsForDB reader stopped unexpectedly")?
-            .context("while reading doctorsForDB")?;
+        if pages.resumes() > 0 {
+            warn!(
+                resumes = pages.resumes(),
+                "The doctorsForDB cursor was reopened after writer stalls."
+            );
+        }
         progress.finish();
         Ok(())
-    }
-}
-
-/// Aborts a task when dropped (an early return leaves no task behind).
-struct AbortOnDrop(tokio::task::AbortHandle);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 
