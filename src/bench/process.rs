@@ -331,6 +331,24 @@ impl CpuUsage {
         }
     }
 
+    /// Share of the machine's capacity used by roles other than `expected`
+    /// (for a measurement that needs only some servers: A uses OpenSearch
+    /// alone, so MongoDB or RabbitMQ busy meanwhile is someone else's work).
+    pub fn share_outside(&self, expected: &[&str]) -> f64 {
+        let capacity = self.wall_secs * self.cores as f64;
+        let outside: f64 = self
+            .by_role
+            .iter()
+            .filter(|(r, _)| !expected.iter().any(|e| r.starts_with(e)))
+            .map(|(_, s)| s)
+            .sum();
+        if capacity > 0.0 {
+            outside / capacity
+        } else {
+            0.0
+        }
+    }
+
     /// One line: `machine 93% busy; opensearch 70.1 s, rebuilder 12.0 s, ...`.
     pub fn line(&self) -> String {
         let roles: Vec<String> = self
@@ -409,6 +427,8 @@ mod tests {
             ],
         };
         assert!((usage.foreign_share() - 0.25).abs() < 1e-9);
+        assert!((usage.share_outside(&["opensearch"]) - 0.25).abs() < 1e-9);
+        assert!((usage.share_outside(&["other"]) - 0.6).abs() < 1e-9);
     }
 
     #[test]
