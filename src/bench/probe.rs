@@ -29,7 +29,8 @@ pub struct ProbeSample {
     /// `hits.total.value`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub total: Option<u64>,
-    /// The index of the first hit: shows when the alias moved.
+    /// The index of the first hit: shows when the alias moved. Kept only
+    /// where it changed from the previous answer (see [`thin_indices`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub index: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -134,6 +135,20 @@ pub async fn run(
         });
     }
     samples
+}
+
+/// Drops each sample's index where it equals the previous answer's, once
+/// [`summarize`] has used them: the report keeps the changes only.
+pub fn thin_indices(samples: &mut [ProbeSample]) {
+    let mut last: Option<String> = None;
+    for s in samples {
+        if let Some(index) = s.index.take() {
+            if last.as_ref() != Some(&index) {
+                last = Some(index.clone());
+                s.index = Some(index);
+            }
+        }
+    }
 }
 
 /// Total hits and the first hit's index, or why the answer is an error.
@@ -242,6 +257,10 @@ mod tests {
         assert_eq!(s.indices_seen, ["old", "new"]);
         assert_eq!((s.queries, s.errors, s.max_ms), (4, 1, 9.0));
         assert_eq!(s.first_errors, ["t=0.05s: boom"]);
+        let mut thinned = samples.to_vec();
+        thin_indices(&mut thinned);
+        let kept: Vec<Option<&str>> = thinned.iter().map(|s| s.index.as_deref()).collect();
+        assert_eq!(kept, [Some("old"), None, None, Some("new")]);
     }
 
     #[test]

@@ -46,10 +46,18 @@ pub async fn sample_child(
             break;
         };
         usage.peak_rss_mb = usage.peak_rss_mb.max(status.hwm_kb as f64 / 1024.0);
-        usage.rss_series.push((
-            round3(origin.elapsed().as_secs_f64()),
-            round3(status.rss_kb as f64 / 1024.0),
-        ));
+        // The peak comes from VmHWM at every sample; the series for the
+        // chart keeps one point per half second.
+        let t = round3(origin.elapsed().as_secs_f64());
+        if usage
+            .rss_series
+            .last()
+            .is_none_or(|(last, _)| t - last >= 0.5)
+        {
+            usage
+                .rss_series
+                .push((t, round3(status.rss_kb as f64 / 1024.0)));
+        }
         if let Some(ticks) = read_cpu_ticks(pid) {
             usage.cpu_secs = round3(ticks as f64 / TICKS_PER_SEC);
         }
