@@ -387,9 +387,14 @@ async fn measure_rebuilder(
         Some(p) => p.clone(),
         None => std::env::current_exe()?.with_file_name("rebuilder"),
     };
+    let mut env = isolation::child_env(settings);
+    if let Some(config) = &args.config {
+        // The children read the same file; the isolation variables win over it.
+        env.push(("REBUILDER_CONFIG".into(), config.display().to_string()));
+    }
     let bin = RebuilderBin {
         path: path.clone(),
-        env: isolation::child_env(settings),
+        env,
         log_dir: args.log_dir.clone(),
     };
     let commands = bin.subcommands().await?;
