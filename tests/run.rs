@@ -331,7 +331,9 @@ async fn a_crashed_holders_lease_expires_and_a_live_one_is_renewed() {
     let env = TestEnv::new("run_lease");
     let mongo = env.mongo().await;
     let leases = lease_collection(&mongo, &env.settings.mongodb);
-    let ttl = Duration::from_millis(1500);
+    // Long enough that a renewal delayed by a loaded machine (the whole
+    // suite runs in parallel against one MongoDB) still lands in time.
+    let ttl = Duration::from_secs(6);
 
     let first = Lease::acquire(
         leases.clone(),
@@ -388,7 +390,7 @@ async fn a_crashed_holders_lease_expires_and_a_live_one_is_renewed() {
 async fn a_run_killed_mid_build_moves_no_alias_and_the_next_run_cleans_up_and_loses_nothing() {
     logs();
     let mut env = TestEnv::new("run_crash");
-    env.settings.run.lease_ttl_secs = 3;
+    env.settings.run.lease_ttl_secs = 5;
     let client = env.search().await;
     let spec = DatasetSpec::new(16, 2500);
     seed(&env, &spec).await;

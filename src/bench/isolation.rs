@@ -1,25 +1,55 @@
 //! The benchmark's own names: index and alias prefix `bench_`, MongoDB
 //! database `rebuilder_bench`, and an exchange, queues and routing keys that
-//! start with `bench.`. The same names reach the child processes (the
-//! rebuilder and the TCS simulator) as `REBUILDER_*` environment variables.
-//! Also the guard that keeps every benchmark request on this machine.
+//! start with `bench.`; the smoke has names of its own, so a CI smoke never
+//! touches a full run in progress. The same names reach the child processes
+//! (the rebuilder and the TCS simulator) as `REBUILDER_*` environment
+//! variables. Also the guard that keeps every benchmark request on this
+//! machine.
 
 use anyhow::bail;
 
 use crate::config::Settings;
 
-/// Index and alias prefix of everything the benchmark creates.
-pub const PREFIX: &str = "bench_";
-/// MongoDB database of the benchmark's GMC data and run state.
-pub const DATABASE: &str = "rebuilder_bench";
-/// Put before the exchange, every queue and every routing key.
-pub const RABBIT_PREFIX: &str = "bench.";
+/// The names one kind of benchmark run owns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BenchNames {
+    /// Index and alias prefix of everything the run creates.
+    pub prefix: &'static str,
+    /// MongoDB database of the GMC data and the run state.
+    pub database: &'static str,
+    /// Put before the exchange, every queue and every routing key.
+    pub rabbit_prefix: &'static str,
+}
 
-/// Applies the benchmark's names to `settings` (idempotent).
-pub fn isolate(settings: &mut Settings) {
-    settings.names.prefix = PREFIX.to_string();
-    settings.mongodb.database = DATABASE.to_string();
-    settings.mongodb.state_database = Some(DATABASE.to_string());
+/// The names of a full benchmark run.
+pub const FULL: BenchNames = BenchNames {
+    prefix: "bench_",
+    database: "rebuilder_bench",
+    rabbit_prefix: "bench.",
+};
+
+/// The names of a smoke run (none starts with a full run's prefix).
+pub const SMOKE: BenchNames = BenchNames {
+    prefix: "benchsmoke_",
+    database: "rebuilder_bench_smoke",
+    rabbit_prefix: "benchsmoke.",
+};
+
+impl BenchNames {
+    pub fn for_run(smoke: bool) -> Self {
+        if smoke {
+            SMOKE
+        } else {
+            FULL
+        }
+    }
+}
+
+/// Applies `names` to `settings` (idempotent).
+pub fn isolate(settings: &mut Settings, names: BenchNames) {
+    settings.names.prefix = names.prefix.to_string();
+    settings.mongodb.database = names.database.to_string();
+    settings.mongodb.state_database = Some(names.database.to_string());
     let r = &mut settings.rabbitmq;
     for name in [
         &mut r.exchange,
@@ -31,8 +61,8 @@ pub fn isolate(settings: &mut Settings) {
         &mut r.update_routing_key,
         &mut r.dead_letter_queue,
     ] {
-        if !name.starts_with(RABBIT_PREFIX) {
-            *name = format!("{RABBIT_PREFIX}{name}");
+        if !name.starts_with(names.rabbit_prefix) {
+            *name = format!("{}{name}", names.rabbit_prefix);
         }
     }
 }
@@ -128,8 +158,8 @@ mod tests {
     #[test]
     fn isolation_renames_every_index_queue_and_database() {
         let mut s = Settings::with_default_paths();
-        isolate(&mut s);
-        isolate(&mut s);
+        isolate(&mut s, FULL);
+        isolate(&mut s, FULL);
         assert_eq!(s.names.master_family(), "bench_masterdoctorindex");
         assert_eq!(s.mongodb.database, "rebuilder_bench");
         assert_eq!(s.mongodb.state_database(), "rebuilder_bench");
@@ -144,6 +174,24 @@ mod tests {
             .any(|(k, v)| k == "REBUILDER_NAMES__PREFIX" && v == "bench_"));
         assert!(env.iter().all(|(k, _)| k.starts_with("REBUILDER_")));
         s.validate().unwrap();
+    }
+
+    #[test]
+    fn a_smoke_owns_nothing_of_a_full_run() {
+        let (mut full, mut smoke) = (
+            Settings::with_default_paths(),
+            Settings::with_default_paths(),
+        );
+        isolate(&mut full, FULL);
+        isolate(&mut smoke, SMOKE);
+        assert!(!smoke.names.prefix.starts_with(&full.names.prefix));
+        assert_ne!(smoke.mongodb.database, full.mongodb.database);
+        assert!(!smoke.rabbitmq.exchange.starts_with(FULL.rabbit_prefix));
+        assert_ne!(
+            smoke.rabbitmq.sync_data_queue,
+            full.rabbitmq.sync_data_queue
+        );
+        smoke.validate().unwrap();
     }
 
     #[test]

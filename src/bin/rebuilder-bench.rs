@@ -140,7 +140,7 @@ fn init_logging() {
 
 async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut settings = Settings::load(args.config.as_deref()).context("while loading settings")?;
-    isolation::isolate(&mut settings);
+    isolation::isolate(&mut settings, isolation::BenchNames::for_run(args.smoke));
     settings.validate()?;
     isolation::ensure_loopback(&settings)?;
     let search = SearchClient::new(&settings.opensearch)?;
@@ -165,8 +165,8 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let result = measure(&args, &settings, &search, &template, &version).await;
     if args.keep {
         println!(
-            "Kept the bench_ indices, database {} and queues (--keep).",
-            isolation::DATABASE
+            "Kept the {}* indices, database {}, exchange {} and its queues (--keep).",
+            settings.names.prefix, settings.mongodb.database, settings.rabbitmq.exchange
         );
     } else if let Err(e) = clean(&search, &settings).await {
         eprintln!("warning: cleanup failed: {e:#}");
@@ -199,7 +199,7 @@ async fn measure(
     template: &IndexTemplate,
     version: &str,
 ) -> anyhow::Result<Report> {
-    let prefix = isolation::PREFIX;
+    let prefix = settings.names.prefix.as_str();
     let doctors = args.doctors();
     let spec = DatasetSpec::new(args.seed, doctors);
     let t = Instant::now();
@@ -274,7 +274,7 @@ async fn measure(
         );
         let activity = indices::activity(search).await?;
         let outcome = ceiling::sweep(search, template, &corpus, &plan, prefix).await?;
-        note_foreign(search, &activity, "A", &mut report).await;
+        note_foreign(search, prefix, &activity, "A", &mut report).await;
         report.a_cpu = outcome.best.cpu.clone();
         source_index = Some(outcome.best.index.clone());
         if outcome.best.docs != corpus.len() as u64 {
@@ -492,7 +492,7 @@ async fn measure_rebuilder(
     )
     .await;
     let after = CpuSnapshot::take();
-    note_foreign(search, &activity, "C", report).await;
+    note_foreign(search, &settings.names.prefix, &activity, "C", report).await;
     simulator.stop().await;
     let (run, probe_run) = measured?;
     let cpu = CpuUsage::between(&before, &after, &[(MEASURED_RUN, run.usage.cpu_secs)]);
@@ -557,6 +557,7 @@ async fn measure_rebuilder(
 /// is more than noise.
 async fn note_foreign(
     search: &SearchClient,
+    prefix: &str,
     before: &std::collections::BTreeMap<String, (u64, u64)>,
     during: &str,
     report: &mut Report,
@@ -564,7 +565,7 @@ async fn note_foreign(
     let Ok(after) = indices::activity(search).await else {
         return;
     };
-    let (docs_indexed, queries) = indices::foreign_activity(before, &after, isolation::PREFIX);
+    let (docs_indexed, queries) = indices::foreign_activity(before, &after, prefix);
     if docs_indexed > 1000 || queries > 1000 {
         report.warnings.push(format!(
             "{during} shared the node: OpenSearch indexed {docs_indexed} documents and ran {queries} \
@@ -647,9 +648,9 @@ async fn machine(search: &SearchClient, version: &str) -> Machine {
 
 /// Removes the benchmark's indices, MongoDB database, queues and exchange.
 async fn clean(search: &SearchClient, settings: &Settings) -> anyhow::Result<()> {
-    indices::delete_prefixed(search, isolation::PREFIX).await?;
+    indices::delete_prefixed(search, &settings.names.prefix).await?;
     let mongo = rebuilder::sources::mongo_client(&settings.mongodb).await?;
-    mongo.database(isolation::DATABASE).drop().await?;
+    mongo.database(&settings.mongodb.database).drop().await?;
     let connection = rebuilder::sources::rabbit_connection(&settings.rabbitmq).await?;
     let r = &settings.rabbitmq;
     // A fresh channel for each deletion: a refused one closes its channel.
