@@ -271,6 +271,25 @@ pub fn mean_load(series: &[(f64, RoleLoad)], start: f64, end: f64) -> RoleLoad {
         .collect()
 }
 
+/// CPU seconds per role over a whole CPU series (each point covers the
+/// interval since the previous one, the first since 0). Unlike two
+/// snapshots around a measurement, this counts processes that started and
+/// ended within it (compilers, test binaries), if they lived a second.
+pub fn total_secs(series: &[(f64, RoleLoad)]) -> Vec<(String, f64)> {
+    let mut sums: RoleLoad = BTreeMap::new();
+    let mut previous_t: f64 = 0.0;
+    for (t, load) in series {
+        let dt = t - previous_t;
+        previous_t = *t;
+        for (role, cores) in load {
+            *sums.entry(role.clone()).or_default() += cores * dt;
+        }
+    }
+    let mut out: Vec<(String, f64)> = sums.into_iter().map(|(r, s)| (r, round3(s))).collect();
+    out.sort_by(|a, b| b.1.total_cmp(&a.1));
+    out
+}
+
 /// Where CPU went between two snapshots.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct CpuUsage {
@@ -420,6 +439,16 @@ mod tests {
         assert!((mean["opensearch"] - 1.0 / 3.0).abs() < 1e-3, "{mean:?}");
         assert!((mean["mongo"] - 2.0 / 3.0).abs() < 1e-3);
         assert!(mean_load(&series, 5.0, 6.0).is_empty());
+    }
+
+    #[test]
+    fn total_seconds_weight_each_point_by_its_interval() {
+        let load = |r: &str, c: f64| -> RoleLoad { [(r.to_string(), c)].into_iter().collect() };
+        let series = vec![(1.0, load("opensearch", 1.0)), (3.0, load("rustc", 0.5))];
+        assert_eq!(
+            total_secs(&series),
+            [("opensearch".to_string(), 1.0), ("rustc".to_string(), 1.0)]
+        );
     }
 
     #[test]

@@ -16,7 +16,7 @@ use rebuilder::bench::ceiling::{self, SweepPlan};
 use rebuilder::bench::corpus::Corpus;
 use rebuilder::bench::full_run::{self, RebuilderBin, Simulator};
 use rebuilder::bench::indices::{self, IndexSettings};
-use rebuilder::bench::process::{CpuSnapshot, CpuUsage, MEASURED_RUN};
+use rebuilder::bench::process::{self, CpuSnapshot, CpuUsage, MEASURED_RUN};
 use rebuilder::bench::report::{
     Dataset, ForeignLoad, Machine, ProbeFigures, Ratios, RebuilderFigures, Report,
 };
@@ -495,7 +495,18 @@ async fn measure_rebuilder(
     note_foreign(search, &settings.names.prefix, &activity, "C", report).await;
     simulator.stop().await;
     let (run, probe_run) = measured?;
-    let cpu = CpuUsage::between(&before, &after, &[(MEASURED_RUN, run.usage.cpu_secs)]);
+    let mut cpu = CpuUsage::between(&before, &after, &[(MEASURED_RUN, run.usage.cpu_secs)]);
+    if !run.cpu_series.is_empty() {
+        // The per-second series also sees processes that came and went
+        // during the run (compilers, test binaries); the child's own total
+        // comes from its last sample.
+        cpu.by_role = process::total_secs(&run.cpu_series)
+            .into_iter()
+            .filter(|(role, _)| role != MEASURED_RUN)
+            .chain([(MEASURED_RUN.to_string(), run.usage.cpu_secs)])
+            .collect();
+        cpu.by_role.sort_by(|a, b| b.1.total_cmp(&a.1));
+    }
     let run_report = match bin.status_json().await {
         Ok(v) => v,
         Err(e) => {
