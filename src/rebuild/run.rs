@@ -404,14 +404,31 @@ impl Run<'_> {
         self.tracker.record.orphans_deleted = orphans;
 
         self.tracker.begin(RunPhase::Outcomes).await;
+        // Ask TCS for the sync first, so that it publishes (into the queue,
+        // up to the prefetch into our consumer, nothing acked) while MongoDB
+        // aggregates the outcomes: the two used to run one after the other.
+        let sync = TcsSync::start(&self.settings.rabbitmq)
+            .await
+            .context("while starting the TCS sync")?;
+        self.tracker.record.counts.tcs_stale_discarded = sync.purged_stale;
         let mut gmc = GmcSource::new(&self.mongo, &self.settings.mongodb);
-        gmc.probe_id_types()
-            .await
-            .context("while looking at the ids of doctorsForDB")?;
-        let (outcomes, load) = gmc
-            .latest_outcomes()
-            .await
-            .context("while loading the latest recommendation outcomes")?;
+        let loaded = async {
+            gmc.probe_id_types()
+                .await
+                .context("while looking at the ids of doctorsForDB")?;
+            gmc.latest_outcomes()
+                .await
+                .context("while loading the latest recommendation outcomes")
+        }
+        .await;
+        let (outcomes, load) = match loaded {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                // Unacked messages go back to the queue; the next run discards them.
+                sync.close().await;
+                return Err(e);
+            }
+        };
         self.tracker.record.counts.gmc_outcomes = outcomes.len() as u64;
         if load.unusable_numbers > 0 {
             *self
@@ -430,16 +447,26 @@ impl Run<'_> {
                 .or_default() += load.unknown_outcomes;
         }
 
-        let master = engine
-            .create_generation(Family::Master, &run_id)
-            .await
-            .context("while creating the master generation")?;
+        let master = match engine.create_generation(Family::Master, &run_id).await {
+            Ok(master) => master,
+            Err(e) => {
+                sync.close().await;
+                return Err(e).context("while creating the master generation");
+            }
+        };
         self.tracker.record.generations.push(master.name.clone());
         info!(generation = %master.name, "Master generation created.");
 
         let (sender, writer_outcomes, writer) = engine.bulk_writer::<Ticket>(&master);
         let load_result = self
-            .load(&gmc, Arc::new(outcomes), sender, writer_outcomes, writer)
+            .load(
+                &gmc,
+                sync,
+                Arc::new(outcomes),
+                sender,
+                writer_outcomes,
+                writer,
+            )
             .await;
         let (bulk, drained, seen) = load_result?;
         let failed_ids = drained.failed_ids;
@@ -548,20 +575,13 @@ impl Run<'_> {
     async fn load(
         &mut self,
         gmc: &GmcSource,
+        mut sync: TcsSync,
         outcomes: Arc<OutcomeMap>,
         sender: BulkSender<Ticket>,
         writer_outcomes: BulkOutcomes<Ticket>,
         writer: JoinHandle<BulkStats>,
     ) -> anyhow::Result<(BulkStats, Drained, u64)> {
         self.tracker.begin(RunPhase::TcsMerge).await;
-        let mut sync = match TcsSync::start(&self.settings.rabbitmq).await {
-            Ok(sync) => sync,
-            Err(e) => {
-                writer.abort();
-                return Err(e).context("while starting the TCS sync");
-            }
-        };
-        self.tracker.record.counts.tcs_stale_discarded = sync.purged_stale;
         let live = self.tracker.live.clone();
         let drainer = tokio::spawn(drain(writer_outcomes, sync.acks(), live.clone()));
         let (batches, batches_rx) = mpsc::channel(LOOKAHEAD);
