@@ -13,7 +13,7 @@ mod engine_helpers;
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
-use common::{alias_targets, count, ids, throttled_opensearch_url, TestEnv};
+use common::{alias_targets, count, get_json, ids, throttled_opensearch_url, TestEnv};
 use engine_helpers::*;
 use opensearch::http::Method;
 use rebuilder::dev::datagen::DatasetSpec;
@@ -37,10 +37,7 @@ async fn assert_aliases_on(client: &SearchClient, engine: &Engine, master: &str,
 }
 
 async fn meta_of(client: &SearchClient, index: &str) -> Value {
-    let v = client
-        .json(Method::Get, &format!("/{index}/_mapping"), &[], None)
-        .await
-        .unwrap();
+    let v = get_json(client, &format!("/{index}/_mapping")).await;
     v[index]["mappings"]["_meta"].clone()
 }
 
@@ -78,15 +75,7 @@ async fn generations_record_what_built_them_and_get_serving_settings_back() {
         meta["template_sha256"],
         engine.template(Family::Master).sha256.as_str()
     );
-    let settings = client
-        .json(
-            Method::Get,
-            &format!("/{}/_settings", first.name),
-            &[],
-            None,
-        )
-        .await
-        .unwrap();
+    let settings = get_json(&client, &format!("/{}/_settings", first.name)).await;
     assert_eq!(
         settings[&first.name]["settings"]["index"]["refresh_interval"],
         "-1"
@@ -100,15 +89,7 @@ async fn generations_record_what_built_them_and_get_serving_settings_back() {
     let meta = meta_of(&client, &first.name).await;
     assert_eq!(meta["state"], "ready");
     assert_eq!(meta["source_counts"]["gmc"], 12);
-    let settings = client
-        .json(
-            Method::Get,
-            &format!("/{}/_settings", first.name),
-            &[],
-            None,
-        )
-        .await
-        .unwrap();
+    let settings = get_json(&client, &format!("/{}/_settings", first.name)).await;
     let index = &settings[&first.name]["settings"]["index"];
     assert_eq!(index["refresh_interval"], "1s");
     assert_eq!(index["auto_expand_replicas"], "0-1");
@@ -312,15 +293,7 @@ async fn external_versions_keep_the_document_of_highest_precedence() {
         ]
     );
     assert_eq!((stats.written, stats.superseded, stats.failed), (2, 2, 0));
-    let stored = client
-        .json(
-            Method::Get,
-            &format!("/{}/_doc/X1", generation.name),
-            &[],
-            None,
-        )
-        .await
-        .unwrap();
+    let stored = get_json(&client, &format!("/{}/_doc/X1", generation.name)).await;
     assert_eq!(stored["_source"]["doctorFirstName"], "third");
     assert_eq!(stored["_version"], 3);
     cleanup_search(&env).await;
@@ -394,19 +367,8 @@ async fn recommendationindex_holds_the_same_documents_as_its_master_generation()
     assert_eq!(meta["built_from"], master.name.as_str());
     assert_eq!(meta["state"], "ready");
     for id in ["1000000", "1001234", "1002999"] {
-        let a = client
-            .json(
-                Method::Get,
-                &format!("/{}/_doc/{id}", master.name),
-                &[],
-                None,
-            )
-            .await
-            .unwrap();
-        let b = client
-            .json(Method::Get, &format!("/{}/_doc/{id}", reco.name), &[], None)
-            .await
-            .unwrap();
+        let a = get_json(&client, &format!("/{}/_doc/{id}", master.name)).await;
+        let b = get_json(&client, &format!("/{}/_doc/{id}", reco.name)).await;
         assert_eq!(a["_source"], b["_source"], "{id}");
     }
     cleanup_search(&env).await;
@@ -427,15 +389,11 @@ async fn promotion_moves_every_alias_to_the_new_generations_at_once() {
     assert_eq!(report.master.from, None);
     assert_eq!(report.aliases.len(), 5);
     assert_aliases_on(&client, &engine, &a.master.name, &a.recommendation.name).await;
-    let write = client
-        .json(
-            Method::Get,
-            &format!("/_alias/{}", env.name("masterdoctorindex")),
-            &[],
-            None,
-        )
-        .await
-        .unwrap();
+    let write = get_json(
+        &client,
+        &format!("/_alias/{}", env.name("masterdoctorindex")),
+    )
+    .await;
     assert_eq!(
         write[&a.master.name]["aliases"][env.name("masterdoctorindex")]["is_write_index"],
         true

@@ -165,23 +165,47 @@ pub async fn alias_targets(client: &SearchClient, alias: &str) -> Vec<String> {
     names
 }
 
-/// Every document id an index or alias returns, sorted (uses `_search` with
-/// a big size; for test-sized data).
+/// The hits of one `_search` over `target` (test-sized data: the test
+/// fails if there could be more than 10,000).
+pub async fn search_hits(client: &SearchClient, target: &str, body: Value) -> Vec<Value> {
+    let v = get_or_post(
+        client,
+        Method::Post,
+        &format!("/{target}/_search"),
+        Some(&body),
+    )
+    .await;
+    let hits = v["hits"]["hits"].as_array().expect("hits").clone();
+    assert!(
+        hits.len() < 10000,
+        "test data must stay under 10,000 documents"
+    );
+    hits
+}
+
+/// The JSON answer to a GET, or a failure naming the path.
+pub async fn get_json(client: &SearchClient, path: &str) -> Value {
+    get_or_post(client, Method::Get, path, None).await
+}
+
+async fn get_or_post(
+    client: &SearchClient,
+    method: Method,
+    path: &str,
+    body: Option<&Value>,
+) -> Value {
+    client
+        .json(method, path, &[], body)
+        .await
+        .unwrap_or_else(|e| panic!("{path} failed: {e}"))
+}
+
+/// Every document id an index or alias returns, sorted.
 pub async fn ids(client: &SearchClient, target: &str, query: Value) -> Vec<String> {
     let body =
         serde_json::json!({"size": 10000, "_source": false, "query": query, "sort": ["_doc"]});
-    let v = client
-        .json(
-            Method::Post,
-            &format!("/{target}/_search"),
-            &[],
-            Some(&body),
-        )
+    let mut out: Vec<String> = search_hits(client, target, body)
         .await
-        .unwrap_or_else(|e| panic!("search of {target} failed: {e}"));
-    let mut out: Vec<String> = v["hits"]["hits"]
-        .as_array()
-        .expect("hits")
         .iter()
         .map(|h| h["_id"].as_str().unwrap().to_string())
         .collect();

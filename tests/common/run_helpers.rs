@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use lapin::options::{BasicGetOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use opensearch::http::Method;
 use rebuilder::dev::datagen::{Category, DatasetSpec};
 use rebuilder::dev::seed::seed_mongo;
 use rebuilder::dev::simulator::{run_simulator, SimulatorOptions, SyncServed};
@@ -95,20 +94,7 @@ pub async fn run_record(env: &TestEnv, id: &str) -> RunRecord {
 /// Every document behind `target`, by id (test-sized data: up to 10,000).
 pub async fn documents(client: &SearchClient, target: &str) -> BTreeMap<String, MasterDoctor> {
     let body = serde_json::json!({"size": 10000, "query": {"match_all": {}}, "sort": ["_doc"]});
-    let v = client
-        .json(
-            Method::Post,
-            &format!("/{target}/_search"),
-            &[],
-            Some(&body),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("search of {target} failed: {e}"));
-    let hits = v["hits"]["hits"].as_array().expect("hits");
-    assert!(
-        hits.len() < 10000,
-        "test data must stay under 10,000 documents"
-    );
+    let hits = crate::common::search_hits(client, target, body).await;
     hits.iter()
         .map(|h| {
             let doc: MasterDoctor = serde_json::from_value(h["_source"].clone())
