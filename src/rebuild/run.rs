@@ -634,14 +634,8 @@ impl Run<'_> {
             ));
         }
         self.tracker.sync_live();
-        info!(
-            docs = bulk.docs,
-            written = bulk.written,
-            superseded = bulk.superseded,
-            failed = bulk.failed,
-            docs_per_sec = bulk.docs_per_sec() as u64,
-            "Load finished."
-        );
+        // The writer has logged its figures ("Bulk load finished.").
+        info!(doctors = seen.len(), "Load finished.");
         Ok((bulk, drained, seen.len() as u64))
     }
 
