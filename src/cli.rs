@@ -25,48 +25,26 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Connect to OpenSearch, RabbitMQ and MongoDB and report what each holds.
-    Smoke,
-    /// Fill MongoDB with generated GMC data and write the expected documents.
-    Seed(SeedArgs),
     /// Rebuild both index families from TCS and GMC, validate, and move every alias at once.
     Run(RunArgs),
     /// Show the current run, or the last one: phases, counts, rejects, gates, outcome.
     Status(StatusArgs),
-    /// Play TCS on RabbitMQ: answer each syncStart with the generated trainees.
-    TcsSimulator(SimulatorArgs),
     /// Move every alias back to the previous generation of each family, in one request.
     Rollback(RollbackArgs),
     /// List the generations of both families: created, documents, size, aliases, run.
     Generations,
+    /// Connect to OpenSearch, RabbitMQ and MongoDB and report what each holds.
+    Smoke,
+    /// Check the configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
 }
 
-#[derive(Debug, Args, Clone)]
-pub struct DatasetArgs {
-    /// Number of generated doctors.
-    #[arg(long, default_value_t = 50_000)]
-    pub doctors: usize,
-    /// Seed of the generator; the same seed gives the same data.
-    #[arg(long, default_value_t = 42)]
-    pub seed: u64,
-    /// A non-zero variant changes about 10% of the doctors (for a second run).
-    #[arg(long, default_value_t = 0)]
-    pub variant: u32,
-}
-
-#[derive(Debug, Args)]
-pub struct SeedArgs {
-    #[command(flatten)]
-    pub dataset: DatasetArgs,
-    /// Also write the expected merged documents here (NDJSON).
-    #[arg(long)]
-    pub expected: Option<PathBuf>,
-}
-
-impl DatasetArgs {
-    pub fn spec(&self) -> crate::dev::datagen::DatasetSpec {
-        crate::dev::datagen::DatasetSpec::new(self.seed, self.doctors).with_variant(self.variant)
-    }
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the effective configuration (secrets redacted) and the templates
+    /// it uses; exit non-zero when it is invalid.
+    Check,
 }
 
 #[derive(Debug, Args)]
@@ -88,7 +66,7 @@ pub struct RunArgs {
     pub force: bool,
     /// What started this run (cli, schedule, http), recorded in the run history.
     #[arg(long, default_value = "cli")]
-    pub trigger: crate::state::history::Trigger,
+    pub trigger: crate::rebuild::record::Trigger,
 }
 
 #[derive(Debug, Args)]
@@ -96,16 +74,4 @@ pub struct StatusArgs {
     /// Print the run record as JSON.
     #[arg(long)]
     pub json: bool,
-}
-
-#[derive(Debug, Args)]
-pub struct SimulatorArgs {
-    #[command(flatten)]
-    pub dataset: DatasetArgs,
-    /// Serve one sync, then exit.
-    #[arg(long)]
-    pub once: bool,
-    /// Publish only this many messages per sync and no syncEnd (a TCS that dies mid-sync).
-    #[arg(long, value_name = "K")]
-    pub stop_after: Option<u64>,
 }

@@ -23,6 +23,44 @@ impl Secret {
     }
 }
 
+impl Secret {
+    /// The secret as it may be printed: a URI keeps its scheme, user, hosts
+    /// and path with the password replaced by `***`; anything else is `***`.
+    pub fn redacted(&self) -> Secret {
+        match redact_uri(&self.0) {
+            Some(uri) => Secret(uri),
+            None if self.0.is_empty() => Secret(String::new()),
+            None => Secret("***".into()),
+        }
+    }
+}
+
+/// `scheme://user:***@hosts/path?query` for a URI with credentials, the URI
+/// itself without them; `None` when `text` is not a URI.
+pub fn redact_uri(text: &str) -> Option<String> {
+    let (scheme, rest) = text.split_once("://")?;
+    if scheme.is_empty()
+        || !scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+    {
+        return None;
+    }
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let Some((userinfo, hosts)) = authority.rsplit_once('@') else {
+        return Some(text.to_string());
+    };
+    let user = userinfo.split(':').next().unwrap_or("");
+    let redacted_userinfo = if userinfo.contains(':') {
+        format!("{user}:***")
+    } else {
+        // A user alone (a token as the user name) is a secret too.
+        "***".to_string()
+    };
+    Some(format!("{scheme}://{redacted_userinfo}@{hosts}{tail}"))
+}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret(***)")
@@ -41,9 +79,12 @@ pub struct Settings {
     pub bulk: BulkSettings,
     pub gates: GateSettings,
     pub retention: RetentionSettings,
+    pub retry: RetrySettings,
     pub run: RunSettings,
-    /// Folder holding `masterdoctorindex.json` and `recommendationindex.json`.
-    pub templates_dir: PathBuf,
+    /// A folder holding `masterdoctorindex.json` and
+    /// `recommendationindex.json` to use instead of the templates built
+    /// into the binary (the files of `index-templates/` at build time).
+    pub templates_dir: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -178,9 +219,6 @@ pub struct BulkSettings {
     pub max_batch_bytes: usize,
     /// Bulk requests in flight at once (the upper bound; 429s lower it).
     pub concurrency: usize,
-    pub max_retries: usize,
-    pub initial_backoff_ms: u64,
-    pub max_backoff_ms: u64,
 }
 
 impl Default for BulkSettings {
@@ -193,6 +231,26 @@ impl Default for BulkSettings {
             max_batch_docs: 5000,
             max_batch_bytes: 5 * 1024 * 1024,
             concurrency: 4,
+        }
+    }
+}
+
+/// How every call to a server that may fail for a while (a 429, a 5xx, a
+/// dropped connection) is retried: bulk items, the one-shot calls of a run,
+/// the consumers. Exponential backoff with jitter, capped.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetrySettings {
+    pub max_retries: usize,
+    pub initial_backoff_ms: u64,
+    pub max_backoff_ms: u64,
+}
+
+impl Default for RetrySettings {
+    /// Twelve retries from 100 ms doubling to a 10 s cap ride out about a
+    /// minute of trouble: a node restart, a broker failover.
+    fn default() -> Self {
+        Self {
             max_retries: 12,
             initial_backoff_ms: 100,
             max_backoff_ms: 10_000,
@@ -258,10 +316,22 @@ pub enum ConfigError {
 }
 
 impl Settings {
+    /// These settings with every secret redacted, for printing.
+    pub fn redacted(&self) -> Settings {
+        let mut out = self.clone();
+        out.rabbitmq.uri = out.rabbitmq.uri.redacted();
+        out.mongodb.uri = out.mongodb.uri.redacted();
+        out.opensearch.password = out.opensearch.password.as_ref().map(Secret::redacted);
+        if let Some(url) = redact_uri(&out.opensearch.url) {
+            out.opensearch.url = url;
+        }
+        out
+    }
+
     /// Defaults, then the TOML file (if given), then `REBUILDER_SECTION__KEY`
     /// environment variables (for example `REBUILDER_OPENSEARCH__URL`).
     pub fn load(file: Option<&std::path::Path>) -> Result<Self, ConfigError> {
-        let mut figment = Figment::from(Serialized::defaults(Settings::with_default_paths()));
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
         if let Some(path) = file {
             figment = figment.merge(Toml::file_exact(path));
         }
@@ -271,14 +341,6 @@ impl Settings {
             .map_err(Box::new)?;
         settings.validate()?;
         Ok(settings)
-    }
-
-    /// Defaults with the templates folder of this source tree.
-    pub fn with_default_paths() -> Self {
-        Settings {
-            templates_dir: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/index-templates")),
-            ..Settings::default()
-        }
     }
 
     /// Checks that need no network.
@@ -329,7 +391,7 @@ mod tests {
 
     #[test]
     fn defaults_are_valid_and_use_the_design_names() {
-        let s = Settings::with_default_paths();
+        let s = Settings::default();
         s.validate().unwrap();
         assert_eq!(s.rabbitmq.exchange, "reval.exchange");
         assert_eq!(s.names.master_family(), "masterdoctorindex");
@@ -338,28 +400,61 @@ mod tests {
 
     #[test]
     fn validate_rejects_a_zero_concurrency() {
-        let mut s = Settings::with_default_paths();
+        let mut s = Settings::default();
         s.bulk.concurrency = 0;
         assert!(s.validate().is_err());
     }
 
     #[test]
     fn validate_rejects_an_uppercase_prefix() {
-        let mut s = Settings::with_default_paths();
+        let mut s = Settings::default();
         s.names.prefix = "Test_".into();
         assert!(s.validate().is_err());
     }
 
     #[test]
+    fn redacted_settings_keep_hosts_and_users_but_no_password() {
+        let mut s = Settings::default();
+        s.rabbitmq.uri =
+            Secret::new("amqps://tcs:s3cret-amqp@b-1.mq.eu-west-2.amazonaws.com:5671/reval");
+        s.mongodb.uri = Secret::new(
+            "mongodb://reval:s3cret-mongo@docdb-1:27017,docdb-2:27017/?tls=true&retryWrites=false",
+        );
+        s.opensearch.url = "https://admin:s3cret-url@search.example.org".into();
+        s.opensearch.password = Some(Secret::new("s3cret-password"));
+        let printed = toml::to_string(&s.redacted()).unwrap();
+        for secret in [
+            "s3cret-amqp",
+            "s3cret-mongo",
+            "s3cret-url",
+            "s3cret-password",
+        ] {
+            assert!(!printed.contains(secret), "{secret} printed:\n{printed}");
+        }
+        assert!(printed.contains("amqps://tcs:***@b-1.mq.eu-west-2.amazonaws.com:5671/reval"));
+        assert!(printed.contains("mongodb://reval:***@docdb-1:27017,docdb-2:27017/?tls=true"));
+        assert!(printed.contains("https://admin:***@search.example.org"));
+        assert_eq!(
+            redact_uri("mongodb://127.0.0.1:27017/").as_deref(),
+            Some("mongodb://127.0.0.1:27017/")
+        );
+        assert_eq!(
+            redact_uri("https://token@host/x").as_deref(),
+            Some("https://***@host/x")
+        );
+        assert_eq!(redact_uri("not a uri"), None);
+    }
+
+    #[test]
     fn secrets_do_not_print() {
-        let s = Settings::with_default_paths();
+        let s = Settings::default();
         let printed = format!("{s:?}");
         assert!(!printed.contains("guest:guest"));
     }
 
     #[test]
     fn prefix_qualifies_every_name() {
-        let mut s = Settings::with_default_paths();
+        let mut s = Settings::default();
         s.names.prefix = "t1_".into();
         assert_eq!(
             s.names.qualify("current_connections"),

@@ -1,15 +1,23 @@
 //! rebuilder: a zero-downtime blue/green rebuilder for the revalidation
-//! search indices. The binary in `main.rs` is a thin command line over these
-//! modules.
+//! search indices. The binary in `main.rs` is a thin command line over
+//! these modules. Dependencies point one way:
+//!
+//! ```text
+//! main → cli / commands → rebuild → sources / search / state → domain / config / retry / text
+//! ```
+//!
+//! The development aids (data generator, seeding, TCS simulator) and the
+//! benchmark are crates of their own (`devtools/`, `bench/`); the product
+//! never depends on them.
 
-pub mod bench;
 pub mod cli;
+pub mod commands;
 pub mod config;
-pub mod dev;
 pub mod domain;
-pub mod ops;
 pub mod rebuild;
+pub mod retry;
 pub mod search;
 pub mod sources;
 pub mod state;
 pub mod telemetry;
+pub mod text;

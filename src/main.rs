@@ -5,9 +5,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use rebuilder::cli::{Cli, Command};
+use rebuilder::cli::{Cli, Command, ConfigCommand};
 use rebuilder::config::Settings;
-use rebuilder::{ops, telemetry};
+use rebuilder::{commands, telemetry};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -23,7 +23,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");
-            ExitCode::from(ops::exit_code_for(&error))
+            ExitCode::from(commands::exit_code_for(&error))
         }
     }
 }
@@ -35,12 +35,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         settings.validate().context("while applying --prefix")?;
     }
     match cli.command {
-        Command::Smoke => ops::smoke::run(&settings).await,
-        Command::Seed(args) => ops::seed::run(&settings, &args).await,
-        Command::Run(args) => ops::run::run(&settings, &args).await,
-        Command::Status(args) => ops::status::run(&settings, &args).await,
-        Command::TcsSimulator(args) => ops::simulator::run(&settings, &args).await,
-        Command::Rollback(args) => ops::rollback::run(&settings, &args).await,
-        Command::Generations => ops::generations::run(&settings).await,
+        Command::Run(args) => commands::run::run(&settings, &args).await,
+        Command::Status(args) => commands::status::run(&settings, &args).await,
+        Command::Rollback(args) => commands::rollback::run(&settings, &args).await,
+        Command::Generations => commands::generations::run(&settings).await,
+        Command::Smoke => commands::smoke::run(&settings).await,
+        Command::Config(ConfigCommand::Check) => commands::config::check(&settings),
     }
 }

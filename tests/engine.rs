@@ -16,9 +16,12 @@ use std::time::Duration;
 use common::{alias_targets, count, get_json, ids, throttled_opensearch_url, TestEnv};
 use engine_helpers::*;
 use opensearch::http::Method;
-use rebuilder::dev::datagen::DatasetSpec;
+use rebuilder::commands::exit_code_for;
 use rebuilder::rebuild::engine::{Engine, MoveKind, PromoteError};
+use rebuilder::rebuild::roll_back;
 use rebuilder::search::{BulkItem, Family, GenerationState, ItemOutcome, SearchClient};
+use rebuilder::state::lease::{lease_collection, Lease, LeaseHolder, REBUILD_LEASE};
+use rebuilder_dev::datagen::DatasetSpec;
 use serde_json::{json, Value};
 
 /// Asserts that every alias of each family resolves to exactly that generation.
@@ -313,9 +316,9 @@ async fn real_429s_are_retried_until_every_document_is_written() {
     }
     env.settings.bulk.concurrency = 16;
     env.settings.bulk.max_batch_docs = 50;
-    env.settings.bulk.initial_backoff_ms = 20;
-    env.settings.bulk.max_backoff_ms = 1000;
-    env.settings.bulk.max_retries = 40;
+    env.settings.retry.initial_backoff_ms = 20;
+    env.settings.retry.max_backoff_ms = 1000;
+    env.settings.retry.max_retries = 40;
     let engine = Engine::new(&env.settings).await.unwrap();
     const N: usize = 20_000;
     let generation = engine
@@ -518,7 +521,7 @@ async fn promotion_is_refused_when_a_concrete_index_holds_an_alias_name() {
         )),
         "{message}"
     );
-    assert!(message.contains("rebuilder adopt"), "{message}");
+    assert!(message.contains("no alias moved"), "{message}");
     assert!(alias_targets(&client, &env.name("masterdoctorindex"))
         .await
         .is_empty());
@@ -677,6 +680,10 @@ async fn rollback_round_trip_and_the_commands() {
             .arg(&prefix)
             .args(args)
             .env("REBUILDER_OPENSEARCH__URL", &env.settings.opensearch.url)
+            .env(
+                "REBUILDER_MONGODB__DATABASE",
+                &env.settings.mongodb.database,
+            )
             .output()
             .expect("the binary runs")
     };
@@ -751,6 +758,42 @@ async fn rollback_round_trip_and_the_commands() {
         .unwrap();
     assert!(row_b.contains("run-b") && row_b.contains(" - "), "{row_b}");
     cleanup_search(&env).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_is_refused_while_a_run_holds_the_lease_and_names_the_run() {
+    let env = TestEnv::new("rollback_lease");
+    let engine = engine(&env).await;
+    let client = env.search().await;
+    let a = build_pair(&engine, "run-a", doctor_docs(12, 150, 0)).await;
+    engine.promote(&a.master, &a.recommendation).await.unwrap();
+    let b = build_pair(&engine, "run-b", doctor_docs(12, 160, 1)).await;
+    engine.promote(&b.master, &b.recommendation).await.unwrap();
+
+    let leases = lease_collection(&env.mongo().await, &env.settings.mongodb);
+    let busy = Lease::acquire(
+        leases,
+        REBUILD_LEASE,
+        LeaseHolder::this_process("run-busy"),
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    let refused = roll_back(&env.settings, None)
+        .await
+        .expect_err("refused while a run holds the lease");
+    assert_eq!(exit_code_for(&refused), 3, "{refused:#}");
+    assert!(
+        format!("{refused:#}").contains("run run-busy"),
+        "{refused:#}"
+    );
+    assert_aliases_on(&client, &engine, &b.master.name, &b.recommendation.name).await;
+
+    busy.release().await.unwrap();
+    let report = roll_back(&env.settings, None).await.expect("rolled back");
+    assert_eq!(report.master.to, a.master.name);
+    assert_aliases_on(&client, &engine, &a.master.name, &a.recommendation.name).await;
+    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

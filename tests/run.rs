@@ -18,16 +18,16 @@ use std::time::{Duration, Instant};
 
 use common::{alias_targets, ids, TestEnv};
 use engine_helpers::{all_aliases, engine, Probe};
-use rebuilder::dev::datagen::DatasetSpec;
-use rebuilder::dev::simulator::SimulatorOptions;
-use rebuilder::ops::Refused;
-use rebuilder::rebuild::run::RunOptions;
+use rebuilder::rebuild::record::RunOutcome;
+use rebuilder::rebuild::Refused;
+use rebuilder::rebuild::RunOptions;
 use rebuilder::search::{GenerationState, SearchClient};
 use rebuilder::sources::gmc::GmcSource;
 use rebuilder::sources::SourceError;
-use rebuilder::state::history::RunOutcome;
 use rebuilder::state::lease::{lease_collection, read_lease, Lease, LeaseHolder, REBUILD_LEASE};
 use rebuilder::state::StateError;
+use rebuilder_dev::datagen::DatasetSpec;
+use rebuilder_dev::simulator::SimulatorOptions;
 use run_helpers::*;
 use serde_json::json;
 
@@ -55,7 +55,7 @@ async fn a_run_writes_every_doctor_as_merged_and_promotes_both_families() {
     let served = tcs.await.unwrap().expect("the simulator served the sync");
     assert!(served[0].sync_end);
 
-    let record = &report.record;
+    let record = &report;
     assert_eq!(record.outcome, RunOutcome::Succeeded);
     assert_eq!(
         record.generations.len(),
@@ -63,7 +63,7 @@ async fn a_run_writes_every_doctor_as_merged_and_promotes_both_families() {
         "a master and a recommendation generation"
     );
     let promotion = record.promotion.as_ref().expect("promoted");
-    assert_eq!(promotion.previous_master, None, "first run");
+    assert_eq!(promotion.master.from, None, "first run");
 
     let master_alias = env.name("masterdoctorindex");
     let per_category = assert_documents_match(&client, &master_alias, &spec).await;
@@ -75,12 +75,12 @@ async fn a_run_writes_every_doctor_as_merged_and_promotes_both_families() {
     );
     assert_eq!(
         c.merged_gmc_only,
-        per_category[&rebuilder::dev::datagen::Category::GmcOnly] as u64
+        per_category[&rebuilder_dev::datagen::Category::GmcOnly] as u64
     );
     let duplicated = spec.doctors().filter(|d| d.tcs_messages.len() > 1).count() as u64;
     assert!(duplicated > 0);
     assert_eq!(c.tcs_duplicates, duplicated);
-    assert_eq!(c.docs_failed, 0);
+    assert_eq!(record.bulk.failed, 0);
 
     let connections = ids(
         &client,
@@ -134,7 +134,6 @@ async fn malformed_tcs_messages_are_dead_lettered_and_counted_and_the_run_succee
 
     let expected = spec.expected_rejects();
     let recorded: BTreeMap<&str, u64> = report
-        .record
         .rejects
         .iter()
         .map(|(k, v)| (k.as_str(), *v))
@@ -203,9 +202,9 @@ async fn a_second_run_over_changed_data_keeps_every_alias_answering() {
     );
     let after = alias_map(&client, &env).await;
     assert_ne!(before, after, "the aliases moved");
-    let promotion = report.record.promotion.expect("promoted");
+    let promotion = report.promotion.expect("promoted");
     assert_eq!(
-        promotion.previous_master.as_deref(),
+        promotion.master.from.as_deref(),
         before[&env.name("masterdoctorindex")]
             .first()
             .map(String::as_str)
@@ -304,8 +303,8 @@ async fn of_two_concurrent_runs_exactly_one_proceeds_and_the_other_names_it() {
         (Ok(w), Err(r)) | (Err(r), Ok(w)) => (w, r),
         (a, b) => panic!(
             "expected exactly one run to proceed: {:?} / {:?}",
-            a.map(|r| r.record.id),
-            b.map(|r| r.record.id)
+            a.map(|r| r.id),
+            b.map(|r| r.id)
         ),
     };
     let refusal = refused
@@ -313,11 +312,11 @@ async fn of_two_concurrent_runs_exactly_one_proceeds_and_the_other_names_it() {
         .find_map(|e| e.downcast_ref::<Refused>())
         .unwrap_or_else(|| panic!("the other run is refused: {refused:#}"));
     assert!(
-        refusal.0.contains(&winner.record.id),
+        refusal.0.contains(&winner.id),
         "the refusal names the run holding the lease: {}",
         refusal.0
     );
-    assert_eq!(rebuilder::ops::exit_code_for(&refused), 3);
+    assert_eq!(rebuilder::commands::exit_code_for(&refused), 3);
     let runs = history(&env).await.recent(10).await.unwrap();
     let outcomes: Vec<RunOutcome> = runs.iter().map(|r| r.outcome).collect();
     assert_eq!(runs.len(), 2, "both runs are recorded: {outcomes:?}");
@@ -423,8 +422,7 @@ async fn a_run_killed_mid_build_moves_no_alias_and_the_next_run_cleans_up_and_lo
     let started = Instant::now();
     let child_run = loop {
         let current = history.current_or_last().await.unwrap();
-        if let Some(r) =
-            current.filter(|r| r.outcome == RunOutcome::Running && r.counts.docs_written > 0)
+        if let Some(r) = current.filter(|r| r.outcome == RunOutcome::Running && r.bulk.written > 0)
         {
             break r;
         }
@@ -501,11 +499,8 @@ async fn a_run_killed_mid_build_moves_no_alias_and_the_next_run_cleans_up_and_lo
         .await
         .expect("the run after the crash succeeds");
     tcs.await.unwrap().unwrap();
-    assert_eq!(
-        report.record.orphans_deleted, orphans,
-        "the orphan was deleted"
-    );
-    assert_eq!(report.record.counts.tcs_stale_discarded, u64::from(ready));
+    assert_eq!(report.orphans_deleted, orphans, "the orphan was deleted");
+    assert_eq!(report.counts.tcs_stale_discarded, u64::from(ready));
     assert_eq!(
         run_record(&env, &child_run.id).await.outcome,
         RunOutcome::Abandoned
@@ -533,10 +528,14 @@ async fn a_dry_run_builds_and_validates_but_moves_no_alias() {
     .await
     .expect("the dry run succeeds");
     tcs.await.unwrap().unwrap();
-    assert_eq!(report.record.outcome, RunOutcome::DryRun);
-    assert!(report.record.promotion.is_none());
-    assert!(report.gates.expect("validated").passed());
-    assert_eq!(report.record.generations.len(), 2);
+    assert_eq!(report.outcome, RunOutcome::DryRun);
+    assert!(report.promotion.is_none());
+    assert!(
+        !report.gates.is_empty() && report.gates.iter().all(|g| g.passed),
+        "validated: {:?}",
+        report.gates
+    );
+    assert_eq!(report.generations.len(), 2);
     assert!(
         alias_map(&client, &env)
             .await

@@ -15,16 +15,17 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use lapin::BasicProperties;
 use opensearch::http::Method;
-use rebuilder::dev::datagen::DatasetSpec;
-use rebuilder::dev::seed::seed_mongo;
 use rebuilder::search::{Family, IndexTemplate};
+use rebuilder_dev::datagen::DatasetSpec;
+use rebuilder_dev::seed::seed_mongo;
 use serde_json::{json, Value};
 
 #[tokio::test]
 async fn opensearch_serves_the_template_through_every_alias_including_the_script_filter() {
     let env = TestEnv::new("servers_os");
     let client = env.search().await;
-    let template = IndexTemplate::load(&env.settings.templates_dir, Family::Master).unwrap();
+    let template =
+        IndexTemplate::resolve(env.settings.templates_dir.as_deref(), Family::Master).unwrap();
     let index = env.name("masterdoctorindex-20260101-000000");
     let mut body = template.create_body(json!({"run_id": "servers-test"}));
     // Serve straight away: this test reads immediately.
@@ -132,7 +133,7 @@ async fn rabbitmq_redelivers_a_message_that_was_not_acked_before_the_channel_clo
     let channel = connection.create_channel().await.unwrap();
     channel
         .queue_declare(
-            &queue,
+            queue.as_str().into(),
             QueueDeclareOptions::default(),
             FieldTable::default(),
         )
@@ -141,8 +142,8 @@ async fn rabbitmq_redelivers_a_message_that_was_not_acked_before_the_channel_clo
     for body in [b"first".as_slice(), b"second".as_slice()] {
         channel
             .basic_publish(
-                "",
-                &queue,
+                "".into(),
+                queue.as_str().into(),
                 BasicPublishOptions::default(),
                 body,
                 BasicProperties::default(),
@@ -160,8 +161,8 @@ async fn rabbitmq_redelivers_a_message_that_was_not_acked_before_the_channel_clo
         .unwrap();
     let mut consumer = channel
         .basic_consume(
-            &queue,
-            "servers-test",
+            queue.as_str().into(),
+            "servers-test".into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )
@@ -173,13 +174,16 @@ async fn rabbitmq_redelivers_a_message_that_was_not_acked_before_the_channel_clo
     assert_eq!(second.data, b"second");
     assert!(!second.redelivered);
     first.ack(BasicAckOptions::default()).await.unwrap();
-    channel.close(200, "leaving one unacked").await.unwrap();
+    channel
+        .close(200, "leaving one unacked".into())
+        .await
+        .unwrap();
 
     let channel = connection.create_channel().await.unwrap();
     let mut consumer = channel
         .basic_consume(
-            &queue,
-            "servers-test-2",
+            queue.as_str().into(),
+            "servers-test-2".into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )
@@ -194,7 +198,7 @@ async fn rabbitmq_redelivers_a_message_that_was_not_acked_before_the_channel_clo
         nothing_more.is_err(),
         "the acked message must not come back"
     );
-    connection.close(200, "done").await.ok();
+    connection.close(200, "done".into()).await.ok();
     env.cleanup().await;
 }
 

@@ -12,13 +12,14 @@
 //! - `alias_filter:<alias>`: each filtered alias's filter, run against the
 //!   new generation, finds documents wherever it found some on the live one.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::search::bulk::BulkStats;
+use crate::search::BulkStats;
 
-/// One gate's verdict.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+/// One gate's verdict: what the engine returns and the run record keeps.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct GateVerdict {
     pub name: String,
     pub passed: bool,

@@ -1,73 +1,69 @@
 //! Progress of a run for the person or the log watching it: on a terminal,
-//! one indicatif bar per counted phase (count, rate and, when the total is
-//! known, ETA); otherwise one log line when a phase starts, a count every
+//! one bar per counted phase (count, rate and, when the total is known,
+//! ETA), drawn by the telemetry's `tracing-indicatif` layer from a span of
+//! the phase; otherwise one log line when a phase starts, a count every
 //! few seconds, and one line with the total and rate when it ends.
 
-use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use tracing::info;
+use indicatif::ProgressStyle;
+use tracing::{info, info_span, Span};
+use tracing_indicatif::span_ext::IndicatifSpanExt;
 
-use crate::state::history::RunPhase;
+use super::record::RunPhase;
 
 /// Seconds between two count lines in the log.
 const LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// The progress display of one run.
+#[derive(Clone, Copy, Debug)]
 pub struct Progress {
-    bars: Option<MultiProgress>,
+    bars: bool,
 }
 
 impl Progress {
-    /// Bars when stderr is a terminal, log lines otherwise.
+    /// Bars when the telemetry draws them (stderr is a terminal), log lines otherwise.
     pub fn for_stderr() -> Self {
-        if std::io::stderr().is_terminal() {
-            Self::bars()
-        } else {
-            Self::logs()
-        }
-    }
-
-    pub fn bars() -> Self {
         Self {
-            bars: Some(MultiProgress::with_draw_target(ProgressDrawTarget::stderr())),
+            bars: crate::telemetry::progress_bars(),
         }
     }
 
+    /// Log lines only.
     pub fn logs() -> Self {
-        Self { bars: None }
+        Self { bars: false }
     }
 
     /// Starts counting a phase; `total` enables the ETA.
     pub fn phase(&self, phase: RunPhase, unit: &'static str, total: Option<u64>) -> PhaseProgress {
         info!(phase = phase.as_str(), total, "Phase started.");
-        let bar = self.bars.as_ref().map(|multi| {
-            let bar = match total {
-                Some(n) => ProgressBar::new(n).with_style(
-                    ProgressStyle::with_template(
-                        "{prefix:>14} [{bar:30}] {human_pos}/{human_len} {msg} {per_sec} ETA {eta}",
-                    )
-                    .expect("a valid template")
-                    .progress_chars("=> "),
-                ),
-                None => ProgressBar::new_spinner().with_style(
-                    ProgressStyle::with_template(
-                        "{prefix:>14} {spinner} {human_pos} {msg} {per_sec}",
-                    )
-                    .expect("a valid template"),
-                ),
+        let span = if self.bars {
+            let span = info_span!(
+                "phase",
+                indicatif.pb_show = tracing::field::Empty,
+                phase = phase.as_str()
+            );
+            let template = match total {
+                Some(_) => {
+                    "{span_fields:<22} [{bar:30}] {human_pos}/{human_len} {msg} {per_sec} ETA {eta}"
+                }
+                None => "{span_fields:<22} {spinner} {human_pos} {msg} {per_sec}",
             };
-            let bar = multi.add(bar);
-            bar.set_prefix(phase.as_str());
-            bar.set_message(unit);
-            bar.enable_steady_tick(Duration::from_millis(200));
-            bar
-        });
+            if let Ok(style) = ProgressStyle::with_template(template) {
+                span.pb_set_style(&style.progress_chars("=> "));
+            }
+            span.pb_set_length(total.unwrap_or(u64::MAX));
+            span.pb_set_message(unit);
+            span.pb_start();
+            span
+        } else {
+            Span::none()
+        };
         PhaseProgress {
             phase,
             unit,
-            bar,
+            span,
+            bars: self.bars,
             count: 0,
             started: Instant::now(),
             last_log: Instant::now(),
@@ -75,11 +71,12 @@ impl Progress {
     }
 }
 
-/// The counter of one phase.
+/// The counter of one phase; its bar goes when it is finished or dropped.
 pub struct PhaseProgress {
     phase: RunPhase,
     unit: &'static str,
-    bar: Option<ProgressBar>,
+    span: Span,
+    bars: bool,
     count: u64,
     started: Instant,
     last_log: Instant,
@@ -88,19 +85,17 @@ pub struct PhaseProgress {
 impl PhaseProgress {
     pub fn inc(&mut self, n: u64) {
         self.count += n;
-        match &self.bar {
-            Some(bar) => bar.inc(n),
-            None if self.last_log.elapsed() >= LOG_EVERY => {
-                self.last_log = Instant::now();
-                info!(
-                    phase = self.phase.as_str(),
-                    count = self.count,
-                    unit = self.unit,
-                    per_sec = self.rate() as u64,
-                    "Phase progress."
-                );
-            }
-            None => {}
+        if self.bars {
+            self.span.pb_inc(n);
+        } else if self.last_log.elapsed() >= LOG_EVERY {
+            self.last_log = Instant::now();
+            info!(
+                phase = self.phase.as_str(),
+                count = self.count,
+                unit = self.unit,
+                per_sec = self.rate() as u64,
+                "Phase progress."
+            );
         }
     }
 
@@ -114,9 +109,6 @@ impl PhaseProgress {
 
     /// Ends the phase with its total and rate.
     pub fn finish(self) {
-        if let Some(bar) = &self.bar {
-            bar.finish();
-        }
         info!(
             phase = self.phase.as_str(),
             count = self.count,

@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 
 use opensearch::http::Method;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use tracing::info;
 
@@ -149,7 +149,8 @@ pub async fn concrete_indices_named(
 }
 
 /// One alias moving: from its current holders to its new generation.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct AliasMove {
     pub alias: String,
     pub from: Vec<String>,
@@ -215,12 +216,10 @@ pub async fn apply(client: &SearchClient, plan: &AliasPlan) -> Result<(), Search
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::PathBuf;
 
     fn specs(prefix: &str) -> Vec<AliasSpec> {
-        let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/index-templates"));
-        let m = IndexTemplate::load(&dir, Family::Master).unwrap();
-        let r = IndexTemplate::load(&dir, Family::Recommendation).unwrap();
+        let m = IndexTemplate::builtin(Family::Master).unwrap();
+        let r = IndexTemplate::builtin(Family::Recommendation).unwrap();
         let names = IndexNames {
             prefix: prefix.into(),
             ..IndexNames::default()

@@ -11,6 +11,8 @@ use opensearch::OpenSearch;
 use serde_json::Value;
 
 use crate::config::OpenSearchSettings;
+use crate::retry::Retriable;
+use crate::text::clip;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SearchError {
@@ -29,17 +31,19 @@ pub enum SearchError {
     Invalid(String),
 }
 
-impl SearchError {
-    /// Whether the same request may succeed later: the node was unreachable,
+impl Retriable for SearchError {
+    /// The same request may succeed later when the node was unreachable,
     /// overloaded (429) or failing (5xx). Everything else is permanent.
-    pub fn is_retriable(&self) -> bool {
+    fn is_retriable(&self) -> bool {
         match self {
             SearchError::Unreachable { .. } => true,
             SearchError::Status { status, .. } => *status == 429 || *status >= 500,
             SearchError::Decode { .. } | SearchError::Invalid(_) => false,
         }
     }
+}
 
+impl SearchError {
     pub fn status(&self) -> Option<u16> {
         match self {
             SearchError::Status { status, .. } => Some(*status),
@@ -81,11 +85,6 @@ impl SearchClient {
         &self.url
     }
 
-    /// The typed client, for callers that want the crate's request builders.
-    pub fn raw(&self) -> &OpenSearch {
-        &self.inner
-    }
-
     /// Sends a request and returns the status and JSON body whatever the
     /// status (callers that care about 404 look at it themselves).
     pub async fn request(
@@ -116,7 +115,7 @@ impl SearchClient {
                 method: method_name(method),
                 path: path.to_string(),
                 status,
-                body: truncate(&value.to_string(), 2000),
+                body: clip(&value.to_string(), 2000).into_owned(),
             })
         }
     }
@@ -175,18 +174,6 @@ impl SearchClient {
 
 fn method_name(method: Method) -> String {
     format!("{method:?}").to_uppercase()
-}
-
-pub(crate) fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        s.to_string()
-    } else {
-        let mut end = max;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        format!("{}…", &s[..end])
-    }
 }
 
 #[cfg(test)]

@@ -19,9 +19,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use tracing::{debug, info, warn};
 
-use super::client::{truncate, SearchClient, SearchError};
+use super::client::{SearchClient, SearchError};
 use super::templates::{Family, IndexTemplate};
 use crate::config::IndexNames;
+use crate::text::clip;
 
 /// Tries before creation gives up stepping forward to a free name.
 const MAX_NAME_STEPS: i64 = 3600;
@@ -231,7 +232,7 @@ pub async fn create(
             method: "PUT".into(),
             path: format!("/{name}"),
             status,
-            body: truncate(&answer.to_string(), 2000),
+            body: clip(&answer.to_string(), 2000).into_owned(),
         });
     }
     Err(SearchError::Invalid(format!(
@@ -365,7 +366,7 @@ pub async fn delete(client: &SearchClient, index: &str) -> Result<(), SearchErro
             method: "DELETE".into(),
             path: format!("/{index}"),
             status,
-            body: truncate(&answer.to_string(), 2000),
+            body: clip(&answer.to_string(), 2000).into_owned(),
         })
     }
 }
@@ -489,7 +490,7 @@ pub async fn count_matching(
         .await?;
     answer["count"].as_u64().ok_or_else(|| SearchError::Decode {
         path: format!("/{index}/_count"),
-        message: format!("no count in {}", truncate(&answer.to_string(), 200)),
+        message: format!("no count in {}", clip(&answer.to_string(), 200)),
     })
 }
 
@@ -549,8 +550,7 @@ mod tests {
 
     #[test]
     fn serving_update_undoes_every_build_setting() {
-        let dir = std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/index-templates"));
-        let t = IndexTemplate::load(&dir, Family::Master).unwrap();
+        let t = IndexTemplate::builtin(Family::Master).unwrap();
         let u = serving_settings_update(&t);
         assert_eq!(u["index"]["refresh_interval"], "1s");
         assert_eq!(u["index"]["auto_expand_replicas"], "0-1");
@@ -562,8 +562,7 @@ mod tests {
 
     #[test]
     fn meta_round_trips_and_foreign_meta_is_none() {
-        let dir = std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/index-templates"));
-        let t = IndexTemplate::load(&dir, Family::Master).unwrap();
+        let t = IndexTemplate::builtin(Family::Master).unwrap();
         let m = GenerationMeta::building("run-1", &t, None);
         let back = GenerationMeta::from_value(&m.to_value()).unwrap();
         assert_eq!(back, m);

@@ -1,5 +1,5 @@
 //! Everything that talks to OpenSearch: the client, index templates,
-//! generations, the bulk writer, aliases and server-side reindex.
+//! generations, the bulk writer, aliases, server-side reindex and retention.
 
 pub mod aliases;
 pub mod bulk;
@@ -9,7 +9,10 @@ pub mod reindex;
 pub mod retention;
 pub mod templates;
 
-pub use bulk::{BulkItem, BulkOutcome, BulkOutcomes, BulkSender, BulkStats, ItemOutcome};
+pub use bulk::{
+    BulkItem, BulkOutcome, BulkOutcomes, BulkProgress, BulkSender, BulkStats, BulkWriter,
+    ItemOutcome,
+};
 pub use client::{SearchClient, SearchError};
 pub use generations::{Generation, GenerationInfo, GenerationMeta, GenerationState};
 pub use templates::{Family, IndexTemplate};

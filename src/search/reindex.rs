@@ -1,20 +1,22 @@
 //! Server-side `_reindex` from one generation into another, started with
 //! `wait_for_completion=false` and followed through the tasks API until it
-//! finishes, so that no HTTP request has to outlive a long copy.
+//! finishes, so that no HTTP request has to outlive a long copy. A task
+//! lookup that fails for a while (a 503, a dropped connection) is retried
+//! with the run's retry policy.
 
 use std::time::{Duration, Instant};
 
 use opensearch::http::Method;
 use serde::Serialize;
 use serde_json::{json, Value};
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
-use super::client::{truncate, SearchClient, SearchError};
+use super::client::{SearchClient, SearchError};
+use crate::retry::{with_retry, RetryPolicy};
+use crate::text::clip;
 
 /// Documents per scroll batch of the copy.
 const SCROLL_SIZE: u64 = 5000;
-/// Transient failures of the task lookup tolerated in a row.
-const MAX_POLL_ERRORS: u32 = 10;
 
 /// What a finished reindex did, and the counts that prove it.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -39,6 +41,8 @@ pub struct ReindexOptions {
     pub poll_interval: Duration,
     /// The copy is given up (and its task cancelled) after this long.
     pub max_wait: Duration,
+    /// How the start and each task lookup are retried.
+    pub retry: RetryPolicy,
 }
 
 impl Default for ReindexOptions {
@@ -46,6 +50,7 @@ impl Default for ReindexOptions {
         Self {
             poll_interval: Duration::from_millis(500),
             max_wait: Duration::from_secs(4 * 3600),
+            retry: RetryPolicy::default(),
         }
     }
 }
@@ -64,54 +69,46 @@ pub async fn reindex(
         "source": { "index": source, "size": SCROLL_SIZE },
         "dest": { "index": dest, "op_type": "index" }
     });
-    let answer = client
-        .json(
+    let answer = with_retry(&options.retry, "starting the reindex", || {
+        client.json(
             Method::Post,
             "/_reindex",
             &[("wait_for_completion", "false"), ("refresh", "false")],
             Some(&body),
         )
-        .await?;
+    })
+    .await?;
     let task = answer["task"]
         .as_str()
         .ok_or_else(|| SearchError::Decode {
             path: "/_reindex".into(),
-            message: format!("no task id in {}", truncate(&answer.to_string(), 300)),
+            message: format!("no task id in {}", clip(&answer.to_string(), 300)),
         })?
         .to_string();
     info!(%source, %dest, %task, "Reindex started.");
 
     let mut polls = 0;
-    let mut errors_in_a_row = 0;
+    let task_path = format!("/_tasks/{task}");
     let finished = loop {
         tokio::time::sleep(options.poll_interval).await;
         polls += 1;
-        match client
-            .json(Method::Get, &format!("/_tasks/{task}"), &[], None)
-            .await
-        {
-            Ok(state) => {
-                errors_in_a_row = 0;
-                if state["completed"].as_bool() == Some(true) {
-                    break state;
-                }
-                let status = &state["task"]["status"];
-                debug!(
-                    %task,
-                    total = status["total"].as_u64().unwrap_or(0),
-                    created = status["created"].as_u64().unwrap_or(0),
-                    "Reindex in progress."
-                );
-            }
-            Err(e) if e.is_retriable() && errors_in_a_row < MAX_POLL_ERRORS => {
-                errors_in_a_row += 1;
-                warn!(%task, error = %e, "Reindex task lookup failed; trying again.");
-            }
-            Err(e) => return Err(e),
+        let state = with_retry(&options.retry, "looking up the reindex task", || {
+            client.json(Method::Get, &task_path, &[], None)
+        })
+        .await?;
+        if state["completed"].as_bool() == Some(true) {
+            break state;
         }
+        let status = &state["task"]["status"];
+        debug!(
+            %task,
+            total = status["total"].as_u64().unwrap_or(0),
+            created = status["created"].as_u64().unwrap_or(0),
+            "Reindex in progress."
+        );
         if started.elapsed() > options.max_wait {
             let _ = client
-                .request(Method::Post, &format!("/_tasks/{task}/_cancel"), &[], None)
+                .request(Method::Post, &format!("{task_path}/_cancel"), &[], None)
                 .await;
             return Err(SearchError::Invalid(format!(
                 "reindex {source} -> {dest} (task {task}) did not finish within {} s; cancelled",
@@ -154,7 +151,7 @@ pub fn check_finished(
     if let Some(error) = finished.get("error").filter(|e| !e.is_null()) {
         return Err(SearchError::Invalid(format!(
             "reindex {source} -> {dest} (task {task}) failed: {}",
-            truncate(&error.to_string(), 1000)
+            clip(&error.to_string(), 1000)
         )));
     }
     let response = &finished["response"];
@@ -167,7 +164,7 @@ pub fn check_finished(
     if failures > 0 {
         return Err(SearchError::Invalid(format!(
             "reindex {source} -> {dest} (task {task}) had {failures} failures, first: {}",
-            truncate(&response["failures"][0].to_string(), 1000)
+            clip(&response["failures"][0].to_string(), 1000)
         )));
     }
     if response["canceled"].as_str().is_some() {

@@ -1,5 +1,8 @@
 //! Index templates: the JSON files in `index-templates/` that define each
-//! family's serving settings, build settings, mappings and aliases.
+//! family's serving settings, build settings, mappings and aliases. The
+//! files are compiled into the binary (they stay the one source of truth),
+//! so a release binary copied to a server needs no source tree; the
+//! `templates_dir` setting can point to other files instead.
 
 use std::path::{Path, PathBuf};
 
@@ -15,6 +18,17 @@ pub enum Family {
 
 impl Family {
     pub const ALL: [Family; 2] = [Family::Master, Family::Recommendation];
+
+    /// The template built into the binary: `index-templates/<family>.json`
+    /// as it was at build time.
+    pub fn builtin_text(self) -> &'static str {
+        match self {
+            Family::Master => include_str!("../../index-templates/masterdoctorindex.json"),
+            Family::Recommendation => {
+                include_str!("../../index-templates/recommendationindex.json")
+            }
+        }
+    }
 
     /// The template file name, also the logical family name.
     pub fn as_str(self) -> &'static str {
@@ -63,6 +77,25 @@ pub struct IndexTemplate {
 }
 
 impl IndexTemplate {
+    /// The template of `family`: from `dir` when given, else the one built
+    /// into the binary.
+    pub fn resolve(dir: Option<&Path>, family: Family) -> Result<Self, TemplateError> {
+        match dir {
+            Some(dir) => Self::load(dir, family),
+            None => Self::builtin(family),
+        }
+    }
+
+    /// The template built into the binary.
+    pub fn builtin(family: Family) -> Result<Self, TemplateError> {
+        let path = PathBuf::from(format!(
+            "(built in) index-templates/{}.json",
+            family.as_str()
+        ));
+        Self::parse(&path, family, family.builtin_text())
+    }
+
+    /// The template file `<dir>/<family>.json`.
     pub fn load(dir: &Path, family: Family) -> Result<Self, TemplateError> {
         let path = dir.join(format!("{}.json", family.as_str()));
         let text = std::fs::read_to_string(&path).map_err(|source| TemplateError::Read {
@@ -141,6 +174,17 @@ mod tests {
 
     fn dir() -> PathBuf {
         PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/index-templates"))
+    }
+
+    #[test]
+    fn the_built_in_templates_are_the_files_of_index_templates() {
+        for family in Family::ALL {
+            let built_in = IndexTemplate::builtin(family).unwrap();
+            let file = IndexTemplate::load(&dir(), family).unwrap();
+            assert_eq!(built_in.sha256, file.sha256, "{family}");
+            let resolved = IndexTemplate::resolve(None, family).unwrap();
+            assert_eq!(resolved.sha256, file.sha256);
+        }
     }
 
     /// DESIGN.md §3, the field table of a master document.

@@ -11,6 +11,7 @@ use mongodb::options::ClientOptions;
 use mongodb::Client;
 
 use crate::config::{MongoSettings, RabbitSettings};
+use crate::retry::{amqp_is_transient, mongo_is_transient, Retriable};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -22,23 +23,21 @@ pub enum SourceError {
     RabbitUnreachable(String),
     #[error("RabbitMQ failed: {0}")]
     Rabbit(#[from] lapin::Error),
+    #[error("the broker refused (nacked) {0}")]
+    BrokerRefused(String),
     #[error("TCS sent nothing for {idle_secs} s after {received} messages; the sync did not finish (no syncEnd)")]
     TcsIdle { idle_secs: u64, received: u64 },
 }
 
-impl SourceError {
-    /// Whether trying again may help (a connection dropped, a server busy).
-    pub fn is_retriable(&self) -> bool {
+impl Retriable for SourceError {
+    /// Trying again may help when a connection dropped or a server was
+    /// busy or restarting; a silent TCS or a refused publish is final.
+    fn is_retriable(&self) -> bool {
         match self {
             SourceError::MongoUnreachable(_) | SourceError::RabbitUnreachable(_) => true,
-            SourceError::Mongo(e) => matches!(
-                *e.kind,
-                mongodb::error::ErrorKind::Io(_)
-                    | mongodb::error::ErrorKind::ConnectionPoolCleared { .. }
-                    | mongodb::error::ErrorKind::ServerSelection { .. }
-            ),
-            SourceError::Rabbit(e) => matches!(e, lapin::Error::IOError(_)),
-            SourceError::TcsIdle { .. } => false,
+            SourceError::Mongo(e) => mongo_is_transient(e),
+            SourceError::Rabbit(e) => amqp_is_transient(e),
+            SourceError::BrokerRefused(_) | SourceError::TcsIdle { .. } => false,
         }
     }
 }
@@ -60,12 +59,9 @@ pub async fn mongo_client(settings: &MongoSettings) -> Result<Client, SourceErro
     Ok(client)
 }
 
-/// An open AMQP connection on the tokio runtime.
+/// An open AMQP connection (lapin runs it on the tokio runtime).
 pub async fn rabbit_connection(settings: &RabbitSettings) -> Result<Connection, SourceError> {
-    let properties = ConnectionProperties::default()
-        .with_executor(tokio_executor_trait::Tokio::current())
-        .with_reactor(tokio_reactor_trait::Tokio)
-        .with_connection_name("rebuilder".into());
+    let properties = ConnectionProperties::default().with_connection_name("rebuilder".into());
     Connection::connect(settings.uri.expose(), properties)
         .await
         .map_err(|e| SourceError::RabbitUnreachable(e.to_string()))

@@ -1,381 +1,61 @@
-//! Run history: one MongoDB document per run with its trigger, phases and
-//! their durations, counts per source, merged counts, rejects by reason,
-//! gate verdicts, the generations it built and its outcome. A run rewrites
-//! its document as it goes, so `rebuilder status` shows a live run's
-//! progress from any process.
-//!
-//! Times are stored as fixed-width UTC text (`2025-01-31T23:59:59.123Z`) so
-//! the same record reads the same in MongoDB, in `status --json` and in
-//! logs; run ids start with their UTC start time, so ids sort by age.
+//! The stored history of runs: one MongoDB document per run, written whole
+//! each time the run saves it, so that `rebuilder status` and the service
+//! show a live run's progress from any process. The store is generic over
+//! the record the rebuild defines; it relies on two fields only: `_id`, the
+//! run id (ids start with their UTC start time, so they sort by age), and
+//! `outcome`, which reads [`RUNNING`] while the run lives.
 
-use std::collections::BTreeMap;
-use std::fmt;
-use std::str::FromStr;
+use std::marker::PhantomData;
 
 use bson::{doc, Document};
 use futures::TryStreamExt;
 use mongodb::{Client, Collection};
-use serde::{Deserialize, Serialize};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 
 use super::{now_text, state_collection, StateError};
 use crate::config::MongoSettings;
 
-/// What started a run.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Trigger {
-    #[default]
-    Cli,
-    Schedule,
-    Http,
-}
+/// The `outcome` of a run that has not ended.
+pub const RUNNING: &str = "running";
+/// The `outcome` [`RunHistory::mark_abandoned`] gives a run whose process died.
+pub const ABANDONED: &str = "abandoned";
 
-impl Trigger {
-    pub const ALL: [Trigger; 3] = [Trigger::Cli, Trigger::Schedule, Trigger::Http];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Trigger::Cli => "cli",
-            Trigger::Schedule => "schedule",
-            Trigger::Http => "http",
-        }
-    }
-}
-
-impl fmt::Display for Trigger {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Trigger {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Trigger::ALL
-            .into_iter()
-            .find(|t| t.as_str().eq_ignore_ascii_case(s.trim()))
-            .ok_or_else(|| format!("unknown trigger {s:?}; expected one of cli, schedule, http"))
-    }
-}
-
-/// The steps of a run, in order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RunPhase {
-    /// Delete half-built generations of dead runs.
-    Cleanup,
-    /// Load the latest recommendation outcome per doctor.
-    Outcomes,
-    /// Consume the TCS sync, merge with GMC doctors, write.
-    TcsMerge,
-    /// Write the GMC doctors TCS did not send.
-    GmcOnly,
-    /// Wait for the last writes, restore serving settings, refresh.
-    FinishLoad,
-    Validate,
-    /// Build the recommendation generation with `_reindex`.
-    Recommendation,
-    /// Move every alias in one call.
-    Promote,
-    Retention,
-}
-
-impl RunPhase {
-    pub const ALL: [RunPhase; 9] = [
-        RunPhase::Cleanup,
-        RunPhase::Outcomes,
-        RunPhase::TcsMerge,
-        RunPhase::GmcOnly,
-        RunPhase::FinishLoad,
-        RunPhase::Validate,
-        RunPhase::Recommendation,
-        RunPhase::Promote,
-        RunPhase::Retention,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RunPhase::Cleanup => "cleanup",
-            RunPhase::Outcomes => "outcomes",
-            RunPhase::TcsMerge => "tcs_merge",
-            RunPhase::GmcOnly => "gmc_only",
-            RunPhase::FinishLoad => "finish_load",
-            RunPhase::Validate => "validate",
-            RunPhase::Recommendation => "recommendation",
-            RunPhase::Promote => "promote",
-            RunPhase::Retention => "retention",
-        }
-    }
-}
-
-impl fmt::Display for RunPhase {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for RunPhase {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        RunPhase::ALL
-            .into_iter()
-            .find(|p| p.as_str() == s.trim())
-            .ok_or_else(|| {
-                let names: Vec<&str> = RunPhase::ALL.iter().map(|p| p.as_str()).collect();
-                format!("unknown phase {s:?}; expected one of {}", names.join(", "))
-            })
-    }
-}
-
-/// How a run ended (or that it has not).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RunOutcome {
-    #[default]
-    Running,
-    Succeeded,
-    /// Built and validated, not promoted (`--dry-run`).
-    DryRun,
-    Failed,
-    /// Refused on purpose: the lease was held, or a gate failed.
-    Refused,
-    /// Its process died; a later run found it still marked running.
-    Abandoned,
-}
-
-impl RunOutcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RunOutcome::Running => "running",
-            RunOutcome::Succeeded => "succeeded",
-            RunOutcome::DryRun => "dry_run",
-            RunOutcome::Failed => "failed",
-            RunOutcome::Refused => "refused",
-            RunOutcome::Abandoned => "abandoned",
-        }
-    }
-}
-
-impl fmt::Display for RunOutcome {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// One phase of a run: when it started and, once done, how long it took.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PhaseRecord {
-    pub phase: RunPhase,
-    pub started_at: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub duration_ms: Option<u64>,
-}
-
-/// What each source delivered and what was written.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
-pub struct RunCounts {
-    /// Messages received on the sync-data queue (records, rejects, syncEnd).
-    pub tcs_messages: u64,
-    /// Usable TCS records.
-    pub tcs_records: u64,
-    /// TCS records for a GMC number already received in this sync.
-    pub tcs_duplicates: u64,
-    /// Messages of an earlier sync discarded from the queue at the start.
-    pub tcs_stale_discarded: u64,
-    /// Doctors with a latest recommendation outcome.
-    pub gmc_outcomes: u64,
-    /// Usable documents read from `doctorsForDB`.
-    pub gmc_doctors: u64,
-    /// Distinct doctors from TCS that GMC also holds.
-    pub merged_both: u64,
-    /// Distinct doctors from TCS only.
-    pub merged_tcs_only: u64,
-    /// Doctors from GMC only.
-    pub merged_gmc_only: u64,
-    /// Distinct documents sent to the index (the count it must hold).
-    pub docs_expected: u64,
-    /// Bulk outcomes.
-    pub docs_written: u64,
-    pub docs_superseded: u64,
-    pub docs_failed: u64,
-}
-
-/// One validation gate's verdict, as the engine gave it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct GateVerdict {
-    pub name: String,
-    pub passed: bool,
-    /// Failed, but `--force` let it through.
-    pub overridden: bool,
-    pub detail: String,
-    pub figures: serde_json::Value,
-}
-
-impl Default for GateVerdict {
-    fn default() -> Self {
-        Self {
-            name: String::new(),
-            passed: false,
-            overridden: false,
-            detail: String::new(),
-            figures: serde_json::Value::Null,
-        }
-    }
-}
-
-/// Which generations the promotion put behind the aliases, and which it replaced.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
-pub struct PromotionSummary {
-    pub master: String,
-    pub recommendation: String,
-    pub previous_master: Option<String>,
-    pub previous_recommendation: Option<String>,
-    pub took_ms: u64,
-}
-
-/// One run, as stored.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
-pub struct RunRecord {
-    #[serde(rename = "_id")]
-    pub id: String,
-    pub trigger: Trigger,
-    pub host: String,
-    pub pid: u32,
-    pub dry_run: bool,
-    pub force: bool,
-    pub started_at: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ended_at: Option<String>,
-    pub outcome: RunOutcome,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// The phase in progress, while the run lives.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub phase: Option<RunPhase>,
-    pub phases: Vec<PhaseRecord>,
-    pub counts: RunCounts,
-    /// Rejected inputs by reason key (both sources).
-    pub rejects: BTreeMap<String, u64>,
-    pub gates: Vec<GateVerdict>,
-    /// Generations this run built.
-    pub generations: Vec<String>,
-    /// Half-built generations of dead runs this run deleted.
-    pub orphans_deleted: Vec<String>,
-    /// What the promotion moved, once it did.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub promotion: Option<PromotionSummary>,
-    /// Old generations retention deleted after the promotion.
-    pub retention_deleted: Vec<String>,
-    /// When the record was last written.
-    pub updated_at: String,
-}
-
-impl RunRecord {
-    /// A new running record for `id`.
-    pub fn start(id: &str, trigger: Trigger, dry_run: bool, force: bool) -> Self {
-        let now = now_text();
-        Self {
-            id: id.to_string(),
-            trigger,
-            host: hostname::get()
-                .map(|h| h.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-            pid: std::process::id(),
-            dry_run,
-            force,
-            started_at: now.clone(),
-            updated_at: now,
-            ..Self::default()
-        }
-    }
-
-    /// Closes the running phase (if any) and opens `phase`.
-    pub fn begin_phase(&mut self, phase: RunPhase) {
-        self.end_phase();
-        self.phase = Some(phase);
-        self.phases.push(PhaseRecord {
-            phase,
-            started_at: now_text(),
-            duration_ms: None,
-        });
-    }
-
-    /// Records the duration of the running phase.
-    pub fn end_phase(&mut self) {
-        if let Some(open) = self.phases.last_mut().filter(|p| p.duration_ms.is_none()) {
-            open.duration_ms = Some(elapsed_ms(&open.started_at));
-        }
-        self.phase = None;
-    }
-
-    /// Ends the run with an outcome (and the error that caused it).
-    pub fn finish(&mut self, outcome: RunOutcome, error: Option<String>) {
-        self.end_phase();
-        self.outcome = outcome;
-        self.error = error;
-        self.ended_at = Some(now_text());
-    }
-
-    pub fn reject(&mut self, reason: &str) {
-        *self.rejects.entry(reason.to_string()).or_default() += 1;
-    }
-
-    /// Milliseconds since the start, or the whole run once it ended.
-    pub fn duration_ms(&self) -> u64 {
-        match &self.ended_at {
-            Some(end) => ms_between(&self.started_at, end),
-            None => elapsed_ms(&self.started_at),
-        }
-    }
-}
-
-fn parse_time(t: &str) -> Option<chrono::DateTime<chrono::Utc>> {
-    chrono::DateTime::parse_from_rfc3339(t)
-        .ok()
-        .map(|d| d.with_timezone(&chrono::Utc))
-}
-
-fn elapsed_ms(since: &str) -> u64 {
-    ms_between(since, &now_text())
-}
-
-fn ms_between(from: &str, to: &str) -> u64 {
-    match (parse_time(from), parse_time(to)) {
-        (Some(a), Some(b)) => (b - a).num_milliseconds().max(0) as u64,
-        _ => 0,
-    }
-}
-
-/// The runs collection.
-#[derive(Clone, Debug)]
-pub struct RunHistory {
+/// The runs collection, holding records of type `R`.
+#[derive(Debug)]
+pub struct RunHistory<R> {
     collection: Collection<Document>,
+    record: PhantomData<fn() -> R>,
 }
 
-impl RunHistory {
+impl<R> Clone for RunHistory<R> {
+    fn clone(&self) -> Self {
+        Self {
+            collection: self.collection.clone(),
+            record: PhantomData,
+        }
+    }
+}
+
+impl<R: Serialize + DeserializeOwned> RunHistory<R> {
     pub fn new(client: &Client, settings: &MongoSettings) -> Self {
         Self {
             collection: state_collection(client, settings, &settings.runs_collection),
+            record: PhantomData,
         }
     }
 
-    /// Writes the whole record (insert or replace).
-    pub async fn save(&self, record: &mut RunRecord) -> Result<(), StateError> {
-        record.updated_at = now_text();
+    /// Writes the whole record of run `id` (insert or replace).
+    pub async fn save(&self, id: &str, record: &R) -> Result<(), StateError> {
         let document = bson::to_document(record)?;
         self.collection
-            .replace_one(doc! {"_id": &record.id}, document)
+            .replace_one(doc! {"_id": id}, document)
             .upsert(true)
             .await?;
         Ok(())
     }
 
-    pub async fn get(&self, id: &str) -> Result<Option<RunRecord>, StateError> {
+    pub async fn get(&self, id: &str) -> Result<Option<R>, StateError> {
         match self.collection.find_one(doc! {"_id": id}).await? {
             Some(d) => Ok(Some(bson::from_document(d)?)),
             None => Ok(None),
@@ -383,10 +63,20 @@ impl RunHistory {
     }
 
     /// The newest runs first.
-    pub async fn recent(&self, limit: i64) -> Result<Vec<RunRecord>, StateError> {
+    pub async fn recent(&self, limit: i64) -> Result<Vec<R>, StateError> {
+        self.page(limit, None).await
+    }
+
+    /// Up to `limit` runs older than the run `before` (all runs without
+    /// it), newest first: the pages of a run listing.
+    pub async fn page(&self, limit: i64, before: Option<&str>) -> Result<Vec<R>, StateError> {
+        let filter = match before {
+            Some(id) => doc! {"_id": {"$lt": id}},
+            None => doc! {},
+        };
         let docs: Vec<Document> = self
             .collection
-            .find(doc! {})
+            .find(filter)
             .sort(doc! {"_id": -1})
             .limit(limit)
             .await?
@@ -397,11 +87,11 @@ impl RunHistory {
             .collect()
     }
 
-    /// The newest run still marked running, else the newest run.
-    pub async fn current_or_last(&self) -> Result<Option<RunRecord>, StateError> {
+    /// The newest run still running, else the newest run.
+    pub async fn current_or_last(&self) -> Result<Option<R>, StateError> {
         let running = self
             .collection
-            .find_one(doc! {"outcome": RunOutcome::Running.as_str()})
+            .find_one(doc! {"outcome": RUNNING})
             .sort(doc! {"_id": -1})
             .await?;
         let doc = match running {
@@ -417,10 +107,10 @@ impl RunHistory {
             .transpose()
     }
 
-    /// Marks every run still "running" except `live_run` as abandoned: only
+    /// Marks every run still running except `live_run` as abandoned: only
     /// the lease holder calls this, so no other run can be alive.
     pub async fn mark_abandoned(&self, live_run: &str) -> Result<Vec<String>, StateError> {
-        let filter = doc! {"outcome": RunOutcome::Running.as_str(), "_id": {"$ne": live_run}};
+        let filter = doc! {"outcome": RUNNING, "_id": {"$ne": live_run}};
         let ids: Vec<String> = self
             .collection
             .find(filter.clone())
@@ -437,7 +127,7 @@ impl RunHistory {
                 .update_many(
                     filter,
                     doc! {"$set": {
-                        "outcome": RunOutcome::Abandoned.as_str(),
+                        "outcome": ABANDONED,
                         "error": format!("the run's process died; found by run {live_run}"),
                         "endedAt": &now,
                         "updatedAt": &now,
@@ -446,71 +136,5 @@ impl RunHistory {
                 .await?;
         }
         Ok(ids)
-    }
-}
-
-/// A new run id: the UTC start time then a short random tail, so ids sort
-/// by age and two hosts starting in the same second still differ.
-pub fn new_run_id() -> String {
-    let tail = uuid::Uuid::new_v4().simple().to_string();
-    format!(
-        "{}-{}",
-        chrono::Utc::now().format("%Y%m%dT%H%M%SZ"),
-        &tail[..6]
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_run_record_round_trips_through_bson() {
-        let mut run = RunRecord::start("r1", Trigger::Http, true, false);
-        run.begin_phase(RunPhase::Outcomes);
-        run.begin_phase(RunPhase::TcsMerge);
-        run.reject("invalid_json");
-        run.reject("invalid_json");
-        run.counts.tcs_records = 7;
-        run.gates.push(GateVerdict {
-            name: "count".into(),
-            passed: true,
-            detail: "7 of 7".into(),
-            figures: serde_json::json!({"indexed": 7, "share": 0.5}),
-            ..GateVerdict::default()
-        });
-        run.finish(RunOutcome::DryRun, None);
-        let stored = bson::to_document(&run).unwrap();
-        assert_eq!(stored.get_str("_id").unwrap(), "r1");
-        assert_eq!(stored.get_str("outcome").unwrap(), "dry_run");
-        let back: RunRecord = bson::from_document(stored).unwrap();
-        assert_eq!(back, run);
-        assert_eq!(back.rejects["invalid_json"], 2);
-        assert!(back.phases.iter().all(|p| p.duration_ms.is_some()));
-        assert_eq!(back.phase, None);
-    }
-
-    #[test]
-    fn triggers_parse_and_list_the_valid_values() {
-        assert_eq!("HTTP".parse::<Trigger>(), Ok(Trigger::Http));
-        assert!("cron".parse::<Trigger>().unwrap_err().contains("schedule"));
-        assert_eq!("tcs_merge".parse::<RunPhase>(), Ok(RunPhase::TcsMerge));
-        assert!("x".parse::<RunPhase>().unwrap_err().contains("promote"));
-    }
-
-    #[test]
-    fn run_ids_sort_by_start_time() {
-        let a = new_run_id();
-        assert_eq!(a.len(), "20250101T000000Z-abcdef".len());
-        assert!(a.starts_with("20"));
-    }
-
-    #[test]
-    fn durations_come_from_the_stored_times() {
-        assert_eq!(
-            ms_between("2025-01-01T00:00:00.000Z", "2025-01-01T00:00:01.500Z"),
-            1500
-        );
-        assert_eq!(ms_between("garbage", "2025-01-01T00:00:01.500Z"), 0);
     }
 }

@@ -221,11 +221,6 @@ impl Lease {
         self.lost.borrow().clone()
     }
 
-    /// A receiver that changes to `Some(reason)` when the lease is lost.
-    pub fn watch_lost(&self) -> watch::Receiver<Option<String>> {
-        self.lost.clone()
-    }
-
     /// Renews now and fails unless the lease is still ours: the check to
     /// make right before an irreversible step (promotion).
     pub async fn confirm(&self) -> Result<(), StateError> {

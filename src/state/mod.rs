@@ -1,6 +1,7 @@
 //! Run state kept in MongoDB, so that every process and host sees the same:
-//! the single-flight lease of a rebuild and the history of runs, with the
-//! `StateError` boundary type.
+//! the single-flight lease of a rebuild and the stored history of runs,
+//! with the `StateError` boundary type. This layer stores what the rebuild
+//! gives it; what a run record means belongs to the rebuild.
 
 pub mod history;
 pub mod lease;
@@ -8,6 +9,7 @@ pub mod lease;
 use mongodb::{Client, Collection};
 
 use crate::config::MongoSettings;
+use crate::retry::{mongo_is_transient, Retriable};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -31,18 +33,17 @@ pub enum StateError {
     Encode(#[from] bson::ser::Error),
 }
 
-impl StateError {
-    /// Whether trying again may help (the server was unreachable or busy).
-    pub fn is_retriable(&self) -> bool {
+impl Retriable for StateError {
+    /// Trying again may help when MongoDB was unreachable or busy. A held
+    /// lease is an answer, not a failure: callers report it, they do not
+    /// retry it.
+    fn is_retriable(&self) -> bool {
         match self {
-            StateError::Mongo(e) => matches!(
-                *e.kind,
-                mongodb::error::ErrorKind::Io(_)
-                    | mongodb::error::ErrorKind::ConnectionPoolCleared { .. }
-                    | mongodb::error::ErrorKind::ServerSelection { .. }
-            ),
-            StateError::Held { .. } => true,
-            StateError::Lost { .. } | StateError::Decode(_) | StateError::Encode(_) => false,
+            StateError::Mongo(e) => mongo_is_transient(e),
+            StateError::Held { .. }
+            | StateError::Lost { .. }
+            | StateError::Decode(_)
+            | StateError::Encode(_) => false,
         }
     }
 }

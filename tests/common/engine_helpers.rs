@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use opensearch::http::Method;
-use rebuilder::dev::datagen::DatasetSpec;
 use rebuilder::rebuild::engine::Engine;
 use rebuilder::search::{BulkItem, BulkOutcome, BulkStats, Family, Generation, SearchClient};
+use rebuilder_dev::datagen::DatasetSpec;
 use serde_json::Value;
 
 use crate::common::TestEnv;

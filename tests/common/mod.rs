@@ -122,20 +122,22 @@ impl TestEnv {
                     &r.update_queue,
                     &r.dead_letter_queue,
                 ] {
-                    let _ = ch.queue_delete(q, Default::default()).await;
+                    let _ = ch.queue_delete(q.as_str().into(), Default::default()).await;
                 }
-                let _ = ch.exchange_delete(&r.exchange, Default::default()).await;
+                let _ = ch
+                    .exchange_delete(r.exchange.as_str().into(), Default::default())
+                    .await;
             }
-            let _ = conn.close(200, "test done").await;
+            let _ = conn.close(200, "test done".into()).await;
         }
     }
 }
 
 fn rand_suffix() -> String {
     use rand::Rng;
-    let mut rng = rand::thread_rng();
+    let mut rng = rand::rng();
     (0..3)
-        .map(|_| (b'a' + rng.gen_range(0..26)) as char)
+        .map(|_| (b'a' + rng.random_range(0..26)) as char)
         .collect()
 }
 

@@ -9,15 +9,15 @@ use std::time::Duration;
 
 use lapin::options::{BasicGetOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use rebuilder::dev::datagen::{Category, DatasetSpec};
-use rebuilder::dev::seed::seed_mongo;
-use rebuilder::dev::simulator::{run_simulator, SimulatorOptions, SyncServed};
 use rebuilder::domain::MasterDoctor;
-use rebuilder::rebuild::run::{run_rebuild, RunOptions, RunReport};
+use rebuilder::rebuild::record::{RunHistory, RunRecord};
+use rebuilder::rebuild::{run_rebuild, RunOptions};
 use rebuilder::search::SearchClient;
 use rebuilder::sources::tcs::REASON_HEADER;
-use rebuilder::sources::SourceError;
-use rebuilder::state::history::{RunHistory, RunRecord};
+use rebuilder_dev::datagen::{Category, DatasetSpec};
+use rebuilder_dev::seed::seed_mongo;
+use rebuilder_dev::simulator::{run_simulator, SimulatorError, SimulatorOptions, SyncServed};
+
 use serde_json::Value;
 use tokio::task::JoinHandle;
 
@@ -43,7 +43,7 @@ pub fn simulator(
     env: &TestEnv,
     spec: DatasetSpec,
     options: SimulatorOptions,
-) -> JoinHandle<Result<Vec<SyncServed>, SourceError>> {
+) -> JoinHandle<Result<Vec<SyncServed>, SimulatorError>> {
     let rabbit = env.settings.rabbitmq.clone();
     tokio::spawn(async move { run_simulator(&rabbit, spec, options).await })
 }
@@ -52,7 +52,7 @@ pub fn simulator(
 pub fn simulator_once(
     env: &TestEnv,
     spec: DatasetSpec,
-) -> JoinHandle<Result<Vec<SyncServed>, SourceError>> {
+) -> JoinHandle<Result<Vec<SyncServed>, SimulatorError>> {
     simulator(
         env,
         spec,
@@ -64,11 +64,11 @@ pub fn simulator_once(
 }
 
 /// One rebuild in-process, bounded in time.
-pub async fn rebuild(env: &TestEnv) -> anyhow::Result<RunReport> {
+pub async fn rebuild(env: &TestEnv) -> anyhow::Result<RunRecord> {
     rebuild_with(env, RunOptions::default()).await
 }
 
-pub async fn rebuild_with(env: &TestEnv, options: RunOptions) -> anyhow::Result<RunReport> {
+pub async fn rebuild_with(env: &TestEnv, options: RunOptions) -> anyhow::Result<RunRecord> {
     tokio::time::timeout(
         Duration::from_secs(300),
         run_rebuild(&env.settings, options),
@@ -175,7 +175,7 @@ pub async fn take_dead_letters(env: &TestEnv) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
     while let Some(message) = channel
         .basic_get(
-            &env.settings.rabbitmq.dead_letter_queue,
+            env.settings.rabbitmq.dead_letter_queue.as_str().into(),
             BasicGetOptions { no_ack: true },
         )
         .await
@@ -194,7 +194,7 @@ pub async fn take_dead_letters(env: &TestEnv) -> Vec<(String, Vec<u8>)> {
             .unwrap_or_default();
         out.push((reason, message.delivery.data.clone()));
     }
-    let _ = connection.close(200, "test done").await;
+    let _ = connection.close(200, "test done".into()).await;
     out
 }
 
@@ -204,7 +204,7 @@ pub async fn queue_state(env: &TestEnv, queue: &str) -> (u32, u32) {
     let channel = connection.create_channel().await.expect("channel");
     let q = channel
         .queue_declare(
-            queue,
+            queue.into(),
             QueueDeclareOptions {
                 passive: true,
                 ..Default::default()
@@ -213,7 +213,7 @@ pub async fn queue_state(env: &TestEnv, queue: &str) -> (u32, u32) {
         )
         .await
         .expect("the queue exists");
-    let _ = connection.close(200, "test done").await;
+    let _ = connection.close(200, "test done".into()).await;
     (q.message_count(), q.consumer_count())
 }
 

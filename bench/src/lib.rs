@@ -1,0 +1,80 @@
+//! The throughput benchmark (issue 5): the same merged documents written four
+//! ways on the same OpenSearch node in one run, so that the figures compare
+//! like with like.
+//!
+//! - A, the ceiling ([`ceiling`]): raw `_bulk` of pre-serialized NDJSON by a
+//!   minimal loader, the best of a small sweep of batch sizes and concurrency.
+//! - B, the old path ([`upsert`]): one `_update` with `doc_as_upsert` per
+//!   document, sequential, time-boxed and extrapolated.
+//! - C, the rebuilder ([`full_run`]): `rebuilder run` end to end as a child
+//!   process, with the TCS simulator publishing and the GMC data in MongoDB,
+//!   watched by the alias [`probe`] and the [`process`] samplers.
+//! - D, server-side `_reindex` ([`reindex`]), for reference.
+//!
+//! Everything lives under the names of [`isolation`], so a benchmark never
+//! touches the demo's or the tests' indices, queues or database. The binary
+//! `rebuilder-bench` orchestrates; [`report`] holds the figures, the targets
+//! and the JSON that `scripts/bench-chart.py` draws.
+
+pub mod ceiling;
+pub mod corpus;
+pub mod full_run;
+pub mod indices;
+pub mod isolation;
+pub mod probe;
+pub mod process;
+pub mod raw;
+pub mod reindex;
+pub mod report;
+pub mod upsert;
+
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+/// A point of a time series: seconds since the measurement started, value.
+pub type Point = (f64, f64);
+
+/// Calls `sample` every `every` until `stop` turns true, and returns the
+/// points, timed from `origin`. One last sample is taken when stopping, so a
+/// series always ends at the moment the measurement ended.
+pub async fn sample_until<F, Fut>(
+    origin: Instant,
+    every: Duration,
+    mut stop: watch::Receiver<bool>,
+    mut sample: F,
+) -> Vec<Point>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<f64>>,
+{
+    let mut points = Vec::new();
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {
+                if let Some(v) = sample().await {
+                    points.push((origin.elapsed().as_secs_f64(), v));
+                }
+                if *stop.borrow() {
+                    break;
+                }
+            }
+            changed = stop.changed() => {
+                if changed.is_err() || *stop.borrow() {
+                    if let Some(v) = sample().await {
+                        points.push((origin.elapsed().as_secs_f64(), v));
+                    }
+                    break;
+                }
+            }
+        }
+    }
+    points
+}
+
+/// Rounds to three decimals, for readable JSON.
+pub fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}

@@ -1,0 +1,97 @@
+//! Validation of a loaded master generation: the engine gathers each
+//! gate's figures from OpenSearch (counts retried with the engine's retry
+//! policy) and the bulk writer, and the pure gates of `rebuild::gates`
+//! judge them. A gate whose figures cannot be gathered fails, saying why.
+
+use serde_json::Value;
+use tracing::{info, warn};
+
+use super::Engine;
+use crate::rebuild::gates::{self, GateReport, GateVerdict};
+use crate::retry::with_retry;
+use crate::search::generations::{self, Generation};
+use crate::search::{BulkStats, Family, SearchError};
+
+impl Engine {
+    /// Runs every gate against a loaded master generation. Never fails: a
+    /// gate whose figures cannot be gathered fails, saying why.
+    pub async fn validate(
+        &self,
+        master: &Generation,
+        expected_docs: u64,
+        bulk: &BulkStats,
+        force: bool,
+    ) -> GateReport {
+        let mut verdicts: Vec<GateVerdict> = Vec::new();
+        let indexed = self.count(&master.name, None).await;
+        match &indexed {
+            Ok(n) => verdicts.push(gates::count_gate(*n, expected_docs)),
+            Err(e) => verdicts.push(gates::unavailable_gate("count", e)),
+        }
+        verdicts.push(gates::failed_items_gate(
+            bulk,
+            self.settings.gates.max_failed_items,
+        ));
+        let live = match self.live_generations().await {
+            Ok((live, _)) => Ok(live.filter(|l| *l != master.name)),
+            Err(e) => Err(e),
+        };
+        let previous = match &live {
+            Ok(Some(name)) => self
+                .count(name, None)
+                .await
+                .map(|n| Some((name.clone(), n))),
+            Ok(None) => Ok(None),
+            Err(e) => Err(SearchError::Invalid(e.to_string())),
+        };
+        match (&indexed, &previous) {
+            (Ok(n), Ok(prev)) => verdicts.push(gates::share_gate(
+                *n,
+                prev.as_ref().map(|(name, c)| (name.as_str(), *c)),
+                self.settings.gates.min_share_of_previous,
+                force,
+            )),
+            (Err(e), _) | (_, Err(e)) => {
+                verdicts.push(gates::unavailable_gate("share_of_previous", e))
+            }
+        }
+        for spec in self
+            .specs
+            .iter()
+            .filter(|s| s.family == Family::Master && s.filter().is_some())
+        {
+            let filter = spec.filter();
+            let name = format!("alias_filter:{}", spec.logical);
+            let new = self.count(&master.name, filter).await;
+            let old = match &live {
+                Ok(Some(l)) => self.count(l, filter).await.map(Some),
+                Ok(None) => Ok(None),
+                Err(e) => Err(SearchError::Invalid(e.to_string())),
+            };
+            match (new, old) {
+                (Ok(new), Ok(old)) => verdicts.push(gates::filter_gate(&spec.logical, new, old)),
+                (Err(e), _) | (_, Err(e)) => verdicts.push(gates::unavailable_gate(name, &e)),
+            }
+        }
+        let report = GateReport {
+            generation: master.name.clone(),
+            gates: verdicts,
+            forced: force,
+        };
+        if report.passed() {
+            info!(generation = %master.name, forced = force, "Generation validated.");
+        } else {
+            warn!(generation = %master.name, failures = %report.summary(), "Generation failed validation.");
+        }
+        report
+    }
+
+    /// Documents of `index` matching `query` (all when `None`), retried
+    /// while OpenSearch is briefly unavailable.
+    pub async fn count(&self, index: &str, query: Option<&Value>) -> Result<u64, SearchError> {
+        with_retry(&self.retry, "a document count", || {
+            generations::count_matching(&self.client, index, query)
+        })
+        .await
+    }
+}

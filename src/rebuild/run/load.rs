@@ -1,0 +1,113 @@
+//! Step 3: the load. Creates the master generation and its bulk writer,
+//! then runs four tasks that overlap: the TCS consumer cuts batches; the
+//! merge stage looks up GMC doctors and sends documents; the bulk writer
+//! writes; the settling task acks and dead-letters as outcomes arrive.
+//! After `syncEnd` the GMC-only doctors follow. A failure stops everything
+//! and closes the sync: unacked messages go back to the queue.
+
+use std::sync::Arc;
+
+use anyhow::{anyhow, Context};
+use tokio::sync::mpsc;
+use tracing::info;
+
+use super::outcomes::Sources;
+use super::settle::{drain, Ticket};
+use super::tcs_merge::{consume, merge_stage, LOOKAHEAD};
+use super::{gmc_only, RunContext};
+use crate::rebuild::record::RunPhase;
+use crate::search::{Family, Generation};
+use crate::sources::gmc::GmcNumberSet;
+
+/// What the load delivered.
+pub(super) struct Loaded {
+    /// Distinct doctors sent to the index.
+    pub doctors: u64,
+    /// Ids whose document failed for good.
+    pub failed_ids: Vec<String>,
+}
+
+/// Creates the master generation the load writes into.
+pub(super) async fn create_master(context: &mut RunContext<'_>) -> anyhow::Result<Generation> {
+    let master = context
+        .engine
+        .create_generation(Family::Master, &context.run_id())
+        .await
+        .context("while creating the master generation")?;
+    context.tracker.record.generations.push(master.name.clone());
+    info!(generation = %master.name, "Master generation created.");
+    Ok(master)
+}
+
+pub(super) async fn run(
+    context: &mut RunContext<'_>,
+    master: &Generation,
+    sources: Sources,
+) -> anyhow::Result<Loaded> {
+    let Sources {
+        mut sync,
+        gmc,
+        outcomes,
+    } = sources;
+    let outcomes = Arc::new(outcomes);
+    let (sender, writer_outcomes, writer) = context.engine.bulk_writer::<Ticket>(master);
+    context.tracker.watch_bulk(writer.progress());
+    context.tracker.begin(RunPhase::TcsMerge).await;
+    let settling = tokio::spawn(drain(writer_outcomes, sync.acks()));
+    let (batches, batches_rx) = mpsc::channel(LOOKAHEAD);
+    let merger = tokio::spawn(merge_stage(
+        gmc.clone(),
+        outcomes.clone(),
+        batches_rx,
+        sender.clone(),
+        context.tracker.merged.clone(),
+    ));
+    let mut seen = GmcNumberSet::new();
+    let mut sent = consume(context, &mut sync, batches, &mut seen).await;
+    if sent.is_ok() {
+        sent = match merger.await {
+            Ok(merged) => merged,
+            Err(e) => Err(anyhow!("the merge stage stopped unexpectedly: {e}")),
+        };
+    } else if !merger.is_finished() {
+        merger.abort();
+    } else if let Ok(Err(merge_error)) = merger.await {
+        // The consumer only saw the closed channel; the cause is here.
+        sent = Err(merge_error);
+    }
+    if sent.is_ok() {
+        sent = gmc_only::write(context, &gmc, &outcomes, &sender, &mut seen).await;
+    }
+    drop(sender);
+    if let Err(e) = sent {
+        writer.abort();
+        settling.abort();
+        sync.close().await;
+        return Err(e);
+    }
+    let bulk = writer
+        .await
+        .context("the bulk writer stopped unexpectedly")?;
+    let drained = settling
+        .await
+        .context("the outcome task stopped unexpectedly")?
+        .context("while acknowledging TCS messages");
+    sync.close().await;
+    let drained = drained?;
+    let lost_batches = bulk.lost_batches;
+    context.tracker.bulk_finished(bulk);
+    if lost_batches > 0 {
+        return Err(anyhow!(
+            "the bulk writer lost {lost_batches} batches (their documents have no outcome)"
+        ));
+    }
+    for (reason, n) in &drained.rejects {
+        context.tracker.record.reject_many(reason, *n);
+    }
+    // The writer has logged its figures ("Bulk load finished.").
+    info!(doctors = seen.len(), "Load finished.");
+    Ok(Loaded {
+        doctors: seen.len() as u64,
+        failed_ids: drained.failed_ids,
+    })
+}

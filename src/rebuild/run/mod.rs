@@ -1,0 +1,221 @@
+//! The full rebuild run, as its steps (DESIGN §2), each in a module of its
+//! own:
+//!
+//! 1. [`cleanup`]: take the single-flight lease, record the run, mark runs
+//!    whose process died as abandoned, delete half-built generations of
+//!    dead runs.
+//! 2. [`outcomes`]: ask TCS for a sync (it publishes into the queue while
+//!    MongoDB works) and load the latest recommendation outcome of every
+//!    doctor with one aggregation into a compact map.
+//! 3. [`load`]: create the master generation and its bulk writer, then
+//!    - [`tcs_merge`]: consume the TCS records in batches, fetch each
+//!      batch's GMC doctors with a few `$in` queries, merge and write (the
+//!      record's precedence is the external version, so the best duplicate
+//!      wins in any arrival order);
+//!    - [`settle`]: ack each record's message once its document is written
+//!      or superseded, dead-letter it if the document failed for good;
+//!    - [`gmc_only`]: after `syncEnd`, write the doctors of `doctorsForDB`
+//!      that TCS did not send.
+//! 4. [`validate`]: restore the serving settings, count what is really
+//!    there, run the gates.
+//! 5. [`recommendation`]: build the recommendation generation by `_reindex`.
+//! 6. [`promote`]: confirm the lease, move every alias in one `_aliases`
+//!    call, apply retention.
+//!
+//! Memory holds the outcome map and the seen set (a few tens of bytes per
+//! doctor) plus one batch and what the writer has in flight; never the data
+//! set. A run that fails at any point has moved no alias: only the
+//! promotion moves them, in one request, after every check.
+
+mod cleanup;
+mod gmc_only;
+mod load;
+mod outcomes;
+mod promote;
+mod recommendation;
+mod settle;
+mod tcs_merge;
+mod tracker;
+mod validate;
+
+use anyhow::{anyhow, Context};
+use tracing::{info, warn};
+
+use super::engine::Engine;
+use super::is_refusal;
+use super::progress::Progress;
+use super::record::{new_run_id, RunHistory, RunOutcome, RunRecord, Trigger};
+use crate::config::Settings;
+use crate::retry::RetryPolicy;
+use crate::sources::mongo_client;
+use crate::state::lease::Lease;
+pub(crate) use cleanup::take_lease;
+use tracker::Tracker;
+
+/// How to run.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Build and validate, do not promote.
+    pub dry_run: bool,
+    /// Let the `share_of_previous` gate be overridden.
+    pub force: bool,
+    pub trigger: Trigger,
+    /// Progress bars on stderr when it is a terminal (else log lines).
+    pub bars: bool,
+    /// Use this run id instead of a new one.
+    pub run_id: Option<String>,
+}
+
+/// What one run works with, handed from step to step.
+struct RunContext<'a> {
+    settings: &'a Settings,
+    options: &'a RunOptions,
+    lease: &'a Lease,
+    engine: Engine,
+    mongo: mongodb::Client,
+    progress: Progress,
+    retry: RetryPolicy,
+    tracker: Tracker,
+}
+
+impl RunContext<'_> {
+    fn run_id(&self) -> String {
+        self.tracker.record.id.clone()
+    }
+
+    /// Fails when the lease was lost: the run must stop before it writes
+    /// anything that another run may be writing too.
+    fn check_lease(&self) -> anyhow::Result<()> {
+        match self.lease.lost_reason() {
+            Some(reason) => Err(anyhow!("the lease was lost mid-run: {reason}")),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Runs one rebuild from start to end and returns its record. A held lease
+/// or a failed gate is an error carrying [`Refused`]; every run, refused
+/// ones included, is recorded.
+pub async fn run_rebuild(settings: &Settings, options: RunOptions) -> anyhow::Result<RunRecord> {
+    let run_id = options.run_id.clone().unwrap_or_else(new_run_id);
+    let mongo = mongo_client(&settings.mongodb)
+        .await
+        .context("while connecting to MongoDB")?;
+    let history = RunHistory::new(&mongo, &settings.mongodb);
+    let record = RunRecord::start(&run_id, options.trigger, options.dry_run, options.force);
+    let mut tracker = Tracker::new(history, record);
+
+    let lease = match cleanup::take_lease(settings, &mongo, &run_id).await {
+        Ok(lease) => lease,
+        Err(error) => {
+            let outcome = if is_refusal(&error) {
+                RunOutcome::Refused
+            } else {
+                RunOutcome::Failed
+            };
+            tracker.record.finish(outcome, Some(format!("{error:#}")));
+            tracker.save_now().await;
+            return Err(error);
+        }
+    };
+    info!(run_id = %run_id, trigger = %options.trigger, dry_run = options.dry_run, "Rebuild started.");
+
+    let result = match Engine::new(settings)
+        .await
+        .context("while connecting to OpenSearch")
+    {
+        Ok(engine) => {
+            let mut context = RunContext {
+                settings,
+                options: &options,
+                lease: &lease,
+                engine,
+                mongo,
+                progress: if options.bars {
+                    Progress::for_stderr()
+                } else {
+                    Progress::logs()
+                },
+                retry: RetryPolicy::new(&settings.retry),
+                tracker,
+            };
+            let result = execute(&mut context).await;
+            if result.is_err() {
+                // Nothing moved; delete what this run half-built, best
+                // effort (the next run would delete it anyway).
+                cleanup::delete_own_half_built(&context.engine, &run_id).await;
+            }
+            tracker = context.tracker;
+            result
+        }
+        Err(e) => Err(e),
+    };
+    let outcome = outcome_of(&result);
+    tracker
+        .record
+        .finish(outcome, result.as_ref().err().map(|e| format!("{e:#}")));
+    tracker.save_now().await;
+    if let Err(e) = lease.release().await {
+        warn!(error = %e, "Could not release the lease; it expires by itself.");
+    }
+    let record = tracker.record;
+    info!(
+        run_id = %record.id,
+        outcome = %record.outcome,
+        secs = record.duration_ms() / 1000,
+        docs = record.counts.docs_expected,
+        "Rebuild ended."
+    );
+    result.map(|_| record)
+}
+
+/// The steps, in order; each records its phase.
+async fn execute(context: &mut RunContext<'_>) -> anyhow::Result<RunOutcome> {
+    context.tracker.save_now().await;
+    cleanup::run(context).await?;
+    let sources = outcomes::run(context).await?;
+    let master = match load::create_master(context).await {
+        Ok(master) => master,
+        Err(e) => {
+            sources.abandon().await;
+            return Err(e);
+        }
+    };
+    let loaded = load::run(context, &master, sources).await?;
+    let gates = validate::run(context, &master, loaded).await?;
+    let recommendation = recommendation::run(context, &master).await?;
+    if context.options.dry_run {
+        info!(master = %master.name, recommendation = %recommendation.name, "Dry run: built and validated, not promoted.");
+        return Ok(RunOutcome::DryRun);
+    }
+    promote::run(context, &master, &recommendation, &gates).await?;
+    Ok(RunOutcome::Succeeded)
+}
+
+/// How a run that ended with `result` is recorded.
+fn outcome_of(result: &anyhow::Result<RunOutcome>) -> RunOutcome {
+    match result {
+        Ok(outcome) => *outcome,
+        Err(e) if is_refusal(e) => RunOutcome::Refused,
+        Err(_) => RunOutcome::Failed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rebuild::Refused;
+
+    #[test]
+    fn a_run_is_recorded_as_refused_only_when_refused_on_purpose() {
+        assert_eq!(
+            outcome_of(&Ok::<_, anyhow::Error>(RunOutcome::DryRun)),
+            RunOutcome::DryRun
+        );
+        let refused: anyhow::Result<RunOutcome> =
+            Err(anyhow!(Refused("the lease is held".into()))).context("while starting");
+        assert_eq!(outcome_of(&refused), RunOutcome::Refused);
+        let broken: anyhow::Result<RunOutcome> = Err(anyhow!("OpenSearch answered 500"));
+        assert_eq!(outcome_of(&broken), RunOutcome::Failed);
+    }
+}

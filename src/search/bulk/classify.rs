@@ -1,0 +1,252 @@
+//! The classification of a `_bulk` answer, item by item: written,
+//! superseded (an external version conflict), to be retried (429, 5xx, an
+//! item missing or answered for another id) or failed for good, with the
+//! reason. Pure functions, tested from literal JSON.
+
+use serde_json::Value;
+
+use crate::retry::Retriable;
+use crate::search::client::SearchError;
+use crate::text::clip;
+
+/// What was sent at one position of a request, for the classification.
+#[derive(Clone, Copy, Debug)]
+pub struct SentItem<'a> {
+    pub id: &'a str,
+    pub versioned: bool,
+}
+
+/// The classification of one item of one answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ItemVerdict {
+    Written,
+    Superseded,
+    /// May succeed later: 429, 5xx, no answer for it.
+    Retry {
+        status: u16,
+        reason: String,
+    },
+    /// Permanent; `kind` is the reason's short name for counting.
+    Failed {
+        status: u16,
+        kind: String,
+        reason: String,
+    },
+}
+
+/// Classifies the answer to a `_bulk` request: one verdict per sent item, in
+/// order. Items are matched by position and verified by `_id`; an item the
+/// answer lacks, or answers for another id, is retried, never lost.
+pub fn classify_response(sent: &[SentItem<'_>], status: u16, body: &Value) -> Vec<ItemVerdict> {
+    if status == 429 || status >= 500 {
+        let reason = format!("request answered {status}: {}", error_summary(body));
+        return sent
+            .iter()
+            .map(|_| ItemVerdict::Retry {
+                status,
+                reason: reason.clone(),
+            })
+            .collect();
+    }
+    if !(200..300).contains(&status) {
+        let kind = body["error"]["type"]
+            .as_str()
+            .map_or_else(|| format!("request_rejected_{status}"), str::to_string);
+        let reason = format!("request answered {status}: {}", error_summary(body));
+        return sent
+            .iter()
+            .map(|_| ItemVerdict::Failed {
+                status,
+                kind: kind.clone(),
+                reason: reason.clone(),
+            })
+            .collect();
+    }
+    let answered = body["items"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+    sent.iter()
+        .enumerate()
+        .map(|(i, item)| classify_item(item, answered.get(i)))
+        .collect()
+}
+
+fn classify_item(sent: &SentItem<'_>, answered: Option<&Value>) -> ItemVerdict {
+    let retry = |reason: &str| ItemVerdict::Retry {
+        status: 0,
+        reason: reason.to_string(),
+    };
+    let Some(answered) = answered else {
+        return retry("missing from the bulk answer");
+    };
+    let Some(op) = answered.as_object().and_then(|o| o.values().next()) else {
+        return retry("malformed item in the bulk answer");
+    };
+    if op["_id"].as_str() != Some(sent.id) {
+        return retry("the bulk answer names another _id at this position");
+    }
+    let Some(status) = op["status"].as_u64().map(|s| s as u16) else {
+        return retry("no status for the item in the bulk answer");
+    };
+    let kind = op["error"]["type"].as_str().unwrap_or("");
+    match status {
+        200..=299 => ItemVerdict::Written,
+        409 if sent.versioned && kind == "version_conflict_engine_exception" => {
+            ItemVerdict::Superseded
+        }
+        429 | 500.. => ItemVerdict::Retry {
+            status,
+            reason: error_summary(op),
+        },
+        _ => ItemVerdict::Failed {
+            status,
+            kind: if kind.is_empty() {
+                format!("http_{status}")
+            } else {
+                kind.to_string()
+            },
+            reason: error_summary(op),
+        },
+    }
+}
+
+fn error_summary(body: &Value) -> String {
+    match &body["error"] {
+        Value::Object(e) => format!(
+            "{}: {}",
+            e.get("type").and_then(Value::as_str).unwrap_or("error"),
+            e.get("reason").and_then(Value::as_str).unwrap_or("")
+        ),
+        Value::Null => clip(&body.to_string(), 300).into_owned(),
+        other => clip(&other.to_string(), 300).into_owned(),
+    }
+}
+
+/// A request that got no usable answer: retried unless the error says a
+/// retry cannot help.
+pub(super) fn request_error_verdicts(
+    sent: &[SentItem<'_>],
+    error: &SearchError,
+) -> Vec<ItemVerdict> {
+    let retriable = error.is_retriable() || matches!(error, SearchError::Decode { .. });
+    sent.iter()
+        .map(|_| {
+            if retriable {
+                ItemVerdict::Retry {
+                    status: error.status().unwrap_or(0),
+                    reason: error.to_string(),
+                }
+            } else {
+                ItemVerdict::Failed {
+                    status: error.status().unwrap_or(0),
+                    kind: "request_error".into(),
+                    reason: error.to_string(),
+                }
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn sent<'a>(ids: &[&'a str], versioned: bool) -> Vec<SentItem<'a>> {
+        ids.iter().map(|id| SentItem { id, versioned }).collect()
+    }
+
+    #[test]
+    fn a_clean_answer_writes_every_item() {
+        let body = json!({"errors": false, "items": [
+            {"index": {"_id": "1", "status": 201}},
+            {"index": {"_id": "2", "status": 200}}
+        ]});
+        let v = classify_response(&sent(&["1", "2"], false), 200, &body);
+        assert_eq!(v, vec![ItemVerdict::Written, ItemVerdict::Written]);
+    }
+
+    #[test]
+    fn errors_true_with_mixed_items_retries_only_the_retriable_ones() {
+        let body = json!({"errors": true, "items": [
+            {"index": {"_id": "1", "status": 201}},
+            {"index": {"_id": "2", "status": 429, "error": {"type": "es_rejected_execution_exception", "reason": "rejected execution"}}},
+            {"index": {"_id": "3", "status": 400, "error": {"type": "mapper_parsing_exception", "reason": "failed to parse field [tcsPersonId] of type [long]"}}},
+            {"index": {"_id": "4", "status": 503, "error": {"type": "unavailable_shards_exception", "reason": "primary shard is not active"}}}
+        ]});
+        let v = classify_response(&sent(&["1", "2", "3", "4"], false), 200, &body);
+        assert_eq!(v[0], ItemVerdict::Written);
+        assert!(
+            matches!(&v[1], ItemVerdict::Retry { status: 429, reason } if reason.contains("es_rejected_execution_exception"))
+        );
+        assert!(
+            matches!(&v[2], ItemVerdict::Failed { status: 400, kind, reason }
+            if kind == "mapper_parsing_exception" && reason.contains("tcsPersonId"))
+        );
+        assert!(matches!(&v[3], ItemVerdict::Retry { status: 503, .. }));
+    }
+
+    #[test]
+    fn an_external_version_conflict_is_superseded_not_failed() {
+        let body = json!({"errors": true, "items": [
+            {"index": {"_id": "7", "status": 409, "error": {"type": "version_conflict_engine_exception", "reason": "[7]: version conflict, current version [5] is higher than the one provided [3]"}}}
+        ]});
+        assert_eq!(
+            classify_response(&sent(&["7"], true), 200, &body),
+            vec![ItemVerdict::Superseded]
+        );
+        // Without a version we sent, a conflict is a real failure.
+        assert!(matches!(
+            &classify_response(&sent(&["7"], false), 200, &body)[0],
+            ItemVerdict::Failed { status: 409, .. }
+        ));
+    }
+
+    #[test]
+    fn a_short_item_array_retries_the_missing_items() {
+        let body = json!({"errors": false, "items": [
+            {"index": {"_id": "1", "status": 201}}
+        ]});
+        let v = classify_response(&sent(&["1", "2", "3"], false), 200, &body);
+        assert_eq!(v.len(), 3);
+        assert_eq!(v[0], ItemVerdict::Written);
+        assert!(matches!(v[1], ItemVerdict::Retry { status: 0, .. }));
+        assert!(matches!(v[2], ItemVerdict::Retry { status: 0, .. }));
+    }
+
+    #[test]
+    fn an_answer_for_another_id_at_a_position_is_retried() {
+        let body = json!({"errors": false, "items": [
+            {"index": {"_id": "2", "status": 201}},
+            {"index": {"_id": "1", "status": 201}}
+        ]});
+        let v = classify_response(&sent(&["1", "2"], false), 200, &body);
+        assert!(v.iter().all(|x| matches!(x, ItemVerdict::Retry { .. })));
+    }
+
+    #[test]
+    fn a_2xx_without_items_retries_everything() {
+        let v = classify_response(&sent(&["1", "2"], false), 200, &json!({"took": 3}));
+        assert!(v.iter().all(|x| matches!(x, ItemVerdict::Retry { .. })));
+        let v = classify_response(&sent(&["1"], false), 200, &Value::Null);
+        assert!(matches!(v[0], ItemVerdict::Retry { .. }));
+    }
+
+    #[test]
+    fn whole_request_429_and_5xx_are_retried_and_other_4xx_fail() {
+        let busy = json!({"error": {"type": "rejected_execution_exception", "reason": "rejected"}, "status": 429});
+        let v = classify_response(&sent(&["1", "2"], false), 429, &busy);
+        assert!(v
+            .iter()
+            .all(|x| matches!(x, ItemVerdict::Retry { status: 429, .. })));
+        let v = classify_response(
+            &sent(&["1"], false),
+            502,
+            &Value::String("Bad Gateway".into()),
+        );
+        assert!(matches!(v[0], ItemVerdict::Retry { status: 502, .. }));
+        let bad = json!({"error": {"type": "illegal_argument_exception", "reason": "Malformed action/metadata line [1]"}, "status": 400});
+        let v = classify_response(&sent(&["1"], false), 400, &bad);
+        assert!(
+            matches!(&v[0], ItemVerdict::Failed { status: 400, kind, .. } if kind == "illegal_argument_exception")
+        );
+    }
+}

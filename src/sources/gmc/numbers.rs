@@ -1,0 +1,120 @@
+//! Compact containers keyed by GMC number: the usual all-digit numbers are
+//! kept as a `u64` (8 bytes instead of a heap string), so a run can keep
+//! one entry per doctor for a million doctors and more in a few tens of MB.
+
+use std::collections::HashMap;
+
+use crate::domain::GmcNumber;
+
+/// A map keyed by GMC number that stores the usual all-digit numbers as a
+/// `u64` (8 bytes instead of a heap string), so that a run can keep one
+/// entry per doctor for a million doctors and more in a few tens of MB.
+/// Numbers that do not fit (leading zero, letters, more than 19 digits)
+/// are kept as strings beside them; both forms never collide.
+#[derive(Clone, Debug)]
+pub struct GmcNumberMap<V> {
+    numeric: HashMap<u64, V>,
+    other: HashMap<Box<str>, V>,
+}
+
+/// The set of GMC numbers a run has seen (see [`GmcNumberMap`]).
+pub type GmcNumberSet = GmcNumberMap<()>;
+
+impl<V> Default for GmcNumberMap<V> {
+    fn default() -> Self {
+        Self {
+            numeric: HashMap::new(),
+            other: HashMap::new(),
+        }
+    }
+}
+
+/// The `u64` form of a GMC number when it round-trips exactly to the same text.
+pub(crate) fn numeric_key(number: &str) -> Option<u64> {
+    let digits = !number.is_empty() && number.bytes().all(|b| b.is_ascii_digit());
+    let canonical = number.len() == 1 || !number.starts_with('0');
+    if digits && canonical && number.len() <= 19 {
+        number.parse().ok()
+    } else {
+        None
+    }
+}
+
+impl<V> GmcNumberMap<V> {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Inserts or replaces; returns the previous value.
+    pub fn insert(&mut self, number: &GmcNumber, value: V) -> Option<V> {
+        match numeric_key(number.as_str()) {
+            Some(n) => self.numeric.insert(n, value),
+            None => self.other.insert(number.as_str().into(), value),
+        }
+    }
+
+    pub fn get(&self, number: &GmcNumber) -> Option<&V> {
+        match numeric_key(number.as_str()) {
+            Some(n) => self.numeric.get(&n),
+            None => self.other.get(number.as_str()),
+        }
+    }
+
+    pub fn contains(&self, number: &GmcNumber) -> bool {
+        self.get(number).is_some()
+    }
+
+    pub fn len(&self) -> usize {
+        self.numeric.len() + self.other.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl GmcNumberSet {
+    /// Adds a number; `true` when it was not there yet.
+    pub fn add(&mut self, number: &GmcNumber) -> bool {
+        self.insert(number, ()).is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(s: &str) -> GmcNumber {
+        GmcNumber::parse(s).unwrap()
+    }
+
+    #[test]
+    fn numeric_keys_round_trip_and_others_stay_text() {
+        assert_eq!(numeric_key("1234567"), Some(1_234_567));
+        assert_eq!(numeric_key("0"), Some(0));
+        assert_eq!(numeric_key("0123"), None);
+        assert_eq!(numeric_key("C123"), None);
+        assert_eq!(numeric_key("12345678901234567890"), None);
+    }
+
+    #[test]
+    fn a_gmc_number_map_keeps_numeric_and_text_numbers_apart() {
+        let mut map = GmcNumberMap::new();
+        assert_eq!(map.insert(&n("123"), 1), None);
+        assert_eq!(map.insert(&n("0123"), 2), None);
+        assert_eq!(map.insert(&n("123"), 3), Some(1));
+        assert_eq!(map.get(&n("123")), Some(&3));
+        assert_eq!(map.get(&n("0123")), Some(&2));
+        assert_eq!(map.len(), 2);
+        assert!(!map.contains(&n("124")));
+    }
+
+    #[test]
+    fn a_gmc_number_set_says_whether_a_number_is_new() {
+        let mut seen = GmcNumberSet::new();
+        assert!(seen.add(&n("7")));
+        assert!(!seen.add(&n("7")));
+        assert!(seen.add(&n("X7")));
+        assert_eq!(seen.len(), 2);
+    }
+}

@@ -1,0 +1,158 @@
+//! Settling the messages of a sync: coalesced acks of the settled prefix,
+//! and dead letters (published with their reason, confirmed by the broker,
+//! then acked), so that no message is ever lost or acked unsettled.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use lapin::options::BasicAckOptions;
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::Channel;
+use tokio::sync::Mutex;
+
+use super::topology::{json_properties, publish_confirmed};
+use super::{DETAIL_HEADER, REASON_HEADER};
+use crate::sources::SourceError;
+use crate::text::clip;
+
+/// What the run needs to settle one record's message later: its delivery
+/// tag and its body (to dead-letter it if its document fails for good).
+/// Only the messages in flight hold one, at most `prefetch` of them.
+#[derive(Clone, Debug)]
+pub struct TcsTicket {
+    pub delivery_tag: u64,
+    pub body: Vec<u8>,
+}
+
+/// Settles messages of one sync: acks and dead-letters. Cheap to clone, so
+/// the task that drains the bulk writer's outcomes can own one.
+///
+/// Acks are coalesced: settling a message marks its delivery tag, and one
+/// `basic.ack` with `multiple` covers the longest run of settled tags from
+/// the oldest unacked one. Documents settle out of order (concurrent bulk
+/// requests, retries), so a tag is acked only once every older delivery is
+/// settled too; nothing unsettled is ever acked. One ack per message costs
+/// a round through the AMQP connection each and caps a sync at a few
+/// hundred messages a second; coalesced, a batch needs one.
+#[derive(Clone)]
+pub struct TcsAcks {
+    consume: Channel,
+    dead_letters: Channel,
+    dead_letter_queue: String,
+    window: Arc<Mutex<AckWindow>>,
+}
+
+impl TcsAcks {
+    /// Settles deliveries of `consume`; dead letters are published on
+    /// `dead_letters` (a channel in confirm mode) to `dead_letter_queue`.
+    pub fn new(consume: Channel, dead_letters: Channel, dead_letter_queue: &str) -> Self {
+        Self {
+            consume,
+            dead_letters,
+            dead_letter_queue: dead_letter_queue.to_string(),
+            window: Arc::new(Mutex::new(AckWindow::new())),
+        }
+    }
+
+    /// The channel whose deliveries these acks settle.
+    pub fn channel(&self) -> &Channel {
+        &self.consume
+    }
+}
+
+/// Delivery tags settled but not acked yet, above the acked prefix.
+#[derive(Debug)]
+struct AckWindow {
+    /// The oldest tag not acked (tags start at 1 on a channel).
+    next: u64,
+    settled: BTreeSet<u64>,
+}
+
+impl AckWindow {
+    fn new() -> Self {
+        Self {
+            next: 1,
+            settled: BTreeSet::new(),
+        }
+    }
+
+    /// Marks tags settled; returns the tag to ack with `multiple` when the
+    /// acked prefix grows.
+    fn settle(&mut self, tags: impl IntoIterator<Item = u64>) -> Option<u64> {
+        for tag in tags {
+            if tag >= self.next {
+                self.settled.insert(tag);
+            }
+        }
+        let before = self.next;
+        while self.settled.remove(&self.next) {
+            self.next += 1;
+        }
+        (self.next > before).then(|| self.next - 1)
+    }
+}
+
+impl TcsAcks {
+    /// Acks one message: its document is written (or superseded by a
+    /// record that wins over it, which is just as final).
+    pub async fn ack(&self, ticket: &TcsTicket) -> Result<(), SourceError> {
+        self.settle([ticket.delivery_tag]).await
+    }
+
+    /// Marks messages settled and acks every settled message older than
+    /// the oldest unsettled one, in one `basic.ack`.
+    pub async fn settle(&self, tags: impl IntoIterator<Item = u64>) -> Result<(), SourceError> {
+        // The lock is held across the ack so acks leave in tag order.
+        let mut window = self.window.lock().await;
+        if let Some(upto) = window.settle(tags) {
+            self.consume
+                .basic_ack(upto, BasicAckOptions { multiple: true })
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Publishes the message to the dead-letter queue with the reason,
+    /// waits for the broker's confirm, then acks the original.
+    pub async fn dead_letter(
+        &self,
+        ticket: &TcsTicket,
+        reason: &str,
+        detail: &str,
+    ) -> Result<(), SourceError> {
+        let mut headers = FieldTable::default();
+        headers.insert(
+            ShortString::from(REASON_HEADER),
+            AMQPValue::LongString(LongString::from(reason)),
+        );
+        headers.insert(
+            ShortString::from(DETAIL_HEADER),
+            AMQPValue::LongString(LongString::from(clip(detail, 1000).as_ref())),
+        );
+        publish_confirmed(
+            &self.dead_letters,
+            "",
+            &self.dead_letter_queue,
+            &ticket.body,
+            json_properties().with_headers(headers),
+        )
+        .await?;
+        self.ack(ticket).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acks_cover_only_the_settled_prefix() {
+        let mut w = AckWindow::new();
+        assert_eq!(w.settle([2, 3]), None, "1 is not settled yet");
+        assert_eq!(w.settle([1]), Some(3));
+        assert_eq!(w.settle([5]), None);
+        assert_eq!(w.settle([4, 6]), Some(6));
+        assert_eq!(w.settle([6]), None, "an acked tag is not acked again");
+        assert!(w.settled.is_empty());
+    }
+}
