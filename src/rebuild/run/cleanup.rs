@@ -13,6 +13,7 @@ use crate::config::Settings;
 use crate::rebuild::engine::Engine;
 use crate::rebuild::record::RunPhase;
 use crate::rebuild::Refused;
+use crate::retry::{with_retry, RetryPolicy};
 use crate::state::lease::{lease_collection, Lease, LeaseHolder, REBUILD_LEASE};
 use crate::state::StateError;
 
@@ -23,11 +24,14 @@ pub(crate) async fn take_lease(
     mongo: &mongodb::Client,
     run_id: &str,
 ) -> anyhow::Result<Lease> {
-    let acquired = Lease::acquire(
-        lease_collection(mongo, &settings.mongodb),
-        REBUILD_LEASE,
-        LeaseHolder::this_process(run_id),
-        Duration::from_secs(settings.run.lease_ttl_secs.max(1)),
+    let collection = lease_collection(mongo, &settings.mongodb);
+    let holder = LeaseHolder::this_process(run_id);
+    let ttl = Duration::from_secs(settings.run.lease_ttl_secs.max(1));
+    // A transient MongoDB failure is tried again; a held lease is an answer.
+    let acquired = with_retry(
+        &RetryPolicy::new(&settings.retry),
+        "taking the lease",
+        || Lease::acquire(collection.clone(), REBUILD_LEASE, holder.clone(), ttl),
     )
     .await;
     match acquired {
@@ -60,7 +64,11 @@ pub(crate) fn held_message(held: &StateError) -> String {
 pub(super) async fn run(context: &mut RunContext<'_>) -> anyhow::Result<()> {
     let run_id = context.run_id();
     let history = context.tracker.history();
-    match history.mark_abandoned(&run_id).await {
+    let abandoned = with_retry(&context.retry, "marking abandoned runs", || {
+        history.mark_abandoned(&run_id)
+    })
+    .await;
+    match abandoned {
         Ok(ids) if !ids.is_empty() => {
             warn!(runs = ?ids, "Marked runs whose process died as abandoned.")
         }

@@ -1,25 +1,25 @@
 //! The full rebuild run, as its steps (DESIGN §2), each in a module of its
 //! own:
 //!
-//! 1. [`cleanup`]: take the single-flight lease, record the run, mark runs
+//! 1. `cleanup`: take the single-flight lease, record the run, mark runs
 //!    whose process died as abandoned, delete half-built generations of
 //!    dead runs.
-//! 2. [`outcomes`]: ask TCS for a sync (it publishes into the queue while
+//! 2. `outcomes`: ask TCS for a sync (it publishes into the queue while
 //!    MongoDB works) and load the latest recommendation outcome of every
 //!    doctor with one aggregation into a compact map.
-//! 3. [`load`]: create the master generation and its bulk writer, then
-//!    - [`tcs_merge`]: consume the TCS records in batches, fetch each
+//! 3. `load`: create the master generation and its bulk writer, then
+//!    - `tcs_merge`: consume the TCS records in batches, fetch each
 //!      batch's GMC doctors with a few `$in` queries, merge and write (the
 //!      record's precedence is the external version, so the best duplicate
 //!      wins in any arrival order);
-//!    - [`settle`]: ack each record's message once its document is written
+//!    - `settle`: ack each record's message once its document is written
 //!      or superseded, dead-letter it if the document failed for good;
-//!    - [`gmc_only`]: after `syncEnd`, write the doctors of `doctorsForDB`
+//!    - `gmc_only`: after `syncEnd`, write the doctors of `doctorsForDB`
 //!      that TCS did not send.
-//! 4. [`validate`]: restore the serving settings, count what is really
+//! 4. `validate`: restore the serving settings, count what is really
 //!    there, run the gates.
-//! 5. [`recommendation`]: build the recommendation generation by `_reindex`.
-//! 6. [`promote`]: confirm the lease, move every alias in one `_aliases`
+//! 5. `recommendation`: build the recommendation generation by `_reindex`.
+//! 6. `promote`: confirm the lease, move every alias in one `_aliases`
 //!    call, apply retention.
 //!
 //! Memory holds the outcome map and the seen set (a few tens of bytes per
@@ -94,7 +94,7 @@ impl RunContext<'_> {
 }
 
 /// Runs one rebuild from start to end and returns its record. A held lease
-/// or a failed gate is an error carrying [`Refused`]; every run, refused
+/// or a failed gate is an error carrying [`Refused`](crate::rebuild::Refused); every run, refused
 /// ones included, is recorded.
 pub async fn run_rebuild(settings: &Settings, options: RunOptions) -> anyhow::Result<RunRecord> {
     let run_id = options.run_id.clone().unwrap_or_else(new_run_id);

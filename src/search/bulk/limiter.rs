@@ -1,7 +1,7 @@
 //! The concurrency limiter of the bulk writer: grants permits for requests
 //! in flight, up to a limit that sustained throttling halves (down to one)
 //! and a run of clean answers raises by one again (AIMD). The rule itself
-//! ([`LimitState::on_answer`]) is a pure function of the answers.
+//! (`LimitState::on_answer`) is a pure function of the answers.
 
 use std::sync::{Arc, Mutex};
 
