@@ -38,6 +38,16 @@ pub enum Command {
     /// Check the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Serve the HTTP API (trigger, status, runs, generations, rollback,
+    /// metrics) and the nightly schedule, until SIGTERM or SIGINT.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Listen here instead of `service.listen` (port 0 picks a free port).
+    #[arg(long, value_name = "ADDRESS")]
+    pub listen: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -3,7 +3,7 @@
 //! these modules. Dependencies point one way:
 //!
 //! ```text
-//! main → cli / commands → rebuild → sources / search / state → domain / config / retry / text
+//! main → cli / commands → service → rebuild → sources / search / state → domain / config / retry / text
 //! ```
 //!
 //! The development aids (data generator, seeding, TCS simulator) and the
@@ -17,6 +17,7 @@ pub mod domain;
 pub mod rebuild;
 pub mod retry;
 pub mod search;
+pub mod service;
 pub mod sources;
 pub mod state;
 pub mod telemetry;

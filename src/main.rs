@@ -41,5 +41,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Generations => commands::generations::run(&settings).await,
         Command::Smoke => commands::smoke::run(&settings).await,
         Command::Config(ConfigCommand::Check) => commands::config::check(&settings),
+        Command::Serve(args) => commands::serve::run(settings, &args).await,
     }
 }

@@ -56,3 +56,34 @@ pub fn init() {
 pub fn progress_bars() -> bool {
     BARS.load(Ordering::Relaxed)
 }
+
+/// The names of the metrics the service exports (`/metrics`). The layers
+/// that count record them where they count (the bulk writer its requests and
+/// items); without an installed recorder (the command line, the tests) the
+/// calls do nothing.
+pub mod metric {
+    /// Counter: documents the bulk writer wrote (this process).
+    pub const DOCUMENTS_WRITTEN: &str = "rebuilder_documents_written_total";
+    /// Counter: bulk item sends beyond the first.
+    pub const RETRIED_ITEMS: &str = "rebuilder_bulk_retried_items_total";
+    /// Counter: bulk answers that carried a 429.
+    pub const THROTTLED_ANSWERS: &str = "rebuilder_bulk_throttled_answers_total";
+    /// Histogram: seconds per `_bulk` request.
+    pub const BULK_REQUEST_SECONDS: &str = "rebuilder_bulk_request_duration_seconds";
+    /// Counter: scheduled starts skipped because a run held the lease.
+    pub const SCHEDULE_SKIPPED: &str = "rebuilder_schedule_skipped_total";
+    /// Counter: runs this process started, by trigger.
+    pub const RUNS_STARTED: &str = "rebuilder_runs_started_total";
+    /// Gauge: 1 while any replica's run (or a rollback) holds the lease.
+    pub const RUN_IN_PROGRESS: &str = "rebuilder_run_in_progress";
+    /// Gauge: seconds each phase of the last run took, by phase.
+    pub const LAST_RUN_PHASE_SECONDS: &str = "rebuilder_last_run_phase_duration_seconds";
+    /// Gauge: rejects of the last run, by reason.
+    pub const LAST_RUN_REJECTS: &str = "rebuilder_last_run_rejects";
+    /// Gauge: documents the last run wrote.
+    pub const LAST_RUN_DOCUMENTS_WRITTEN: &str = "rebuilder_last_run_documents_written";
+    /// Gauge: Unix time the last successful run ended.
+    pub const LAST_SUCCESS_END: &str = "rebuilder_last_success_end_timestamp_seconds";
+    /// Gauge: seconds since the live master generation was created.
+    pub const LIVE_GENERATION_AGE: &str = "rebuilder_live_generation_age_seconds";
+}

@@ -5,6 +5,7 @@ pub mod config;
 pub mod generations;
 pub mod rollback;
 pub mod run;
+pub mod serve;
 pub mod smoke;
 pub mod status;
 
@@ -20,4 +21,29 @@ pub fn exit_code_for(error: &anyhow::Error) -> u8 {
     } else {
         1
     }
+}
+
+/// A token cancelled on the first SIGTERM or SIGINT (Ctrl-C).
+pub fn cancel_on_signals() -> tokio_util::sync::CancellationToken {
+    let token = tokio_util::sync::CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        let mut term = match tokio::signal::unix::signal(
+            tokio::signal::unix::SignalKind::terminate(),
+        ) {
+            Ok(term) => term,
+            Err(e) => {
+                tracing::warn!(error = %e, "Cannot listen for SIGTERM; only Ctrl-C stops gracefully.");
+                let _ = tokio::signal::ctrl_c().await;
+                cancel.cancel();
+                return;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: stopping at the next safe point."),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping at the next safe point."),
+        }
+        cancel.cancel();
+    });
+    token
 }

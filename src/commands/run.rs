@@ -14,6 +14,8 @@ pub async fn run(settings: &Settings, args: &RunArgs) -> anyhow::Result<ExitCode
         trigger: args.trigger,
         bars: std::io::stderr().is_terminal(),
         run_id: None,
+        // Ctrl-C (or SIGTERM) stops the run at its next safe point, as in the service.
+        cancel: super::cancel_on_signals(),
     };
     let record = run_rebuild(settings, options).await?;
     print!("{}", super::status::render(&record));

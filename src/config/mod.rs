@@ -1,71 +1,24 @@
 //! Settings: defaults, an optional TOML file, then `REBUILDER_*` environment
-//! variables; validated once, with secrets that never print.
+//! variables; secrets read from files where the settings say so; validated
+//! once, naming the key that is wrong; secrets that never print.
 
-use std::fmt;
+mod connections;
+mod rebuild;
+mod secret;
+mod service;
+
 use std::path::PathBuf;
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
-/// A secret string (password, connection string with credentials) that never
-/// appears in logs or `Debug` output.
-#[derive(Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl Secret {
-    /// The secret as it may be printed: a URI keeps its scheme, user, hosts
-    /// and path with the password replaced by `***`; anything else is `***`.
-    pub fn redacted(&self) -> Secret {
-        match redact_uri(&self.0) {
-            Some(uri) => Secret(uri),
-            None if self.0.is_empty() => Secret(String::new()),
-            None => Secret("***".into()),
-        }
-    }
-}
-
-/// `scheme://user:***@hosts/path?query` for a URI with credentials, the URI
-/// itself without them; `None` when `text` is not a URI.
-pub fn redact_uri(text: &str) -> Option<String> {
-    let (scheme, rest) = text.split_once("://")?;
-    if scheme.is_empty()
-        || !scheme
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
-    {
-        return None;
-    }
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    let Some((userinfo, hosts)) = authority.rsplit_once('@') else {
-        return Some(text.to_string());
-    };
-    let user = userinfo.split(':').next().unwrap_or("");
-    let redacted_userinfo = if userinfo.contains(':') {
-        format!("{user}:***")
-    } else {
-        // A user alone (a token as the user name) is a secret too.
-        "***".to_string()
-    };
-    Some(format!("{scheme}://{redacted_userinfo}@{hosts}{tail}"))
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
+pub use connections::{AwsSigV4Settings, MongoSettings, OpenSearchSettings, RabbitSettings};
+pub use rebuild::{
+    BulkSettings, GateSettings, IndexNames, RetentionSettings, RetrySettings, RunSettings,
+};
+pub use secret::{redact_text, redact_uri, Secret};
+pub use service::{ScheduleSettings, ServiceSettings};
 
 /// Everything the program can be told. Every index, alias, exchange, queue,
 /// database and collection name is here, so that tests can isolate themselves.
@@ -81,230 +34,12 @@ pub struct Settings {
     pub retention: RetentionSettings,
     pub retry: RetrySettings,
     pub run: RunSettings,
+    pub service: ServiceSettings,
+    pub schedule: ScheduleSettings,
     /// A folder holding `masterdoctorindex.json` and
     /// `recommendationindex.json` to use instead of the templates built
     /// into the binary (the files of `index-templates/` at build time).
     pub templates_dir: Option<PathBuf>,
-}
-
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct OpenSearchSettings {
-    pub url: String,
-    pub username: Option<String>,
-    pub password: Option<Secret>,
-    pub request_timeout_secs: u64,
-}
-
-impl Default for OpenSearchSettings {
-    fn default() -> Self {
-        Self {
-            url: "http://127.0.0.1:9200".into(),
-            username: None,
-            password: None,
-            request_timeout_secs: 120,
-        }
-    }
-}
-
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RabbitSettings {
-    /// amqp:// or amqps:// URI, including the vhost.
-    pub uri: Secret,
-    pub exchange: String,
-    pub sync_start_queue: String,
-    pub sync_start_routing_key: String,
-    pub sync_data_queue: String,
-    pub sync_data_routing_key: String,
-    pub update_queue: String,
-    pub update_routing_key: String,
-    /// Where unparseable or unusable TCS messages go, with the reason in a header.
-    pub dead_letter_queue: String,
-    pub prefetch: u16,
-    /// A sync that stays silent this long fails the run.
-    pub idle_timeout_secs: u64,
-}
-
-impl Default for RabbitSettings {
-    fn default() -> Self {
-        Self {
-            uri: Secret::new("amqp://guest:guest@127.0.0.1:5672/%2f"),
-            exchange: "reval.exchange".into(),
-            sync_start_queue: "reval.queue.connection.syncstart".into(),
-            sync_start_routing_key: "reval.connection.syncstart".into(),
-            sync_data_queue: "reval.queue.connection.syncdata".into(),
-            sync_data_routing_key: "reval.connection.syncdata".into(),
-            update_queue: "reval.queue.connection.update".into(),
-            update_routing_key: "reval.connection.update".into(),
-            dead_letter_queue: "reval.queue.connection.syncdata.dlq".into(),
-            prefetch: 2000,
-            idle_timeout_secs: 60,
-        }
-    }
-}
-
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct MongoSettings {
-    pub uri: Secret,
-    pub database: String,
-    pub doctors_collection: String,
-    pub recommendation_collection: String,
-    /// Database holding the run state (lease, run history); defaults to `database`.
-    pub state_database: Option<String>,
-    pub lease_collection: String,
-    pub runs_collection: String,
-    pub batch_size: u32,
-}
-
-impl Default for MongoSettings {
-    fn default() -> Self {
-        Self {
-            uri: Secret::new("mongodb://127.0.0.1:27017/?retryWrites=false"),
-            database: "revalidation".into(),
-            doctors_collection: "doctorsForDB".into(),
-            recommendation_collection: "recommendation".into(),
-            state_database: None,
-            lease_collection: "rebuilderLease".into(),
-            runs_collection: "rebuilderRuns".into(),
-            batch_size: 1000,
-        }
-    }
-}
-
-impl MongoSettings {
-    pub fn state_database(&self) -> &str {
-        self.state_database.as_deref().unwrap_or(&self.database)
-    }
-}
-
-/// Index families and aliases. `prefix` is put before every index and alias
-/// name, so a test can own `t42_masterdoctorindex-*` and `t42_current_connections`.
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct IndexNames {
-    pub prefix: String,
-    pub master_family: String,
-    pub recommendation_family: String,
-}
-
-impl Default for IndexNames {
-    fn default() -> Self {
-        Self {
-            prefix: String::new(),
-            master_family: "masterdoctorindex".into(),
-            recommendation_family: "recommendationindex".into(),
-        }
-    }
-}
-
-impl IndexNames {
-    /// The real name of a logical index or alias name from a template.
-    pub fn qualify(&self, logical: &str) -> String {
-        format!("{}{}", self.prefix, logical)
-    }
-    pub fn master_family(&self) -> String {
-        self.qualify(&self.master_family)
-    }
-    pub fn recommendation_family(&self) -> String {
-        self.qualify(&self.recommendation_family)
-    }
-}
-
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct BulkSettings {
-    pub max_batch_docs: usize,
-    pub max_batch_bytes: usize,
-    /// Bulk requests in flight at once (the upper bound; 429s lower it).
-    pub concurrency: usize,
-}
-
-impl Default for BulkSettings {
-    /// Chosen by measurement (`examples/bulk_throughput.rs`, 200k documents
-    /// of ~540 bytes on the local node): batches of 5000 documents (~2.8 MB)
-    /// with 4 in flight were the fastest and steadiest; smaller batches
-    /// lose to per-request overhead, more in flight gains nothing.
-    fn default() -> Self {
-        Self {
-            max_batch_docs: 5000,
-            max_batch_bytes: 5 * 1024 * 1024,
-            concurrency: 4,
-        }
-    }
-}
-
-/// How every call to a server that may fail for a while (a 429, a 5xx, a
-/// dropped connection) is retried: bulk items, the one-shot calls of a run,
-/// the consumers. Exponential backoff with jitter, capped.
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RetrySettings {
-    pub max_retries: usize,
-    pub initial_backoff_ms: u64,
-    pub max_backoff_ms: u64,
-}
-
-impl Default for RetrySettings {
-    /// Twelve retries from 100 ms doubling to a 10 s cap ride out about a
-    /// minute of trouble: a node restart, a broker failover.
-    fn default() -> Self {
-        Self {
-            max_retries: 12,
-            initial_backoff_ms: 100,
-            max_backoff_ms: 10_000,
-        }
-    }
-}
-
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct GateSettings {
-    /// The new generation must hold at least this share of the previous one.
-    pub min_share_of_previous: f64,
-    /// Permanent item failures tolerated before the gate fails.
-    pub max_failed_items: u64,
-}
-
-impl Default for GateSettings {
-    fn default() -> Self {
-        Self {
-            min_share_of_previous: 0.9,
-            max_failed_items: 0,
-        }
-    }
-}
-
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RetentionSettings {
-    /// Generations kept per family besides the live one.
-    pub keep_previous: usize,
-}
-
-impl Default for RetentionSettings {
-    fn default() -> Self {
-        Self { keep_previous: 2 }
-    }
-}
-
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RunSettings {
-    /// How long a lease lives without renewal; a crashed holder's lease expires after it.
-    pub lease_ttl_secs: u64,
-    /// GMC numbers fetched per `$in` query while merging.
-    pub merge_batch: usize,
-}
-
-impl Default for RunSettings {
-    fn default() -> Self {
-        Self {
-            lease_ttl_secs: 30,
-            merge_batch: 1000,
-        }
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -313,6 +48,12 @@ pub enum ConfigError {
     Load(#[from] Box<figment::Error>),
     #[error("invalid setting {field}: {reason}")]
     Invalid { field: &'static str, reason: String },
+    #[error("invalid setting {field}: cannot read {path}: {source}")]
+    SecretFile {
+        field: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 impl Settings {
@@ -322,10 +63,37 @@ impl Settings {
         out.rabbitmq.uri = out.rabbitmq.uri.redacted();
         out.mongodb.uri = out.mongodb.uri.redacted();
         out.opensearch.password = out.opensearch.password.as_ref().map(Secret::redacted);
+        out.service.token = out.service.token.as_ref().map(|_| Secret::new("***"));
         if let Some(url) = redact_uri(&out.opensearch.url) {
             out.opensearch.url = url;
         }
         out
+    }
+
+    /// Reads the secrets that the settings keep in files (`*_file`).
+    fn read_secret_files(&mut self) -> Result<(), ConfigError> {
+        fn read(field: &'static str, path: &std::path::Path) -> Result<Secret, ConfigError> {
+            std::fs::read_to_string(path)
+                .map(|text| Secret::new(text.trim_end_matches(['\n', '\r'])))
+                .map_err(|source| ConfigError::SecretFile {
+                    field,
+                    path: path.to_path_buf(),
+                    source,
+                })
+        }
+        if let Some(path) = &self.opensearch.password_file {
+            self.opensearch.password = Some(read("opensearch.password_file", path)?);
+        }
+        if let Some(path) = &self.rabbitmq.uri_file {
+            self.rabbitmq.uri = read("rabbitmq.uri_file", path)?;
+        }
+        if let Some(path) = &self.mongodb.uri_file {
+            self.mongodb.uri = read("mongodb.uri_file", path)?;
+        }
+        if let Some(path) = &self.service.token_file {
+            self.service.token = Some(read("service.token_file", path)?);
+        }
+        Ok(())
     }
 
     /// Defaults, then the TOML file (if given), then `REBUILDER_SECTION__KEY`
@@ -335,10 +103,11 @@ impl Settings {
         if let Some(path) = file {
             figment = figment.merge(Toml::file_exact(path));
         }
-        let settings: Settings = figment
+        let mut settings: Settings = figment
             .merge(Env::prefixed("REBUILDER_").split("__"))
             .extract()
             .map_err(Box::new)?;
+        settings.read_secret_files()?;
         settings.validate()?;
         Ok(settings)
     }
@@ -380,6 +149,46 @@ impl Settings {
         }
         if self.run.merge_batch == 0 || self.rabbitmq.prefetch == 0 {
             return invalid("run.merge_batch / rabbitmq.prefetch", "must be at least 1");
+        }
+        if self.retry.max_backoff_ms < self.retry.initial_backoff_ms {
+            return invalid(
+                "retry.max_backoff_ms",
+                "must not be smaller than retry.initial_backoff_ms",
+            );
+        }
+        if let Some(aws) = &self.opensearch.aws_sigv4 {
+            if aws.region.trim().is_empty() {
+                return invalid(
+                    "opensearch.aws_sigv4.region",
+                    "is required for SigV4 signing",
+                );
+            }
+            if !["es", "aoss"].contains(&aws.service.as_str()) {
+                return invalid("opensearch.aws_sigv4.service", "must be es or aoss");
+            }
+            if self.opensearch.username.is_some() {
+                return invalid(
+                    "opensearch.username",
+                    "basic auth and aws_sigv4 exclude each other",
+                );
+            }
+        }
+        if self.opensearch.username.is_some() != self.opensearch.password.is_some() {
+            return invalid(
+                "opensearch.password",
+                "basic auth needs both opensearch.username and opensearch.password (or password_file)",
+            );
+        }
+        if self.service.listen.parse::<std::net::SocketAddr>().is_err() {
+            return invalid("service.listen", "must be an address like 0.0.0.0:8080");
+        }
+        if let Err(reason) = self.schedule.parsed() {
+            let field = if reason.starts_with("time zone") {
+                "schedule.time_zone"
+            } else {
+                "schedule.cron"
+            };
+            return invalid(field, &reason);
         }
         Ok(())
     }

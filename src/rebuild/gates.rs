@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use crate::search::BulkStats;
 
 /// One gate's verdict: what the engine returns and the run record keeps.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default)]
 pub struct GateVerdict {
     pub name: String,
@@ -26,6 +26,8 @@ pub struct GateVerdict {
     /// Failed, but `--force` let it through.
     pub overridden: bool,
     pub detail: String,
+    /// The figures the verdict was made from (gate-specific).
+    #[schema(value_type = Object)]
     pub figures: Value,
 }
 

@@ -24,7 +24,7 @@ use crate::state::now_text;
 pub type RunHistory = crate::state::history::RunHistory<RunRecord>;
 
 /// What started a run.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Trigger {
     #[default]
@@ -62,7 +62,7 @@ impl FromStr for Trigger {
 }
 
 /// The steps of a run, in order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RunPhase {
     /// Delete half-built generations of dead runs.
@@ -131,7 +131,7 @@ impl FromStr for RunPhase {
 }
 
 /// How a run ended (or that it has not).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RunOutcome {
     #[default]
@@ -144,6 +144,8 @@ pub enum RunOutcome {
     Refused,
     /// Its process died; a later run found it still marked running.
     Abandoned,
+    /// Stopped at a safe point on request (SIGTERM, Ctrl-C); nothing moved.
+    Aborted,
 }
 
 impl RunOutcome {
@@ -155,6 +157,7 @@ impl RunOutcome {
             RunOutcome::Failed => "failed",
             RunOutcome::Refused => "refused",
             RunOutcome::Abandoned => "abandoned",
+            RunOutcome::Aborted => "aborted",
         }
     }
 }
@@ -166,7 +169,7 @@ impl fmt::Display for RunOutcome {
 }
 
 /// One phase of a run: when it started and, once done, how long it took.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PhaseRecord {
     pub phase: RunPhase,
@@ -177,7 +180,7 @@ pub struct PhaseRecord {
 
 /// What each source delivered and what the merge made of it (the bulk
 /// writer's own figures are in [`RunRecord::bulk`]).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", default)]
 pub struct RunCounts {
     /// Messages received on the sync-data queue (records, rejects, syncEnd).
@@ -203,7 +206,7 @@ pub struct RunCounts {
 }
 
 /// One run, as stored.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", default)]
 pub struct RunRecord {
     #[serde(rename = "_id")]
@@ -378,6 +381,7 @@ mod tests {
             RunOutcome::Abandoned.as_str(),
             crate::state::history::ABANDONED
         );
+        assert_eq!(RunOutcome::Refused.as_str(), crate::state::history::REFUSED);
         let stored = bson::to_document(&RunRecord::start("r", Trigger::Cli, false, false)).unwrap();
         assert_eq!(
             stored.get_str("outcome").unwrap(),

@@ -149,7 +149,7 @@ pub async fn concrete_indices_named(
 }
 
 /// One alias moving: from its current holders to its new generation.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default)]
 pub struct AliasMove {
     pub alias: String,

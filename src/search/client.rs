@@ -4,13 +4,16 @@
 use std::time::Duration;
 
 use opensearch::auth::Credentials;
+use opensearch::cert::{Certificate, CertificateValidation};
 use opensearch::http::headers::{HeaderMap, HeaderValue, CONTENT_TYPE};
 use opensearch::http::transport::{SingleNodeConnectionPool, TransportBuilder};
 use opensearch::http::Method;
 use opensearch::OpenSearch;
 use serde_json::Value;
 
-use crate::config::OpenSearchSettings;
+use tracing::warn;
+
+use crate::config::{redact_uri, OpenSearchSettings};
 use crate::retry::Retriable;
 use crate::text::clip;
 
@@ -60,9 +63,52 @@ pub struct SearchClient {
 }
 
 impl SearchClient {
+    /// A client from settings without SigV4 (which needs [`connect`](Self::connect)
+    /// to load AWS credentials).
     pub fn new(settings: &OpenSearchSettings) -> Result<Self, SearchError> {
+        if settings.aws_sigv4.is_some() {
+            return Err(SearchError::Invalid(
+                "opensearch.aws_sigv4 needs the credentials of the AWS provider chain; use SearchClient::connect".into(),
+            ));
+        }
+        Self::build(settings, None)
+    }
+
+    /// A client from settings, with SigV4 signing when `opensearch.aws_sigv4`
+    /// is set (credentials from the standard AWS provider chain: the
+    /// environment, the profile, the ECS task role, web identity, instance
+    /// metadata).
+    pub async fn connect(settings: &OpenSearchSettings) -> Result<Self, SearchError> {
+        let sigv4 = match &settings.aws_sigv4 {
+            None => None,
+            Some(aws) => {
+                let region = aws_types::region::Region::new(aws.region.clone());
+                let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+                    .region(region.clone())
+                    .load()
+                    .await;
+                let provider = config.credentials_provider().ok_or_else(|| {
+                    SearchError::Invalid(
+                        "opensearch.aws_sigv4: the AWS provider chain found no credentials provider".into(),
+                    )
+                })?;
+                Some((provider, region, aws.service.clone()))
+            }
+        };
+        Self::build(settings, sigv4)
+    }
+
+    fn build(
+        settings: &OpenSearchSettings,
+        sigv4: Option<(
+            aws_credential_types::provider::SharedCredentialsProvider,
+            aws_types::region::Region,
+            String,
+        )>,
+    ) -> Result<Self, SearchError> {
+        let shown = redact_uri(&settings.url).unwrap_or_else(|| settings.url.clone());
         let url = url::Url::parse(&settings.url)
-            .map_err(|e| SearchError::Invalid(format!("opensearch.url {:?}: {e}", settings.url)))?;
+            .map_err(|e| SearchError::Invalid(format!("opensearch.url {shown:?}: {e}")))?;
         let mut builder = TransportBuilder::new(SingleNodeConnectionPool::new(url))
             .timeout(Duration::from_secs(settings.request_timeout_secs))
             .disable_proxy();
@@ -72,15 +118,40 @@ impl SearchClient {
                 password.expose().to_string(),
             ));
         }
+        if let Some((provider, region, service)) = sigv4 {
+            builder = builder
+                .auth(Credentials::AwsSigV4(provider, region))
+                .service_name(&service);
+        }
+        if let Some(ca) = &settings.ca_file {
+            let pem = std::fs::read(ca).map_err(|e| {
+                SearchError::Invalid(format!(
+                    "cannot read opensearch.ca_file {}: {e}",
+                    ca.display()
+                ))
+            })?;
+            let certificate = Certificate::from_pem(&pem).map_err(|e| {
+                SearchError::Invalid(format!(
+                    "opensearch.ca_file {} is not a PEM certificate: {e}",
+                    ca.display()
+                ))
+            })?;
+            builder = builder.cert_validation(CertificateValidation::Full(certificate));
+        }
+        if settings.tls_insecure {
+            warn!("opensearch.tls_insecure is set: certificates of OpenSearch are NOT verified.");
+            builder = builder.cert_validation(CertificateValidation::None);
+        }
         let transport = builder.build().map_err(|e| {
             SearchError::Invalid(format!("cannot build the OpenSearch client: {e}"))
         })?;
         Ok(Self {
             inner: OpenSearch::new(transport),
-            url: settings.url.clone(),
+            url: shown,
         })
     }
 
+    /// The node's URL, credentials redacted.
     pub fn url(&self) -> &str {
         &self.url
     }

@@ -42,7 +42,7 @@ impl std::fmt::Display for Generation {
 }
 
 /// The lifecycle marker kept in `_meta.state`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum GenerationState {
     /// Created, loading with build settings. A building generation whose run
@@ -73,11 +73,12 @@ impl std::fmt::Display for GenerationState {
 }
 
 /// What built a generation, stored in the index mapping's `_meta`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct GenerationMeta {
     pub run_id: String,
     /// What each source delivered, as the run reports it (`null` until set).
     #[serde(default)]
+    #[schema(value_type = Object)]
     pub source_counts: Value,
     pub template_sha256: String,
     /// RFC 3339 creation time.
@@ -122,10 +123,12 @@ impl GenerationMeta {
 }
 
 /// One generation as `rebuilder generations` lists it.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct GenerationInfo {
     pub name: String,
+    /// `masterdoctorindex` or `recommendationindex`.
     #[serde(serialize_with = "family_as_str")]
+    #[schema(value_type = String)]
     pub family: Family,
     /// From `_meta.created`, else the index creation date (RFC 3339).
     pub created: String,

@@ -8,6 +8,7 @@ pub mod generations;
 pub mod reindex;
 pub mod retention;
 pub mod templates;
+pub mod updates;
 
 pub use bulk::{
     BulkItem, BulkOutcome, BulkOutcomes, BulkProgress, BulkSender, BulkStats, BulkWriter,

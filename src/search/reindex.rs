@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use opensearch::http::Method;
 use serde::Serialize;
 use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use super::client::{SearchClient, SearchError};
@@ -56,12 +57,15 @@ impl Default for ReindexOptions {
 }
 
 /// Copies every document of `source` into `dest` and waits for the task.
-/// Fails if the task reports an error or any failed document.
+/// Fails if the task reports an error or any failed document. When `stop`
+/// is cancelled, the task is cancelled on the server and waited for (so
+/// that nothing writes into `dest` afterwards), then this fails.
 pub async fn reindex(
     client: &SearchClient,
     source: &str,
     dest: &str,
     options: ReindexOptions,
+    stop: &CancellationToken,
 ) -> Result<ReindexReport, SearchError> {
     let started = Instant::now();
     let body = json!({
@@ -89,14 +93,29 @@ pub async fn reindex(
 
     let mut polls = 0;
     let task_path = format!("/_tasks/{task}");
+    let mut cancelled = false;
     let finished = loop {
-        tokio::time::sleep(options.poll_interval).await;
+        tokio::select! {
+            _ = tokio::time::sleep(options.poll_interval) => {}
+            _ = stop.cancelled(), if !cancelled => {
+                cancelled = true;
+                info!(%task, "Cancelling the reindex task.");
+                let _ = client
+                    .request(Method::Post, &format!("{task_path}/_cancel"), &[], None)
+                    .await;
+            }
+        }
         polls += 1;
         let state = with_retry(&options.retry, "looking up the reindex task", || {
             client.json(Method::Get, &task_path, &[], None)
         })
         .await?;
         if state["completed"].as_bool() == Some(true) {
+            if cancelled {
+                return Err(SearchError::Invalid(format!(
+                    "reindex {source} -> {dest} (task {task}) was cancelled on request"
+                )));
+            }
             break state;
         }
         let status = &state["task"]["status"];

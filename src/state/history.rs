@@ -3,7 +3,8 @@
 //! show a live run's progress from any process. The store is generic over
 //! the record the rebuild defines; it relies on two fields only: `_id`, the
 //! run id (ids start with their UTC start time, so they sort by age), and
-//! `outcome`, which reads [`RUNNING`] while the run lives.
+//! `outcome`, which reads [`RUNNING`] while the run lives and [`REFUSED`]
+//! for an attempt that was refused.
 
 use std::marker::PhantomData;
 
@@ -20,6 +21,9 @@ use crate::config::MongoSettings;
 pub const RUNNING: &str = "running";
 /// The `outcome` [`RunHistory::mark_abandoned`] gives a run whose process died.
 pub const ABANDONED: &str = "abandoned";
+/// The `outcome` of an attempt refused before it did anything (the lease
+/// was held); [`RunHistory::current_or_last`] passes over those.
+pub const REFUSED: &str = "refused";
 
 /// The runs collection, holding records of type `R`.
 #[derive(Debug)]
@@ -87,7 +91,8 @@ impl<R: Serialize + DeserializeOwned> RunHistory<R> {
             .collect()
     }
 
-    /// The newest run still running, else the newest run.
+    /// The newest run still running, else the newest run that was not
+    /// refused (a refused attempt did nothing to show).
     pub async fn current_or_last(&self) -> Result<Option<R>, StateError> {
         let running = self
             .collection
@@ -98,7 +103,7 @@ impl<R: Serialize + DeserializeOwned> RunHistory<R> {
             Some(d) => Some(d),
             None => {
                 self.collection
-                    .find_one(doc! {})
+                    .find_one(doc! {"outcome": {"$ne": REFUSED}})
                     .sort(doc! {"_id": -1})
                     .await?
             }

@@ -3,8 +3,8 @@
 //! node, for one or several batch sizes and concurrencies.
 //!
 //! ```text
-//! cargo run --release --example bulk_throughput -- --docs 200000
-//! cargo run --release --example bulk_throughput -- --docs 200000 \
+//! cargo run --release -p rebuilder-bench --bin bulk-throughput -- --docs 200000
+//! cargo run --release -p rebuilder-bench --bin bulk-throughput -- --docs 200000 \
 //!     --batch-docs 500,1000,2000,5000 --concurrency 2,4,8 --repeat 2
 //! ```
 //!

@@ -22,6 +22,7 @@ pub mod rollback;
 pub mod validate;
 
 use serde_json::Value;
+use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 pub use promote::{GenerationChange, MoveKind, PlannedMove, PromoteError, PromotionReport};
@@ -54,7 +55,7 @@ impl Engine {
     /// Loads the templates (built in, or from `settings.templates_dir`) and
     /// checks that OpenSearch answers.
     pub async fn new(settings: &Settings) -> Result<Engine, SearchError> {
-        let client = SearchClient::new(&settings.opensearch)?;
+        let client = SearchClient::connect(&settings.opensearch).await?;
         client.version().await?;
         Self::with_client(client, settings)
     }
@@ -167,6 +168,19 @@ impl Engine {
         master: &Generation,
         run_id: &str,
     ) -> Result<(Generation, ReindexReport), SearchError> {
+        self.build_recommendation_generation_until(master, run_id, &CancellationToken::new())
+            .await
+    }
+
+    /// [`build_recommendation_generation`](Self::build_recommendation_generation),
+    /// giving up (the reindex task cancelled and waited for) when `stop` is
+    /// cancelled.
+    pub async fn build_recommendation_generation_until(
+        &self,
+        master: &Generation,
+        run_id: &str,
+        stop: &CancellationToken,
+    ) -> Result<(Generation, ReindexReport), SearchError> {
         self.expect_family(master, Family::Master)?;
         let refresh = format!("/{}/_refresh", master.name);
         with_retry(&self.retry, "refreshing the master generation", || {
@@ -182,6 +196,7 @@ impl Engine {
             &master.name,
             &generation.name,
             self.reindex_options,
+            stop,
         )
         .await?;
         self.finish_load(&generation).await?;

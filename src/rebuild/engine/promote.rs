@@ -51,7 +51,7 @@ impl PromoteError {
 }
 
 /// Promotion or rollback.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum MoveKind {
     #[default]
@@ -60,7 +60,7 @@ pub enum MoveKind {
 }
 
 /// Which generation served a family before and after a move.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default)]
 pub struct GenerationChange {
     pub from: Option<String>,
@@ -68,7 +68,7 @@ pub struct GenerationChange {
 }
 
 /// What one promotion or rollback did.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default)]
 pub struct PromotionReport {
     pub kind: MoveKind,

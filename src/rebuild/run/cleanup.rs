@@ -12,7 +12,7 @@ use super::RunContext;
 use crate::config::Settings;
 use crate::rebuild::engine::Engine;
 use crate::rebuild::record::RunPhase;
-use crate::rebuild::Refused;
+use crate::rebuild::{LeaseHeld, Refused};
 use crate::retry::{with_retry, RetryPolicy};
 use crate::state::lease::{lease_collection, Lease, LeaseHolder, REBUILD_LEASE};
 use crate::state::StateError;
@@ -38,7 +38,11 @@ pub(crate) async fn take_lease(
         Ok(lease) => Ok(lease),
         Err(held @ StateError::Held { .. }) => {
             warn!(run_id = %run_id, "Refused: the lease is held.");
-            Err(anyhow!(Refused(held_message(&held))))
+            let holder = match &held {
+                StateError::Held { run_id, .. } => run_id.clone(),
+                _ => String::new(),
+            };
+            Err(anyhow!(Refused(held_message(&held))).context(LeaseHeld { run_id: holder }))
         }
         Err(e) => Err(e).context("while taking the rebuild lease"),
     }

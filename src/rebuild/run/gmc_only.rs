@@ -64,7 +64,7 @@ pub(super) async fn write(
                 .context("while writing GMC-only doctors")?;
         }
         context.tracker.checkpoint().await;
-        context.check_lease()?;
+        context.check_continue()?;
     }
     if pages.resumes() > 0 {
         warn!(

@@ -5,11 +5,13 @@
 //! After `syncEnd` the GMC-only doctors follow. A failure stops everything
 //! and closes the sync: unacked messages go back to the queue.
 
+use std::future::IntoFuture;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use tokio::sync::mpsc;
-use tracing::info;
+use tracing::{info, warn};
 
 use super::outcomes::Sources;
 use super::settle::{drain, Ticket};
@@ -25,6 +27,32 @@ pub(super) struct Loaded {
     pub doctors: u64,
     /// Ids whose document failed for good.
     pub failed_ids: Vec<String>,
+}
+
+/// How long a failed load waits for the requests already in flight.
+const IN_FLIGHT_GRACE: Duration = Duration::from_secs(30);
+
+/// Stops a failed load: no more acks (unacked messages go back to the
+/// queue), and the writer finishes the requests already sent (bounded), so
+/// that none lands after the generation is deleted: a `_bulk` into a
+/// missing index would create it with a dynamic mapping.
+async fn stop_writing(
+    settling: tokio::task::JoinHandle<Result<super::settle::Drained, crate::sources::SourceError>>,
+    writer: crate::search::BulkWriter,
+) {
+    settling.abort();
+    let progress = writer.progress();
+    let mut handle = writer.into_future();
+    if tokio::time::timeout(IN_FLIGHT_GRACE, &mut handle)
+        .await
+        .is_err()
+    {
+        warn!(
+            requests = progress.snapshot().requests,
+            "The bulk writer did not finish its requests in time; stopping it."
+        );
+        handle.abort();
+    }
 }
 
 /// Creates the master generation the load writes into.
@@ -80,8 +108,7 @@ pub(super) async fn run(
     }
     drop(sender);
     if let Err(e) = sent {
-        writer.abort();
-        settling.abort();
+        stop_writing(settling, writer).await;
         sync.close().await;
         return Err(e);
     }

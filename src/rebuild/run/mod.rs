@@ -39,12 +39,13 @@ mod tracker;
 mod validate;
 
 use anyhow::{anyhow, Context};
-use tracing::{info, warn};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, info_span, warn, Instrument};
 
 use super::engine::Engine;
-use super::is_refusal;
 use super::progress::Progress;
 use super::record::{new_run_id, RunHistory, RunOutcome, RunRecord, Trigger};
+use super::{is_abort, is_refusal, Aborted};
 use crate::config::Settings;
 use crate::retry::RetryPolicy;
 use crate::sources::mongo_client;
@@ -64,6 +65,9 @@ pub struct RunOptions {
     pub bars: bool,
     /// Use this run id instead of a new one.
     pub run_id: Option<String>,
+    /// Cancelling it stops the run at its next safe point, recorded as
+    /// `aborted` (SIGTERM of the service, Ctrl-C of `rebuilder run`).
+    pub cancel: CancellationToken,
 }
 
 /// What one run works with, handed from step to step.
@@ -83,20 +87,51 @@ impl RunContext<'_> {
         self.tracker.record.id.clone()
     }
 
-    /// Fails when the lease was lost: the run must stop before it writes
-    /// anything that another run may be writing too.
-    fn check_lease(&self) -> anyhow::Result<()> {
-        match self.lease.lost_reason() {
-            Some(reason) => Err(anyhow!("the lease was lost mid-run: {reason}")),
-            None => Ok(()),
+    /// The check at every safe point: fails when the lease was lost (the run
+    /// must stop before it writes anything another run may write too) or
+    /// when the run was asked to stop.
+    fn check_continue(&self) -> anyhow::Result<()> {
+        if let Some(reason) = self.lease.lost_reason() {
+            return Err(anyhow!("the lease was lost mid-run: {reason}"));
+        }
+        if self.options.cancel.is_cancelled() {
+            return Err(anyhow!(Aborted(
+                "asked to stop; stopped at a safe point".into()
+            )));
+        }
+        Ok(())
+    }
+
+    /// `work`, unless the run is asked to stop first.
+    async fn cancellable<T>(
+        &self,
+        work: impl std::future::Future<Output = anyhow::Result<T>>,
+    ) -> anyhow::Result<T> {
+        tokio::select! {
+            done = work => done,
+            _ = self.options.cancel.cancelled() => Err(anyhow!(Aborted(
+                "asked to stop; stopped while waiting for a server".into()
+            ))),
         }
     }
 }
 
-/// Runs one rebuild from start to end and returns its record. A held lease
-/// or a failed gate is an error carrying [`Refused`](crate::rebuild::Refused); every run, refused
-/// ones included, is recorded.
-pub async fn run_rebuild(settings: &Settings, options: RunOptions) -> anyhow::Result<RunRecord> {
+/// A run that holds the lease and is recorded as running: what
+/// [`start_run`] gives, so that a caller (the service) can answer with its
+/// id before the work is done.
+pub struct StartedRun {
+    settings: Settings,
+    options: RunOptions,
+    mongo: mongodb::Client,
+    lease: Lease,
+    tracker: Tracker,
+}
+
+/// Takes the lease and records the run as running. A held lease is an
+/// error carrying [`Refused`](crate::rebuild::Refused) and
+/// [`LeaseHeld`](crate::rebuild::LeaseHeld) naming the holder; the refused
+/// attempt is recorded too.
+pub async fn start_run(settings: &Settings, options: RunOptions) -> anyhow::Result<StartedRun> {
     let run_id = options.run_id.clone().unwrap_or_else(new_run_id);
     let mongo = mongo_client(&settings.mongodb)
         .await
@@ -104,7 +139,6 @@ pub async fn run_rebuild(settings: &Settings, options: RunOptions) -> anyhow::Re
     let history = RunHistory::new(&mongo, &settings.mongodb);
     let record = RunRecord::start(&run_id, options.trigger, options.dry_run, options.force);
     let mut tracker = Tracker::new(history, record);
-
     let lease = match cleanup::take_lease(settings, &mongo, &run_id).await {
         Ok(lease) => lease,
         Err(error) => {
@@ -118,61 +152,99 @@ pub async fn run_rebuild(settings: &Settings, options: RunOptions) -> anyhow::Re
             return Err(error);
         }
     };
-    info!(run_id = %run_id, trigger = %options.trigger, dry_run = options.dry_run, "Rebuild started.");
-
-    let result = match Engine::new(settings)
-        .await
-        .context("while connecting to OpenSearch")
-    {
-        Ok(engine) => {
-            let mut context = RunContext {
-                settings,
-                options: &options,
-                lease: &lease,
-                engine,
-                mongo,
-                progress: if options.bars {
-                    Progress::for_stderr()
-                } else {
-                    Progress::logs()
-                },
-                retry: RetryPolicy::new(&settings.retry),
-                tracker,
-            };
-            let result = execute(&mut context).await;
-            if result.is_err() {
-                // Nothing moved; delete what this run half-built, best
-                // effort (the next run would delete it anyway).
-                cleanup::delete_own_half_built(&context.engine, &run_id).await;
-            }
-            tracker = context.tracker;
-            result
-        }
-        Err(e) => Err(e),
-    };
-    let outcome = outcome_of(&result);
-    tracker
-        .record
-        .finish(outcome, result.as_ref().err().map(|e| format!("{e:#}")));
     tracker.save_now().await;
-    if let Err(e) = lease.release().await {
-        warn!(error = %e, "Could not release the lease; it expires by itself.");
+    info!(run_id = %run_id, trigger = %options.trigger, dry_run = options.dry_run, "Rebuild started.");
+    Ok(StartedRun {
+        settings: settings.clone(),
+        options,
+        mongo,
+        lease,
+        tracker,
+    })
+}
+
+/// Runs one rebuild from start to end and returns its record. A held lease
+/// or a failed gate is an error carrying [`Refused`](crate::rebuild::Refused);
+/// every run, refused ones included, is recorded.
+pub async fn run_rebuild(settings: &Settings, options: RunOptions) -> anyhow::Result<RunRecord> {
+    start_run(settings, options).await?.finish().await
+}
+
+impl StartedRun {
+    pub fn id(&self) -> &str {
+        &self.tracker.record.id
     }
-    let record = tracker.record;
-    info!(
-        run_id = %record.id,
-        outcome = %record.outcome,
-        secs = record.duration_ms() / 1000,
-        docs = record.counts.docs_expected,
-        "Rebuild ended."
-    );
-    result.map(|_| record)
+
+    /// Does the work, records how it ended and releases the lease. Every
+    /// log line of the run carries its `run_id`.
+    pub async fn finish(self) -> anyhow::Result<RunRecord> {
+        let span = info_span!("run", run_id = %self.tracker.record.id);
+        self.finish_in_span().instrument(span).await
+    }
+
+    async fn finish_in_span(self) -> anyhow::Result<RunRecord> {
+        let StartedRun {
+            settings,
+            options,
+            mongo,
+            lease,
+            mut tracker,
+        } = self;
+        let run_id = tracker.record.id.clone();
+        let result = match Engine::new(&settings)
+            .await
+            .context("while connecting to OpenSearch")
+        {
+            Ok(engine) => {
+                let mut context = RunContext {
+                    settings: &settings,
+                    options: &options,
+                    lease: &lease,
+                    engine,
+                    mongo,
+                    progress: if options.bars {
+                        Progress::for_stderr()
+                    } else {
+                        Progress::logs()
+                    },
+                    retry: RetryPolicy::new(&settings.retry),
+                    tracker,
+                };
+                let result = execute(&mut context).await;
+                if result.is_err() {
+                    // Nothing moved; delete what this run half-built, best
+                    // effort (the next run would delete it anyway).
+                    cleanup::delete_own_half_built(&context.engine, &run_id).await;
+                }
+                tracker = context.tracker;
+                result
+            }
+            Err(e) => Err(e),
+        };
+        let outcome = outcome_of(&result);
+        tracker
+            .record
+            .finish(outcome, result.as_ref().err().map(|e| format!("{e:#}")));
+        tracker.save_now().await;
+        if let Err(e) = lease.release().await {
+            warn!(error = %e, "Could not release the lease; it expires by itself.");
+        }
+        let record = tracker.record;
+        info!(
+            run_id = %record.id,
+            outcome = %record.outcome,
+            secs = record.duration_ms() / 1000,
+            docs = record.counts.docs_expected,
+            "Rebuild ended."
+        );
+        result.map(|_| record)
+    }
 }
 
 /// The steps, in order; each records its phase.
 async fn execute(context: &mut RunContext<'_>) -> anyhow::Result<RunOutcome> {
-    context.tracker.save_now().await;
     cleanup::run(context).await?;
+    context.check_continue()?;
     let sources = outcomes::run(context).await?;
     let master = match load::create_master(context).await {
         Ok(master) => master,
@@ -182,12 +254,16 @@ async fn execute(context: &mut RunContext<'_>) -> anyhow::Result<RunOutcome> {
         }
     };
     let loaded = load::run(context, &master, sources).await?;
+    context.check_continue()?;
     let gates = validate::run(context, &master, loaded).await?;
+    context.check_continue()?;
     let recommendation = recommendation::run(context, &master).await?;
     if context.options.dry_run {
         info!(master = %master.name, recommendation = %recommendation.name, "Dry run: built and validated, not promoted.");
         return Ok(RunOutcome::DryRun);
     }
+    // The last safe point: from here on the run promotes, and finishes.
+    context.check_continue()?;
     promote::run(context, &master, &recommendation, &gates).await?;
     Ok(RunOutcome::Succeeded)
 }
@@ -196,6 +272,7 @@ async fn execute(context: &mut RunContext<'_>) -> anyhow::Result<RunOutcome> {
 fn outcome_of(result: &anyhow::Result<RunOutcome>) -> RunOutcome {
     match result {
         Ok(outcome) => *outcome,
+        Err(e) if is_abort(e) => RunOutcome::Aborted,
         Err(e) if is_refusal(e) => RunOutcome::Refused,
         Err(_) => RunOutcome::Failed,
     }
@@ -217,5 +294,8 @@ mod tests {
         assert_eq!(outcome_of(&refused), RunOutcome::Refused);
         let broken: anyhow::Result<RunOutcome> = Err(anyhow!("OpenSearch answered 500"));
         assert_eq!(outcome_of(&broken), RunOutcome::Failed);
+        let stopped: anyhow::Result<RunOutcome> =
+            Err(anyhow!(Aborted("asked to stop".into()))).context("while loading");
+        assert_eq!(outcome_of(&stopped), RunOutcome::Aborted);
     }
 }

@@ -40,22 +40,23 @@ pub(super) async fn run(context: &mut RunContext<'_>) -> anyhow::Result<Sources>
         .context("while starting the TCS sync")?;
     context.tracker.record.counts.tcs_stale_discarded = sync.purged_stale;
     let mut gmc = GmcSource::new(&context.mongo, &context.settings.mongodb);
-    let loaded = async {
-        let numeric = with_retry(
-            &context.retry,
-            "the look at the ids of doctorsForDB",
-            || gmc.has_numeric_ids(),
-        )
-        .await
-        .context("while looking at the ids of doctorsForDB")?;
-        gmc.set_numeric_ids(numeric);
-        with_retry(&context.retry, "the outcome aggregation", || {
-            gmc.latest_outcomes()
+    let loaded = context
+        .cancellable(async {
+            let numeric = with_retry(
+                &context.retry,
+                "the look at the ids of doctorsForDB",
+                || gmc.has_numeric_ids(),
+            )
+            .await
+            .context("while looking at the ids of doctorsForDB")?;
+            gmc.set_numeric_ids(numeric);
+            with_retry(&context.retry, "the outcome aggregation", || {
+                gmc.latest_outcomes()
+            })
+            .await
+            .context("while loading the latest recommendation outcomes")
         })
-        .await
-        .context("while loading the latest recommendation outcomes")
-    }
-    .await;
+        .await;
     let (outcomes, load) = match loaded {
         Ok(loaded) => loaded,
         Err(e) => {

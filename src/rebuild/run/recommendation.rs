@@ -14,11 +14,18 @@ pub(super) async fn run(
     master: &Generation,
 ) -> anyhow::Result<Generation> {
     context.tracker.begin(RunPhase::Recommendation).await;
-    let (recommendation, reindex) = context
+    let built = context
         .engine
-        .build_recommendation_generation(master, &context.run_id())
-        .await
-        .context("while building the recommendation generation")?;
+        .build_recommendation_generation_until(master, &context.run_id(), &context.options.cancel)
+        .await;
+    let (recommendation, reindex) = match built {
+        Ok(built) => built,
+        Err(e) => {
+            // A reindex cancelled because the run was asked to stop is an abort.
+            context.check_continue()?;
+            return Err(e).context("while building the recommendation generation");
+        }
+    };
     context
         .tracker
         .record

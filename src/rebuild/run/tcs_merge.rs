@@ -99,7 +99,7 @@ pub(super) async fn consume(
     let mut progress = context.progress.phase(RunPhase::TcsMerge, "messages", None);
     let closed = || anyhow!("the merge stage stopped");
     loop {
-        context.check_lease()?;
+        context.check_continue()?;
         let event = sync
             .next_within(batcher.wait())
             .await

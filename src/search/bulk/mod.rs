@@ -94,8 +94,8 @@ pub struct BulkOutcome<T> {
 
 /// What a writer did: read live from [`BulkProgress`], returned whole by
 /// the [`BulkWriter`] when the stream ends, and kept in the run record.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(default, rename_all = "camelCase")]
 pub struct BulkStats {
     /// Items received from the sender.
     pub docs: u64,

@@ -16,6 +16,7 @@ use super::limiter::Permit;
 use super::{BulkItem, BulkOutcome, Counters, ItemOutcome};
 use crate::retry::RetryPolicy;
 use crate::search::client::SearchClient;
+use crate::telemetry::metric;
 
 /// Only the parts of a `_bulk` answer the classification reads.
 const FILTER_PATH: &str =
@@ -54,6 +55,7 @@ pub(super) async fn send_batch<T: Send + 'static>(
         };
         let delay = delay.min(context.retry.max_backoff);
         Counters::add(&context.counters.retried_items, retries.items.len() as u64);
+        metrics::counter!(metric::RETRIED_ITEMS).increment(retries.items.len() as u64);
         debug!(
             items = retries.items.len(),
             status = retries.status,
@@ -79,6 +81,7 @@ async fn send_once<T>(
     encode_items(&pending, &mut body);
     Counters::add(&counters.requests, 1);
     Counters::add(&counters.bytes, body.len() as u64);
+    let sent_at = std::time::Instant::now();
     let answer = context
         .client
         .request_bytes(
@@ -89,6 +92,7 @@ async fn send_once<T>(
             "application/x-ndjson",
         )
         .await;
+    metrics::histogram!(metric::BULK_REQUEST_SECONDS).record(sent_at.elapsed().as_secs_f64());
     let sent: Vec<SentItem<'_>> = pending
         .iter()
         .map(|i| SentItem {
@@ -111,6 +115,7 @@ async fn send_once<T>(
     if throttled > 0 {
         Counters::add(&counters.throttled_429, throttled);
         Counters::add(&counters.throttled_responses, 1);
+        metrics::counter!(metric::THROTTLED_ANSWERS).increment(1);
     }
     permit.record(throttled > 0);
 
@@ -119,10 +124,11 @@ async fn send_once<T>(
         status: 0,
         reason: String::new(),
     };
+    let mut written = 0u64;
     for (item, verdict) in pending.into_iter().zip(verdicts) {
         let outcome = match verdict {
             ItemVerdict::Written => {
-                Counters::add(&counters.written, 1);
+                written += 1;
                 ItemOutcome::Written
             }
             ItemVerdict::Superseded => {
@@ -146,6 +152,8 @@ async fn send_once<T>(
         };
         emit(context, item, outcome).await;
     }
+    Counters::add(&counters.written, written);
+    metrics::counter!(metric::DOCUMENTS_WRITTEN).increment(written);
     retries
 }
 

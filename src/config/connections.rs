@@ -1,0 +1,153 @@
+//! The connection sections: OpenSearch, RabbitMQ and MongoDB, with their
+//! TLS, credential and production options. Certificate verification is on
+//! unless a section's `tls_insecure` says otherwise (logged as a warning at
+//! every start). Credentials come from the settings file, the environment or
+//! a `*_file` (read at start), never from the command line.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::Secret;
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OpenSearchSettings {
+    pub url: String,
+    /// Basic authentication (with `password` or `password_file`).
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    /// A file holding the password (its trailing newline is dropped).
+    pub password_file: Option<PathBuf>,
+    /// AWS SigV4 signing for Amazon OpenSearch Service, with credentials
+    /// from the standard AWS provider chain (environment, profile, ECS task
+    /// role, web identity, instance metadata).
+    pub aws_sigv4: Option<AwsSigV4Settings>,
+    /// A PEM file of the certificate authority to trust (besides the system's).
+    pub ca_file: Option<PathBuf>,
+    /// Accept any certificate (never in production; warned at every start).
+    pub tls_insecure: bool,
+    pub request_timeout_secs: u64,
+}
+
+impl Default for OpenSearchSettings {
+    fn default() -> Self {
+        Self {
+            url: "http://127.0.0.1:9200".into(),
+            username: None,
+            password: None,
+            password_file: None,
+            aws_sigv4: None,
+            ca_file: None,
+            tls_insecure: false,
+            request_timeout_secs: 120,
+        }
+    }
+}
+
+/// SigV4 request signing.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AwsSigV4Settings {
+    /// The AWS region of the domain, for example `eu-west-2`.
+    pub region: String,
+    /// `es` for an OpenSearch Service domain, `aoss` for OpenSearch Serverless.
+    pub service: String,
+}
+
+impl Default for AwsSigV4Settings {
+    fn default() -> Self {
+        Self {
+            region: String::new(),
+            service: "es".into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RabbitSettings {
+    /// amqp:// or amqps:// URI, including the vhost.
+    pub uri: Secret,
+    /// A file holding the URI (for credentials kept out of the settings).
+    pub uri_file: Option<PathBuf>,
+    /// A PEM file of the certificate authority to trust for amqps://.
+    pub ca_file: Option<PathBuf>,
+    pub exchange: String,
+    pub sync_start_queue: String,
+    pub sync_start_routing_key: String,
+    pub sync_data_queue: String,
+    pub sync_data_routing_key: String,
+    pub update_queue: String,
+    pub update_routing_key: String,
+    /// Where unparseable or unusable TCS messages go, with the reason in a header.
+    pub dead_letter_queue: String,
+    pub prefetch: u16,
+    /// A sync that stays silent this long fails the run.
+    pub idle_timeout_secs: u64,
+}
+
+impl Default for RabbitSettings {
+    fn default() -> Self {
+        Self {
+            uri: Secret::new("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            uri_file: None,
+            ca_file: None,
+            exchange: "reval.exchange".into(),
+            sync_start_queue: "reval.queue.connection.syncstart".into(),
+            sync_start_routing_key: "reval.connection.syncstart".into(),
+            sync_data_queue: "reval.queue.connection.syncdata".into(),
+            sync_data_routing_key: "reval.connection.syncdata".into(),
+            update_queue: "reval.queue.connection.update".into(),
+            update_routing_key: "reval.connection.update".into(),
+            dead_letter_queue: "reval.queue.connection.syncdata.dlq".into(),
+            prefetch: 2000,
+            idle_timeout_secs: 60,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MongoSettings {
+    pub uri: Secret,
+    /// A file holding the URI (for credentials kept out of the settings).
+    pub uri_file: Option<PathBuf>,
+    /// A PEM file of the certificate authority (DocumentDB's
+    /// `global-bundle.pem`); setting it turns TLS on.
+    pub ca_file: Option<PathBuf>,
+    /// Accept any certificate (never in production; warned at every start).
+    pub tls_insecure: bool,
+    pub database: String,
+    pub doctors_collection: String,
+    pub recommendation_collection: String,
+    /// Database holding the run state (lease, run history); defaults to `database`.
+    pub state_database: Option<String>,
+    pub lease_collection: String,
+    pub runs_collection: String,
+    pub batch_size: u32,
+}
+
+impl Default for MongoSettings {
+    fn default() -> Self {
+        Self {
+            uri: Secret::new("mongodb://127.0.0.1:27017/?retryWrites=false"),
+            uri_file: None,
+            ca_file: None,
+            tls_insecure: false,
+            database: "revalidation".into(),
+            doctors_collection: "doctorsForDB".into(),
+            recommendation_collection: "recommendation".into(),
+            state_database: None,
+            lease_collection: "rebuilderLease".into(),
+            runs_collection: "rebuilderRuns".into(),
+            batch_size: 1000,
+        }
+    }
+}
+
+impl MongoSettings {
+    pub fn state_database(&self) -> &str {
+        self.state_database.as_deref().unwrap_or(&self.database)
+    }
+}

@@ -1,0 +1,143 @@
+//! The sections of `rebuilder serve`: the HTTP API (address, bearer token,
+//! which endpoints it protects) and the nightly schedule.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::Secret;
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServiceSettings {
+    /// Where the API listens (`0.0.0.0:8080` behind a gateway; port 0 picks one).
+    pub listen: String,
+    /// The bearer token the mutating endpoints require.
+    pub token: Option<Secret>,
+    /// A file holding the token (its trailing newline is dropped).
+    pub token_file: Option<PathBuf>,
+    /// Serve without a token (every endpoint open); logged loudly at start.
+    pub allow_unauthenticated: bool,
+    /// Require the token on the read-only endpoints too.
+    pub protect_reads: bool,
+    /// How long a SIGTERM waits for a run to stop at its next safe point.
+    pub shutdown_grace_secs: u64,
+    /// How long `/readyz` waits for each server.
+    pub ready_timeout_ms: u64,
+}
+
+impl Default for ServiceSettings {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            token: None,
+            token_file: None,
+            allow_unauthenticated: false,
+            protect_reads: false,
+            shutdown_grace_secs: 120,
+            ready_timeout_ms: 2000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScheduleSettings {
+    pub enabled: bool,
+    /// A cron expression: five fields (minute hour day month weekday), or
+    /// six with seconds first.
+    pub cron: String,
+    /// The IANA time zone the expression is read in.
+    pub time_zone: String,
+}
+
+impl Default for ScheduleSettings {
+    /// Every night at 02:00 British time (GMT in winter, BST in summer).
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            cron: "0 2 * * *".into(),
+            time_zone: "Europe/London".into(),
+        }
+    }
+}
+
+impl ScheduleSettings {
+    /// The expression and the time zone, or why they do not parse.
+    pub fn parsed(&self) -> Result<(croner::Cron, chrono_tz::Tz), String> {
+        let zone: chrono_tz::Tz = self.time_zone.trim().parse().map_err(|_| {
+            format!(
+                "time zone {:?} is not an IANA time zone name (for example Europe/London)",
+                self.time_zone
+            )
+        })?;
+        let cron: croner::Cron = self.cron.parse().map_err(|e| {
+            format!(
+                "{:?} is not a cron expression (five fields, or six with seconds first): {e}",
+                self.cron
+            )
+        })?;
+        Ok((cron, zone))
+    }
+
+    /// The first start strictly after `after`, as UTC.
+    pub fn next_after(
+        &self,
+        after: chrono::DateTime<chrono::Utc>,
+    ) -> Result<chrono::DateTime<chrono::Utc>, String> {
+        let (cron, zone) = self.parsed()?;
+        let local = after.with_timezone(&zone);
+        cron.find_next_occurrence(&local, false)
+            .map(|t| t.with_timezone(&chrono::Utc))
+            .map_err(|e| format!("no next start for {:?}: {e}", self.cron))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{TimeZone, Utc};
+
+    #[test]
+    fn the_nightly_default_follows_british_summer_time() {
+        let s = ScheduleSettings::default();
+        // 1 January: GMT, so 02:00 London is 02:00 UTC.
+        let winter = Utc.with_ymd_and_hms(2026, 1, 1, 12, 0, 0).unwrap();
+        assert_eq!(
+            s.next_after(winter).unwrap(),
+            Utc.with_ymd_and_hms(2026, 1, 2, 2, 0, 0).unwrap()
+        );
+        // 1 July: BST, so 02:00 London is 01:00 UTC.
+        let summer = Utc.with_ymd_and_hms(2026, 7, 1, 12, 0, 0).unwrap();
+        assert_eq!(
+            s.next_after(summer).unwrap(),
+            Utc.with_ymd_and_hms(2026, 7, 2, 1, 0, 0).unwrap()
+        );
+    }
+
+    #[test]
+    fn seconds_may_lead_and_bad_values_are_named() {
+        let every_3s = ScheduleSettings {
+            cron: "*/3 * * * * *".into(),
+            ..ScheduleSettings::default()
+        };
+        let t = Utc.with_ymd_and_hms(2026, 3, 1, 0, 0, 1).unwrap();
+        assert_eq!(
+            every_3s.next_after(t).unwrap(),
+            Utc.with_ymd_and_hms(2026, 3, 1, 0, 0, 3).unwrap()
+        );
+        let bad_zone = ScheduleSettings {
+            time_zone: "Mars/Olympus".into(),
+            ..ScheduleSettings::default()
+        };
+        assert!(bad_zone.parsed().unwrap_err().starts_with("time zone"));
+        let bad_cron = ScheduleSettings {
+            cron: "every night".into(),
+            ..ScheduleSettings::default()
+        };
+        assert!(bad_cron
+            .parsed()
+            .unwrap_err()
+            .contains("not a cron expression"));
+    }
+}

@@ -1,0 +1,320 @@
+//! Live changes and what each does to a master document. A change comes
+//! from one source and updates only that source's fields (a TCS change
+//! never touches GMC fields, nor the reverse); a doctor not in the index yet
+//! is created whole, by the merge rules. The update of each change is a pure
+//! function of the change and what its batch looked up (the doctor's GMC
+//! record, its latest outcome), so the live applier and a rebuild's
+//! catch-up apply the same change the same way.
+//!
+//! Shared fields (names, `submissionDate`): GMC wins where it has a value,
+//! as in the merge. A TCS change writes the merged value of them (GMC's when
+//! GMC has one, else TCS's); a GMC change writes GMC's values where it has
+//! them and leaves the others as they are (the index keeps TCS's).
+
+use serde_json::{json, Map, Value};
+
+use super::gmc::{GmcDoctor, GmcStatus};
+use super::gmc_number::GmcNumber;
+use super::master::{merge, MasterDoctor};
+use super::tcs::TcsRecord;
+
+/// One live change, normalized from its source.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Change {
+    /// A trainee's current TCS fields (the update queue).
+    Tcs {
+        number: GmcNumber,
+        record: Box<TcsRecord>,
+    },
+    /// A doctor of `doctorsForDB` inserted, updated or replaced.
+    Doctor {
+        number: GmcNumber,
+        doctor: Box<GmcDoctor>,
+    },
+    /// A doctor deleted from `doctorsForDB`: the doctor left GMC.
+    DoctorLeft { number: GmcNumber },
+    /// A recommendation of this doctor changed: its latest outcome must be
+    /// recomputed.
+    Recommendation { number: GmcNumber },
+}
+
+impl Change {
+    pub fn number(&self) -> &GmcNumber {
+        match self {
+            Change::Tcs { number, .. }
+            | Change::Doctor { number, .. }
+            | Change::DoctorLeft { number }
+            | Change::Recommendation { number } => number,
+        }
+    }
+
+    /// The source, for counting: `tcs`, `doctor`, `doctor_left`, `recommendation`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Change::Tcs { .. } => "tcs",
+            Change::Doctor { .. } => "doctor",
+            Change::DoctorLeft { .. } => "doctor_left",
+            Change::Recommendation { .. } => "recommendation",
+        }
+    }
+}
+
+/// What a batch looked up for one doctor.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Known {
+    /// The doctor in `doctorsForDB`, if there.
+    pub doctor: Option<GmcDoctor>,
+    /// The latest submitted outcome, if any.
+    pub outcome: Option<GmcStatus>,
+}
+
+/// The `_update` of one change against a master document.
+#[derive(Clone, Debug, PartialEq)]
+pub enum DocUpdate {
+    /// Set these fields (null clears one); create `upsert` when absent.
+    Merge { doc: Value, upsert: Value },
+    /// Set these fields when the document exists; nothing otherwise.
+    MergeIfPresent { doc: Value },
+    /// The doctor left GMC: clear the GMC fields and mark it not in GMC when
+    /// TCS knows it, delete the document when only GMC did.
+    LeaveGmc,
+}
+
+/// Fields only TCS gives.
+pub const TCS_FIELDS: &[&str] = &[
+    "tcsPersonId",
+    "programmeName",
+    "membershipType",
+    "membershipStartDate",
+    "membershipEndDate",
+    "curriculumEndDate",
+    "programmeOwner",
+    "tcsDesignatedBody",
+    "placementGrade",
+];
+/// Fields only GMC gives (`gmcStatus` comes from recommendations).
+pub const GMC_FIELDS: &[&str] = &[
+    "designatedBody",
+    "tisStatus",
+    "underNotice",
+    "admin",
+    "existsInGmc",
+    "lastUpdatedDate",
+];
+/// Fields both give; GMC wins where it has a value.
+pub const SHARED_FIELDS: &[&str] = &["doctorFirstName", "doctorLastName", "submissionDate"];
+
+/// The update one change makes, given what was looked up for its doctor.
+pub fn update_for(change: &Change, known: &Known, updated_at: &str) -> DocUpdate {
+    match change {
+        Change::Tcs { number, record } => {
+            let full = merge(
+                number,
+                Some(record),
+                known.doctor.as_ref(),
+                known.outcome,
+                updated_at,
+            );
+            let all = document(&full);
+            let mut doc = pick(&all, TCS_FIELDS, true);
+            doc.extend(pick(&all, SHARED_FIELDS, true));
+            doc.insert("updatedAt".into(), json!(updated_at));
+            DocUpdate::Merge {
+                doc: Value::Object(doc),
+                upsert: Value::Object(all),
+            }
+        }
+        Change::Doctor { number, doctor } => {
+            let full = merge(number, None, Some(doctor), known.outcome, updated_at);
+            let all = document(&full);
+            let mut doc = pick(&all, GMC_FIELDS, true);
+            // GMC's shared values where it has them; TCS's stay otherwise.
+            doc.extend(pick(&all, SHARED_FIELDS, false));
+            doc.insert("updatedAt".into(), json!(updated_at));
+            DocUpdate::Merge {
+                doc: Value::Object(doc),
+                upsert: Value::Object(all),
+            }
+        }
+        Change::DoctorLeft { .. } => DocUpdate::LeaveGmc,
+        Change::Recommendation { .. } => DocUpdate::MergeIfPresent {
+            doc: json!({
+                "gmcStatus": known.outcome.map(|s| s.as_str()),
+                "updatedAt": updated_at,
+            }),
+        },
+    }
+}
+
+/// The painless script of [`DocUpdate::LeaveGmc`]: the GMC fields are
+/// cleared; a doctor TCS knows stays, not in GMC; one only GMC knew goes.
+pub fn leave_gmc_script(updated_at: &str) -> Value {
+    json!({
+        "lang": "painless",
+        "source": "if (ctx._source.tcsPersonId == null) { ctx.op = 'delete'; } else { for (f in params.fields) { ctx._source.remove(f); } ctx._source.existsInGmc = false; ctx._source.updatedAt = params.updatedAt; }",
+        "params": {
+            "fields": ["designatedBody", "tisStatus", "underNotice", "admin", "lastUpdatedDate"],
+            "updatedAt": updated_at,
+        }
+    })
+}
+
+fn document(doc: &MasterDoctor) -> Map<String, Value> {
+    match serde_json::to_value(doc) {
+        Ok(Value::Object(map)) => map,
+        _ => Map::new(),
+    }
+}
+
+/// The named fields of `all`; absent ones as null when `clear_absent`.
+fn pick(all: &Map<String, Value>, fields: &[&str], clear_absent: bool) -> Map<String, Value> {
+    let mut out = Map::new();
+    for f in fields {
+        match all.get(*f) {
+            Some(v) => {
+                out.insert((*f).to_string(), v.clone());
+            }
+            None if clear_absent => {
+                out.insert((*f).to_string(), Value::Null);
+            }
+            None => {}
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n() -> GmcNumber {
+        GmcNumber::parse("7100001").unwrap()
+    }
+
+    fn tcs() -> TcsRecord {
+        TcsRecord {
+            tcs_person_id: Some(5),
+            doctor_first_name: Some("Tcs-First".into()),
+            programme_name: Some("Cardiology".into()),
+            tcs_designated_body: Some("1-AIIDR8".into()),
+            ..TcsRecord::default()
+        }
+    }
+
+    fn gmc() -> GmcDoctor {
+        GmcDoctor {
+            doctor_first_name: Some("Gmc-First".into()),
+            designated_body_code: Some("1-AIIDSA".into()),
+            under_notice: Some("NO".into()),
+            exists_in_gmc: true,
+            ..GmcDoctor::default()
+        }
+    }
+
+    #[test]
+    fn a_tcs_change_sets_only_tcs_fields_and_the_merged_shared_ones() {
+        let change = Change::Tcs {
+            number: n(),
+            record: Box::new(tcs()),
+        };
+        let known = Known {
+            doctor: Some(gmc()),
+            outcome: Some(GmcStatus::Approved),
+        };
+        let DocUpdate::Merge { doc, upsert } = update_for(&change, &known, "t1") else {
+            panic!("a merge")
+        };
+        assert_eq!(doc["programmeName"], "Cardiology");
+        assert_eq!(
+            doc["membershipType"],
+            Value::Null,
+            "absent TCS fields are cleared"
+        );
+        assert_eq!(
+            doc["doctorFirstName"], "Gmc-First",
+            "GMC wins on shared fields"
+        );
+        for gmc_field in GMC_FIELDS.iter().chain(["gmcStatus"].iter()) {
+            assert!(doc.get(*gmc_field).is_none(), "{gmc_field} is not touched");
+        }
+        assert_eq!(
+            upsert["designatedBody"], "1-AIIDSA",
+            "a new doctor is created whole"
+        );
+        assert_eq!(upsert["gmcStatus"], "Approved");
+        assert_eq!(doc["updatedAt"], "t1");
+    }
+
+    #[test]
+    fn a_gmc_change_sets_only_gmc_fields_and_keeps_tcs_names_it_lacks() {
+        let mut doctor = gmc();
+        doctor.doctor_first_name = None;
+        let change = Change::Doctor {
+            number: n(),
+            doctor: Box::new(doctor),
+        };
+        let DocUpdate::Merge { doc, .. } = update_for(&change, &Known::default(), "t2") else {
+            panic!("a merge")
+        };
+        assert_eq!(doc["designatedBody"], "1-AIIDSA");
+        assert_eq!(doc["existsInGmc"], true);
+        assert_eq!(
+            doc["tisStatus"],
+            Value::Null,
+            "absent GMC fields are cleared"
+        );
+        assert!(doc.get("doctorFirstName").is_none(), "TCS's name stays");
+        for tcs_field in TCS_FIELDS {
+            assert!(doc.get(*tcs_field).is_none(), "{tcs_field} is not touched");
+        }
+    }
+
+    #[test]
+    fn a_recommendation_change_recomputes_only_the_status() {
+        let change = Change::Recommendation { number: n() };
+        let some = update_for(
+            &change,
+            &Known {
+                outcome: Some(GmcStatus::UnderReview),
+                ..Known::default()
+            },
+            "t3",
+        );
+        assert_eq!(
+            some,
+            DocUpdate::MergeIfPresent {
+                doc: json!({"gmcStatus": "Under Review", "updatedAt": "t3"})
+            }
+        );
+        let none = update_for(&change, &Known::default(), "t3");
+        assert_eq!(
+            none,
+            DocUpdate::MergeIfPresent {
+                doc: json!({"gmcStatus": null, "updatedAt": "t3"})
+            }
+        );
+    }
+
+    #[test]
+    fn a_doctor_who_left_gmc_is_cleared_or_removed_by_one_script() {
+        assert_eq!(
+            update_for(&Change::DoctorLeft { number: n() }, &Known::default(), "t"),
+            DocUpdate::LeaveGmc
+        );
+        let script = leave_gmc_script("t4");
+        assert_eq!(script["params"]["updatedAt"], "t4");
+        assert!(script["source"]
+            .as_str()
+            .unwrap()
+            .contains("ctx.op = 'delete'"));
+        let cleared: Vec<&str> = script["params"]["fields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        for f in GMC_FIELDS.iter().filter(|f| **f != "existsInGmc") {
+            assert!(cleared.contains(f), "{f} is cleared");
+        }
+    }
+}

@@ -1,0 +1,287 @@
+//! Partial updates of master documents in one `_bulk` request per batch, in
+//! order: the live applier sends them through the write alias (with
+//! `require_alias`, so a missing alias is an error and never a new concrete
+//! index), a rebuild's catch-up to its new generation by name. Items for the
+//! same document are applied in request order by the shard; when some item
+//! must be retried (429, 5xx), the batch is sent again from the first such
+//! item on, so no later change of a doctor is overtaken by an earlier one.
+//! A missing document for an update that only applies to present ones (or
+//! a delete of one already gone) is not a failure.
+
+use opensearch::http::Method;
+use serde_json::{json, Value};
+use tracing::warn;
+
+use super::client::{SearchClient, SearchError};
+use crate::domain::change::leave_gmc_script;
+use crate::domain::DocUpdate;
+use crate::retry::RetryPolicy;
+use crate::text::clip;
+
+/// One document update to send.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UpdateItem {
+    pub id: String,
+    pub update: DocUpdate,
+}
+
+/// What happened to one update.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UpdateResult {
+    Created,
+    Updated,
+    Deleted,
+    /// Nothing to do (the document was absent, or already as asked).
+    Unchanged,
+    /// Refused for good, with the reason.
+    Failed(String),
+}
+
+/// The results of one batch, in order, with what they did to the count of
+/// documents.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct UpdateReport {
+    pub results: Vec<UpdateResult>,
+    pub requests: u64,
+}
+
+impl UpdateReport {
+    /// Documents created minus documents deleted.
+    pub fn net_documents(&self) -> i64 {
+        self.results
+            .iter()
+            .map(|r| match r {
+                UpdateResult::Created => 1,
+                UpdateResult::Deleted => -1,
+                _ => 0,
+            })
+            .sum()
+    }
+
+    pub fn failed(&self) -> usize {
+        self.results
+            .iter()
+            .filter(|r| matches!(r, UpdateResult::Failed(_)))
+            .count()
+    }
+}
+
+/// Where updates go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target<'a> {
+    /// The write alias of the live generation.
+    Alias(&'a str),
+    /// A generation by its name (a catch-up).
+    Generation(&'a str),
+}
+
+/// The NDJSON of `items`, at `updated_at`.
+pub fn encode_updates(items: &[UpdateItem], updated_at: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    for item in items {
+        let action = json!({"update": {"_id": item.id, "retry_on_conflict": 3}});
+        let body = match &item.update {
+            DocUpdate::Merge { doc, upsert } => json!({"doc": doc, "upsert": upsert}),
+            DocUpdate::MergeIfPresent { doc } => json!({"doc": doc}),
+            DocUpdate::LeaveGmc => json!({"script": leave_gmc_script(updated_at)}),
+        };
+        // Serializing a JSON value into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut out, &action);
+        out.push(b'\n');
+        let _ = serde_json::to_writer(&mut out, &body);
+        out.push(b'\n');
+    }
+    out
+}
+
+/// The result of one answered item; `None` when it must be retried.
+pub fn classify_update(item: &Value) -> Option<UpdateResult> {
+    let op = item.as_object().and_then(|o| o.values().next())?;
+    let status = op["status"].as_u64().unwrap_or(0);
+    let kind = op["error"]["type"].as_str().unwrap_or("");
+    match status {
+        200..=299 => Some(match op["result"].as_str() {
+            Some("created") => UpdateResult::Created,
+            Some("deleted") => UpdateResult::Deleted,
+            Some("noop") => UpdateResult::Unchanged,
+            _ => UpdateResult::Updated,
+        }),
+        404 if kind == "document_missing_exception" => Some(UpdateResult::Unchanged),
+        429 | 500.. | 0 => None,
+        _ => Some(UpdateResult::Failed(format!(
+            "{status} {kind}: {}",
+            clip(op["error"]["reason"].as_str().unwrap_or(""), 300)
+        ))),
+    }
+}
+
+/// Applies `items` in order; retriable failures are sent again (from the
+/// first one on) with the retry policy's backoff. Fails when a whole
+/// request fails for good (for example the alias does not exist).
+pub async fn apply_updates(
+    client: &SearchClient,
+    target: Target<'_>,
+    items: &[UpdateItem],
+    updated_at: &str,
+    retry: &RetryPolicy,
+) -> Result<UpdateReport, SearchError> {
+    let (path, query): (String, &[(&str, &str)]) = match target {
+        Target::Alias(alias) => (format!("/{alias}/_bulk"), &[("require_alias", "true")]),
+        Target::Generation(index) => (format!("/{index}/_bulk"), &[]),
+    };
+    let mut report = UpdateReport::default();
+    let mut backoff = backon::BackoffBuilder::build(retry.backoff());
+    let mut from = 0;
+    while from < items.len() {
+        let body = encode_updates(&items[from..], updated_at);
+        report.requests += 1;
+        let answer = client
+            .request_bytes(
+                Method::Post,
+                &path,
+                query,
+                Some(body),
+                "application/x-ndjson",
+            )
+            .await;
+        let retry_at = match answer {
+            Ok((status, value)) if (200..300).contains(&status) => {
+                let answered = value["items"].as_array().cloned().unwrap_or_default();
+                let mut first_retry = None;
+                for (i, item) in items[from..].iter().enumerate() {
+                    match answered.get(i).and_then(classify_update) {
+                        Some(result) if first_retry.is_none() => {
+                            if let UpdateResult::Failed(reason) = &result {
+                                warn!(id = %item.id, reason = %reason, "A live update failed for good.");
+                            }
+                            report.results.push(result);
+                        }
+                        Some(_) => {}
+                        None => {
+                            first_retry.get_or_insert(from + i);
+                        }
+                    }
+                }
+                first_retry
+            }
+            Ok((status, value)) if status == 429 || status >= 500 => {
+                warn!(status, answer = %clip(&value.to_string(), 300), "Update batch answered with a retriable status.");
+                Some(from)
+            }
+            Ok((status, value)) => {
+                return Err(SearchError::Status {
+                    method: "POST".into(),
+                    path,
+                    status,
+                    body: clip(&value.to_string(), 2000).into_owned(),
+                })
+            }
+            Err(e) if crate::retry::Retriable::is_retriable(&e) => Some(from),
+            Err(e) => return Err(e),
+        };
+        match retry_at {
+            None => break,
+            Some(at) => {
+                let Some(delay) = backoff.next() else {
+                    for item in &items[at..] {
+                        warn!(id = %item.id, "A live update failed after every retry.");
+                        report
+                            .results
+                            .push(UpdateResult::Failed("retries exhausted".into()));
+                    }
+                    break;
+                };
+                tokio::time::sleep(delay).await;
+                from = at;
+            }
+        }
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn updates_encode_as_update_actions_with_their_bodies() {
+        let items = vec![
+            UpdateItem {
+                id: "1".into(),
+                update: DocUpdate::Merge {
+                    doc: json!({"a": 1}),
+                    upsert: json!({"a": 1, "b": 2}),
+                },
+            },
+            UpdateItem {
+                id: "2".into(),
+                update: DocUpdate::MergeIfPresent {
+                    doc: json!({"c": null}),
+                },
+            },
+            UpdateItem {
+                id: "3".into(),
+                update: DocUpdate::LeaveGmc,
+            },
+        ];
+        let text = String::from_utf8(encode_updates(&items, "t")).unwrap();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 6);
+        assert_eq!(lines[0]["update"]["_id"], "1");
+        assert_eq!(
+            lines[1],
+            json!({"doc": {"a": 1}, "upsert": {"a": 1, "b": 2}})
+        );
+        assert_eq!(lines[3], json!({"doc": {"c": null}}));
+        assert_eq!(lines[5]["script"]["lang"], "painless");
+    }
+
+    #[test]
+    fn answers_classify_into_results_and_retries() {
+        let item = |status: u64, result: &str, kind: &str| json!({"update": {"_id": "1", "status": status, "result": result, "error": {"type": kind, "reason": "r"}}});
+        assert_eq!(
+            classify_update(&item(201, "created", "")),
+            Some(UpdateResult::Created)
+        );
+        assert_eq!(
+            classify_update(&item(200, "updated", "")),
+            Some(UpdateResult::Updated)
+        );
+        assert_eq!(
+            classify_update(&item(200, "deleted", "")),
+            Some(UpdateResult::Deleted)
+        );
+        assert_eq!(
+            classify_update(&item(200, "noop", "")),
+            Some(UpdateResult::Unchanged)
+        );
+        assert_eq!(
+            classify_update(&item(404, "", "document_missing_exception")),
+            Some(UpdateResult::Unchanged)
+        );
+        assert_eq!(
+            classify_update(&item(429, "", "es_rejected_execution_exception")),
+            None
+        );
+        assert_eq!(
+            classify_update(&item(503, "", "unavailable_shards_exception")),
+            None
+        );
+        assert!(matches!(
+            classify_update(&item(400, "", "mapper_parsing_exception")),
+            Some(UpdateResult::Failed(r)) if r.contains("mapper_parsing_exception")
+        ));
+        let report = UpdateReport {
+            results: vec![
+                UpdateResult::Created,
+                UpdateResult::Deleted,
+                UpdateResult::Created,
+            ],
+            requests: 1,
+        };
+        assert_eq!(report.net_documents(), 1);
+    }
+}

@@ -1,0 +1,161 @@
+//! Liveness and readiness. `/healthz` answers while the process serves;
+//! `/readyz` asks OpenSearch, RabbitMQ and MongoDB at once (each bounded by
+//! `service.ready_timeout_ms`) and answers 503 naming each one that did not
+//! answer, 200 when all did.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::error::{ApiError, ErrorBody};
+use super::AppState;
+use crate::sources::{ping_mongo, rabbit_connection};
+
+/// The process is alive.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    /// Always `ok`.
+    pub status: String,
+}
+
+/// Liveness: the process serves requests.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "health",
+    responses((status = 200, description = "Alive", body = Health))
+)]
+pub async fn healthz() -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+    })
+}
+
+/// One server's answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Check {
+    pub ok: bool,
+    /// Why it is not ready (absent when ok).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The answer of every server the service needs.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Readiness {
+    pub opensearch: Check,
+    pub rabbitmq: Check,
+    pub mongodb: Check,
+}
+
+/// Ready: 200 with every check; 503 with the error naming the servers that
+/// did not answer, and the checks.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Ready {
+    /// `ready`.
+    pub status: String,
+    pub checks: Readiness,
+}
+
+/// Not ready: the error body and the checks.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NotReady {
+    #[serde(flatten)]
+    pub error: ErrorBody,
+    pub checks: Readiness,
+}
+
+/// Readiness: OpenSearch, RabbitMQ and MongoDB all answer.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "health",
+    responses(
+        (status = 200, description = "Every server answers", body = Ready),
+        (status = 503, description = "Some do not; the message names them", body = NotReady),
+    )
+)]
+pub async fn readyz(State(state): State<AppState>) -> Response {
+    let timeout = Duration::from_millis(state.settings.service.ready_timeout_ms.max(100));
+    let bounded = |name: &'static str| {
+        move |result: Result<Result<(), String>, tokio::time::error::Elapsed>| match result {
+            Ok(Ok(())) => Check {
+                ok: true,
+                error: None,
+            },
+            Ok(Err(e)) => Check {
+                ok: false,
+                error: Some(e),
+            },
+            Err(_) => Check {
+                ok: false,
+                error: Some(format!(
+                    "{name} did not answer within {} ms",
+                    timeout.as_millis()
+                )),
+            },
+        }
+    };
+    let opensearch = tokio::time::timeout(timeout, async {
+        state
+            .engine
+            .client()
+            .version()
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    });
+    let rabbitmq = tokio::time::timeout(timeout, async {
+        let connection = rabbit_connection(&state.settings.rabbitmq)
+            .await
+            .map_err(|e| e.to_string())?;
+        let _ = connection.close(200, "ready check".into()).await;
+        Ok(())
+    });
+    let mongodb = tokio::time::timeout(timeout, async {
+        ping_mongo(&state.mongo).await.map_err(|e| e.to_string())
+    });
+    let (o, r, m) = tokio::join!(opensearch, rabbitmq, mongodb);
+    let checks = Readiness {
+        opensearch: bounded("OpenSearch")(o),
+        rabbitmq: bounded("RabbitMQ")(r),
+        mongodb: bounded("MongoDB")(m),
+    };
+    let down: Vec<&str> = [
+        ("OpenSearch", &checks.opensearch),
+        ("RabbitMQ", &checks.rabbitmq),
+        ("MongoDB", &checks.mongodb),
+    ]
+    .into_iter()
+    .filter(|(_, c)| !c.ok)
+    .map(|(name, _)| name)
+    .collect();
+    if down.is_empty() {
+        return (
+            StatusCode::OK,
+            Json(Ready {
+                status: "ready".into(),
+                checks,
+            }),
+        )
+            .into_response();
+    }
+    let error = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "not_ready",
+        format!("unreachable: {}", down.join(", ")),
+    );
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(NotReady {
+            error: error.body(),
+            checks,
+        }),
+    )
+        .into_response()
+}
