@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::{info, warn, Instrument};
 
 use super::outcomes::Sources;
 use super::settle::{drain, Ticket};
@@ -81,15 +81,18 @@ pub(super) async fn run(
     let (sender, writer_outcomes, writer) = context.engine.bulk_writer::<Ticket>(master);
     context.tracker.watch_bulk(writer.progress());
     context.tracker.begin(RunPhase::TcsMerge).await;
-    let settling = tokio::spawn(drain(writer_outcomes, sync.acks()));
+    let settling = tokio::spawn(drain(writer_outcomes, sync.acks()).in_current_span());
     let (batches, batches_rx) = mpsc::channel(LOOKAHEAD);
-    let merger = tokio::spawn(merge_stage(
-        gmc.clone(),
-        outcomes.clone(),
-        batches_rx,
-        sender.clone(),
-        context.tracker.merged.clone(),
-    ));
+    let merger = tokio::spawn(
+        merge_stage(
+            gmc.clone(),
+            outcomes.clone(),
+            batches_rx,
+            sender.clone(),
+            context.tracker.merged.clone(),
+        )
+        .in_current_span(),
+    );
     let mut seen = GmcNumberSet::new();
     let mut sent = consume(context, &mut sync, batches, &mut seen).await;
     if sent.is_ok() {

@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::{anyhow, Context};
 use futures::StreamExt;
 use tokio::sync::mpsc;
-use tracing::warn;
+use tracing::{warn, Instrument};
 
 use super::settle::Ticket;
 use super::tracker::MergeCounts;
@@ -167,13 +167,16 @@ pub(super) async fn merge_stage(
     })
     .map(|batch: Vec<Pending>| {
         let gmc = gmc.clone();
-        tokio::spawn(async move {
-            let mut numbers: Vec<GmcNumber> = batch.iter().map(|p| p.number.clone()).collect();
-            numbers.sort_unstable();
-            numbers.dedup();
-            let doctors = gmc.doctors_by_number(&numbers).await;
-            (batch, doctors)
-        })
+        tokio::spawn(
+            async move {
+                let mut numbers: Vec<GmcNumber> = batch.iter().map(|p| p.number.clone()).collect();
+                numbers.sort_unstable();
+                numbers.dedup();
+                let doctors = gmc.doctors_by_number(&numbers).await;
+                (batch, doctors)
+            }
+            .in_current_span(),
+        )
     })
     .buffered(LOOKAHEAD);
     futures::pin_mut!(lookups);

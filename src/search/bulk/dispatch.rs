@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
-use tracing::{debug, error, info};
+use tracing::{debug, error, info, Instrument};
 
 use super::limiter::Limiter;
 use super::retry::{send_batch, BatchContext};
@@ -93,7 +93,7 @@ pub(super) async fn dispatch<T: Send + 'static>(
             bytes = batch.bytes,
             "Bulk batch dispatched."
         );
-        tasks.spawn(send_batch(context.clone(), batch.items, permit));
+        tasks.spawn(send_batch(context.clone(), batch.items, permit).in_current_span());
         while let Some(done) = tasks.try_join_next() {
             note_lost(&this.counters, done);
         }

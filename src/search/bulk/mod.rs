@@ -46,6 +46,7 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio::task::{JoinError, JoinHandle};
+use tracing::Instrument;
 
 pub use classify::{classify_response, ItemVerdict, SentItem};
 pub use dispatch::encode_items;
@@ -303,17 +304,21 @@ pub fn spawn_writer<T: Send + 'static>(
         .max(1024);
     let (otx, orx) = mpsc::channel(outcome_room);
     let counters = Arc::new(Counters::default());
-    let handle = tokio::spawn(dispatch::dispatch(
-        dispatch::Dispatch {
-            client,
-            index,
-            settings,
-            retry,
-            counters: counters.clone(),
-        },
-        rx,
-        otx,
-    ));
+    // The writer's tasks log within the caller's span (a run's `run_id`).
+    let handle = tokio::spawn(
+        dispatch::dispatch(
+            dispatch::Dispatch {
+                client,
+                index,
+                settings,
+                retry,
+                counters: counters.clone(),
+            },
+            rx,
+            otx,
+        )
+        .in_current_span(),
+    );
     (
         BulkSender { tx },
         BulkOutcomes { rx: orx },

@@ -15,7 +15,7 @@ use mongodb::Collection;
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::SendTimeoutError;
 use tokio::task::JoinHandle;
-use tracing::warn;
+use tracing::{warn, Instrument};
 
 use super::{projection, DoctorRow};
 use crate::domain::GmcDoctor;
@@ -50,13 +50,9 @@ impl DoctorPages {
     ) -> Self {
         let (tx, pages) = mpsc::channel(2);
         let resumes = Arc::new(AtomicU64::new(0));
-        let reader = tokio::spawn(read_doctors(
-            doctors,
-            page_size,
-            stall_guard,
-            tx,
-            resumes.clone(),
-        ));
+        let reader = tokio::spawn(
+            read_doctors(doctors, page_size, stall_guard, tx, resumes.clone()).in_current_span(),
+        );
         Self {
             pages,
             resumes,
