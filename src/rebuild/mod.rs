@@ -55,7 +55,7 @@ pub fn is_abort(error: &anyhow::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use anyhow::{anyhow, Context};
+    use anyhow::anyhow;
 
     #[test]
     fn a_held_lease_names_its_holder_through_every_layer_of_context() {
