@@ -39,8 +39,11 @@ pub enum Command {
     #[command(subcommand)]
     Config(ConfigCommand),
     /// Serve the HTTP API (trigger, status, runs, generations, rollback,
-    /// metrics) and the nightly schedule, until SIGTERM or SIGINT.
+    /// metrics), the nightly schedule and the live applier, until SIGTERM or SIGINT.
     Serve(ServeArgs),
+    /// Apply live TCS updates and GMC changes to the live index (the live
+    /// applier on its own), until SIGTERM or SIGINT.
+    Live,
 }
 
 #[derive(Debug, Args)]

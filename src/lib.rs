@@ -3,7 +3,7 @@
 //! these modules. Dependencies point one way:
 //!
 //! ```text
-//! main → cli / commands → service → rebuild → sources / search / state → domain / config / retry / text
+//! main → cli / commands → service → rebuild → live → sources / search / state → domain / config / retry / text
 //! ```
 //!
 //! The development aids (data generator, seeding, TCS simulator) and the
@@ -14,6 +14,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod domain;
+pub mod live;
 pub mod rebuild;
 pub mod retry;
 pub mod search;

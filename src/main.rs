@@ -42,5 +42,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Smoke => commands::smoke::run(&settings).await,
         Command::Config(ConfigCommand::Check) => commands::config::check(&settings),
         Command::Serve(args) => commands::serve::run(settings, &args).await,
+        Command::Live => commands::live::run(settings).await,
     }
 }

@@ -86,4 +86,22 @@ pub mod metric {
     pub const LAST_SUCCESS_END: &str = "rebuilder_last_success_end_timestamp_seconds";
     /// Gauge: seconds since the live master generation was created.
     pub const LIVE_GENERATION_AGE: &str = "rebuilder_live_generation_age_seconds";
+    /// Gauge: 1 while this process is the active live applier.
+    pub const LIVE_APPLIER_ACTIVE: &str = "rebuilder_live_applier_active";
+    /// Counter: live changes applied, by source.
+    pub const LIVE_APPLIED: &str = "rebuilder_live_changes_applied_total";
+    /// Counter: live changes that could not be one (dead-lettered), by reason.
+    pub const LIVE_REJECTED: &str = "rebuilder_live_changes_rejected_total";
+    /// Counter: change-stream events with nothing to apply, by reason.
+    pub const LIVE_SKIPPED: &str = "rebuilder_live_events_skipped_total";
+    /// Histogram: seconds per applied batch.
+    pub const LIVE_BATCH_SECONDS: &str = "rebuilder_live_batch_duration_seconds";
+    /// Counter: seconds the applier was paused for swaps.
+    pub const LIVE_PAUSED_SECONDS: &str = "rebuilder_live_paused_seconds_total";
+    /// Gauge: live changes the last run replayed onto its generation.
+    pub const LAST_RUN_REPLAYED: &str = "rebuilder_last_run_replayed_changes";
+    /// Gauge: the journal backlog when the last run paused the applier.
+    pub const LAST_RUN_PAUSE_BACKLOG: &str = "rebuilder_last_run_pause_backlog";
+    /// Gauge: milliseconds the last run kept the applier paused.
+    pub const LAST_RUN_PAUSED_MS: &str = "rebuilder_last_run_applier_paused_milliseconds";
 }

@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod generations;
+pub mod live;
 pub mod rollback;
 pub mod run;
 pub mod serve;

@@ -125,6 +125,11 @@ pub struct MongoSettings {
     pub state_database: Option<String>,
     pub lease_collection: String,
     pub runs_collection: String,
+    /// The journal of live changes made while a rebuild runs.
+    pub journal_collection: String,
+    /// The live applier's state: the journal marker, change-stream resume
+    /// tokens, the sequence counter.
+    pub live_collection: String,
     pub batch_size: u32,
 }
 
@@ -141,6 +146,8 @@ impl Default for MongoSettings {
             state_database: None,
             lease_collection: "rebuilderLease".into(),
             runs_collection: "rebuilderRuns".into(),
+            journal_collection: "rebuilderJournal".into(),
+            live_collection: "rebuilderLive".into(),
             batch_size: 1000,
         }
     }

@@ -18,7 +18,7 @@ pub use rebuild::{
     BulkSettings, GateSettings, IndexNames, RetentionSettings, RetrySettings, RunSettings,
 };
 pub use secret::{redact_text, redact_uri, Secret};
-pub use service::{ScheduleSettings, ServiceSettings};
+pub use service::{LiveSettings, ScheduleSettings, ServiceSettings};
 
 /// Everything the program can be told. Every index, alias, exchange, queue,
 /// database and collection name is here, so that tests can isolate themselves.
@@ -36,6 +36,7 @@ pub struct Settings {
     pub run: RunSettings,
     pub service: ServiceSettings,
     pub schedule: ScheduleSettings,
+    pub live: LiveSettings,
     /// A folder holding `masterdoctorindex.json` and
     /// `recommendationindex.json` to use instead of the templates built
     /// into the binary (the files of `index-templates/` at build time).
@@ -149,6 +150,9 @@ impl Settings {
         }
         if self.run.merge_batch == 0 || self.rabbitmq.prefetch == 0 {
             return invalid("run.merge_batch / rabbitmq.prefetch", "must be at least 1");
+        }
+        if self.live.batch_size == 0 || self.live.prefetch == 0 {
+            return invalid("live.batch_size / live.prefetch", "must be at least 1");
         }
         if self.retry.max_backoff_ms < self.retry.initial_backoff_ms {
             return invalid(

@@ -40,6 +40,43 @@ impl Default for ServiceSettings {
     }
 }
 
+/// The live applier (`rebuilder live`, and inside `rebuilder serve`).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LiveSettings {
+    /// Run the applier inside `rebuilder serve`.
+    pub enabled: bool,
+    /// Changes applied per bulk request at most.
+    pub batch_size: usize,
+    /// How long a partial batch waits for more changes.
+    pub linger_ms: u64,
+    /// Messages of the update queue in flight (unacked) at once.
+    pub prefetch: u16,
+    /// How long a run waits for the applier to pause at the swap.
+    pub pause_timeout_secs: u64,
+    /// Catch-up rounds before validation, at most.
+    pub catch_up_rounds: u32,
+    /// Catch-up stops repeating once a round has fewer changes left than this.
+    pub catch_up_backlog: u64,
+    /// The lease that keeps one applier active across replicas.
+    pub lease_ttl_secs: u64,
+}
+
+impl Default for LiveSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            batch_size: 500,
+            linger_ms: 100,
+            prefetch: 500,
+            pause_timeout_secs: 30,
+            catch_up_rounds: 5,
+            catch_up_backlog: 100,
+            lease_ttl_secs: 15,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ScheduleSettings {

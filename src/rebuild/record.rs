@@ -75,6 +75,8 @@ pub enum RunPhase {
     GmcOnly,
     /// Wait for the last writes, restore serving settings, refresh.
     FinishLoad,
+    /// Replay the live changes made since the run began onto the new generation.
+    CatchUp,
     Validate,
     /// Build the recommendation generation with `_reindex`.
     Recommendation,
@@ -84,12 +86,13 @@ pub enum RunPhase {
 }
 
 impl RunPhase {
-    pub const ALL: [RunPhase; 9] = [
+    pub const ALL: [RunPhase; 10] = [
         RunPhase::Cleanup,
         RunPhase::Outcomes,
         RunPhase::TcsMerge,
         RunPhase::GmcOnly,
         RunPhase::FinishLoad,
+        RunPhase::CatchUp,
         RunPhase::Validate,
         RunPhase::Recommendation,
         RunPhase::Promote,
@@ -103,6 +106,7 @@ impl RunPhase {
             RunPhase::TcsMerge => "tcs_merge",
             RunPhase::GmcOnly => "gmc_only",
             RunPhase::FinishLoad => "finish_load",
+            RunPhase::CatchUp => "catch_up",
             RunPhase::Validate => "validate",
             RunPhase::Recommendation => "recommendation",
             RunPhase::Promote => "promote",
@@ -205,6 +209,25 @@ pub struct RunCounts {
     pub docs_expected: u64,
 }
 
+/// What the catch-up of live changes did (see `rebuild::run::catchup`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", default)]
+pub struct CatchUpReport {
+    /// Whether a live applier was active when the run began (without one,
+    /// changes wait in their queue and streams and reach the index later).
+    pub applier_active: bool,
+    /// Live changes replayed onto the new generation, in all.
+    pub replayed: u64,
+    /// Catch-up rounds before validation.
+    pub rounds: u32,
+    /// Changes left in the journal when the applier paused for the swap.
+    pub backlog_at_pause: u64,
+    /// How long the applier stayed paused around the swap.
+    pub paused_ms: u64,
+    /// Replayed changes refused for good.
+    pub failed: u64,
+}
+
 /// One run, as stored.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", default)]
@@ -229,6 +252,8 @@ pub struct RunRecord {
     pub counts: RunCounts,
     /// The bulk writer's figures: live while the load runs, final after.
     pub bulk: BulkStats,
+    /// The live changes replayed onto the new generation.
+    pub catch_up: CatchUpReport,
     /// Rejected inputs by reason key (both sources).
     pub rejects: BTreeMap<String, u64>,
     pub gates: Vec<GateVerdict>,

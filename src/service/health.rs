@@ -1,7 +1,8 @@
 //! Liveness and readiness. `/healthz` answers while the process serves;
 //! `/readyz` asks OpenSearch, RabbitMQ and MongoDB at once (each bounded by
-//! `service.ready_timeout_ms`) and answers 503 naming each one that did not
-//! answer, 200 when all did.
+//! `service.ready_timeout_ms`), and looks whether a change stream lost its
+//! history, and answers 503 naming each one that is not ready, 200 when
+//! all are.
 
 use std::time::Duration;
 
@@ -15,6 +16,7 @@ use utoipa::ToSchema;
 use super::error::{ApiError, ErrorBody};
 use super::AppState;
 use crate::sources::{ping_mongo, rabbit_connection};
+use crate::state::streams::StreamPositions;
 
 /// The process is alive.
 #[derive(Debug, Serialize, ToSchema)]
@@ -45,12 +47,16 @@ pub struct Check {
     pub error: Option<String>,
 }
 
-/// The answer of every server the service needs.
+/// The answer of every server the service needs, and the live updates.
 #[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct Readiness {
     pub opensearch: Check,
     pub rabbitmq: Check,
     pub mongodb: Check,
+    /// Not ok while a change stream's history is lost (its resume token was
+    /// too old): changes were missed, and a rebuild is the way out.
+    pub live_updates: Check,
 }
 
 /// Ready: 200 with every check; 503 with the error naming the servers that
@@ -120,16 +126,33 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     let mongodb = tokio::time::timeout(timeout, async {
         ping_mongo(&state.mongo).await.map_err(|e| e.to_string())
     });
-    let (o, r, m) = tokio::join!(opensearch, rabbitmq, mongodb);
+    let positions = StreamPositions::new(&state.mongo, &state.settings.mongodb);
+    let live = tokio::time::timeout(timeout, async {
+        match positions.lost().await {
+            Ok(None) => Ok(()),
+            Ok(Some(lost)) => Err(format!(
+                "the change stream of {} lost its history on {} ({}): changes were missed; run a rebuild",
+                lost.collection, lost.since, lost.reason
+            )),
+            // MongoDB itself is judged by its own check.
+            Err(_) => Ok(()),
+        }
+    });
+    let (o, r, m, l) = tokio::join!(opensearch, rabbitmq, mongodb, live);
     let checks = Readiness {
         opensearch: bounded("OpenSearch")(o),
         rabbitmq: bounded("RabbitMQ")(r),
         mongodb: bounded("MongoDB")(m),
+        live_updates: bounded("the live updates")(l),
     };
     let down: Vec<&str> = [
         ("OpenSearch", &checks.opensearch),
         ("RabbitMQ", &checks.rabbitmq),
         ("MongoDB", &checks.mongodb),
+        (
+            "live updates (change-stream history lost; run a rebuild)",
+            &checks.live_updates,
+        ),
     ]
     .into_iter()
     .filter(|(_, c)| !c.ok)

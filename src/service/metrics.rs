@@ -145,6 +145,10 @@ fn record_runs(runs: &[RunRecord]) {
             metrics::gauge!(metric::LAST_RUN_REJECTS, "reason" => reason.clone()).set(*n as f64);
         }
         metrics::gauge!(metric::LAST_RUN_DOCUMENTS_WRITTEN).set(last.bulk.written as f64);
+        let c = &last.catch_up;
+        metrics::gauge!(metric::LAST_RUN_REPLAYED).set(c.replayed as f64);
+        metrics::gauge!(metric::LAST_RUN_PAUSE_BACKLOG).set(c.backlog_at_pause as f64);
+        metrics::gauge!(metric::LAST_RUN_PAUSED_MS).set(c.paused_ms as f64);
     }
     let last_success = runs
         .iter()

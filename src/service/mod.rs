@@ -9,6 +9,7 @@
 //! - [`openapi`]: the OpenAPI document generated from the handlers;
 //! - [`runner`]: starting runs in the background;
 //! - [`schedule`]: the cron schedule;
+//! - the live applier (`crate::live`), unless `live.enabled = false`;
 //! - [`error`]: the one JSON error shape.
 //!
 //! Shutdown (SIGTERM, SIGINT): the listener stops accepting, the schedule
@@ -132,6 +133,15 @@ pub async fn serve(
         next_start,
         shutdown.clone(),
     ));
+    let applier = if settings.live.enabled {
+        Some(tokio::spawn(crate::live::run_applier(
+            settings.clone(),
+            shutdown.clone(),
+        )))
+    } else {
+        info!("The live applier is off in this process (live.enabled = false).");
+        None
+    };
     let stopping = shutdown.clone();
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { stopping.cancelled().await })
@@ -139,6 +149,12 @@ pub async fn serve(
         .context("while serving")?;
     info!("Stopped accepting requests; waiting for a run in progress to stop at a safe point.");
     scheduler.abort();
+    if let Some(applier) = applier {
+        // It stops at its next batch; what it had not settled comes again.
+        if let Ok(Err(e)) = applier.await {
+            warn!(error = %format!("{e:#}"), "The live applier ended with an error.");
+        }
+    }
     let grace = Duration::from_secs(settings.service.shutdown_grace_secs);
     if tokio::time::timeout(grace, runner.wait()).await.is_err() {
         warn!(

@@ -1,6 +1,8 @@
-//! The data sources: connections to MongoDB (GMC data) and RabbitMQ (TCS
-//! records), with the `SourceError` boundary type.
+//! The data sources: connections to MongoDB (GMC data and its change
+//! streams) and RabbitMQ (TCS syncs and updates), with the `SourceError`
+//! boundary type.
 
+pub mod changes;
 pub mod gmc;
 pub mod tcs;
 

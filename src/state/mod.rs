@@ -1,10 +1,13 @@
 //! Run state kept in MongoDB, so that every process and host sees the same:
-//! the single-flight lease of a rebuild and the stored history of runs,
-//! with the `StateError` boundary type. This layer stores what the rebuild
+//! the leases (one rebuild at a time, one live applier at a time), the
+//! stored history of runs, the journal of live changes during a rebuild and
+//! the change-stream resume tokens, with the `StateError` boundary type. This layer stores what the rebuild
 //! gives it; what a run record means belongs to the rebuild.
 
 pub mod history;
+pub mod journal;
 pub mod lease;
+pub mod streams;
 
 use mongodb::{Client, Collection};
 

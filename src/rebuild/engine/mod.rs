@@ -147,6 +147,17 @@ impl Engine {
         .await
     }
 
+    /// Makes every write to `generation` visible to searches and counts.
+    pub async fn refresh(&self, generation: &Generation) -> Result<(), SearchError> {
+        let path = format!("/{}/_refresh", generation.name);
+        with_retry(&self.retry, "a refresh", || {
+            self.client
+                .json(opensearch::http::Method::Post, &path, &[], None)
+        })
+        .await
+        .map(|_| ())
+    }
+
     /// Records what each source delivered in the generation's `_meta`.
     pub async fn set_source_counts(
         &self,
@@ -182,12 +193,7 @@ impl Engine {
         stop: &CancellationToken,
     ) -> Result<(Generation, ReindexReport), SearchError> {
         self.expect_family(master, Family::Master)?;
-        let refresh = format!("/{}/_refresh", master.name);
-        with_retry(&self.retry, "refreshing the master generation", || {
-            self.client
-                .json(opensearch::http::Method::Post, &refresh, &[], None)
-        })
-        .await?;
+        self.refresh(master).await?;
         let generation = self
             .create(Family::Recommendation, run_id, Some(&master.name))
             .await?;

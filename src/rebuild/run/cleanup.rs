@@ -89,7 +89,8 @@ pub(super) async fn run(context: &mut RunContext<'_>) -> anyhow::Result<()> {
         warn!(generations = ?orphans, "Deleted half-built generations left by dead runs.");
     }
     context.tracker.record.orphans_deleted = orphans;
-    Ok(())
+    // From here on, live changes are journaled for this run's catch-up.
+    super::catchup::begin(context).await
 }
 
 /// Deletes the generations of `run_id` still building. Only this run's:

@@ -17,16 +17,19 @@
 //!    - `gmc_only`: after `syncEnd`, write the doctors of `doctorsForDB`
 //!      that TCS did not send.
 //! 4. `validate`: restore the serving settings, count what is really
-//!    there, run the gates.
+//!    there, replay the live changes made since the run began (`catchup`),
+//!    run the gates.
 //! 5. `recommendation`: build the recommendation generation by `_reindex`.
-//! 6. `promote`: confirm the lease, move every alias in one `_aliases`
-//!    call, apply retention.
+//! 6. `promote`: confirm the lease, pause the live applier and replay the
+//!    last changes (`catchup`), move every alias in one `_aliases` call,
+//!    resume the applier, apply retention.
 //!
 //! Memory holds the outcome map and the seen set (a few tens of bytes per
 //! doctor) plus one batch and what the writer has in flight; never the data
 //! set. A run that fails at any point has moved no alias: only the
 //! promotion moves them, in one request, after every check.
 
+mod catchup;
 mod cleanup;
 mod gmc_only;
 mod load;
@@ -49,6 +52,7 @@ use super::{is_abort, is_refusal, Aborted};
 use crate::config::Settings;
 use crate::retry::RetryPolicy;
 use crate::sources::mongo_client;
+use crate::state::journal::Journal;
 use crate::state::lease::Lease;
 pub(crate) use cleanup::take_lease;
 use tracker::Tracker;
@@ -80,6 +84,7 @@ struct RunContext<'a> {
     progress: Progress,
     retry: RetryPolicy,
     tracker: Tracker,
+    catch_up: catchup::CatchUp,
 }
 
 impl RunContext<'_> {
@@ -201,7 +206,7 @@ impl StartedRun {
                     options: &options,
                     lease: &lease,
                     engine,
-                    mongo,
+                    mongo: mongo.clone(),
                     progress: if options.bars {
                         Progress::for_stderr()
                     } else {
@@ -209,8 +214,14 @@ impl StartedRun {
                     },
                     retry: RetryPolicy::new(&settings.retry),
                     tracker,
+                    catch_up: catchup::CatchUp {
+                        journal: Journal::new(&mongo, &settings.mongodb),
+                        seq: 0,
+                    },
                 };
                 let result = execute(&mut context).await;
+                // The journal is bounded by the run, whatever its outcome.
+                catchup::end(&context.catch_up.journal, &run_id).await;
                 if result.is_err() {
                     // Nothing moved; delete what this run half-built, best
                     // effort (the next run would delete it anyway).

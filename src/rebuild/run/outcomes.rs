@@ -65,6 +65,12 @@ pub(super) async fn run(context: &mut RunContext<'_>) -> anyhow::Result<Sources>
         }
     };
     record_outcomes(&mut context.tracker.record, &outcomes, &load);
+    tracing::info!(
+        doctors = outcomes.len(),
+        groups = load.groups,
+        unknown_outcomes = load.unknown_outcomes,
+        "Loaded the latest recommendation outcomes."
+    );
     Ok(Sources {
         sync,
         gmc,

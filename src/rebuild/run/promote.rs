@@ -1,6 +1,7 @@
 //! Step 6: promotion and retention. The lease is confirmed (a run that lost
-//! it stops here), every alias of both families moves in one `_aliases`
-//! request, and old generations beyond the retention are deleted. A
+//! it stops here), the live applier pauses and the last live changes are
+//! replayed, every alias of both families moves in one `_aliases` request,
+//! the applier resumes, and old generations beyond the retention are deleted. A
 //! retention failure does not fail the run: the new generation serves
 //! already, and old ones stay until next time.
 
@@ -12,6 +13,7 @@ use crate::rebuild::gates::GateReport;
 use crate::rebuild::record::RunPhase;
 use crate::rebuild::Refused;
 use crate::search::Generation;
+use crate::state::streams::StreamPositions;
 
 pub(super) async fn run(
     context: &mut RunContext<'_>,
@@ -25,11 +27,20 @@ pub(super) async fn run(
         .confirm()
         .await
         .context("while confirming the lease before promoting")?;
-    let promotion = match context
+    let paused_at = match super::catchup::pause_and_replay(context, master).await {
+        Ok(at) => at,
+        Err(e) => {
+            super::catchup::resume(context, std::time::Instant::now()).await;
+            return Err(e);
+        }
+    };
+    let moved = context
         .engine
         .promote_validated(master, recommendation, gates)
-        .await
-    {
+        .await;
+    // The applier goes on, against whichever generation the aliases name now.
+    super::catchup::resume(context, paused_at).await;
+    let promotion = match moved {
         Ok(p) => p,
         Err(e) if e.is_refusal() => {
             return Err(anyhow!(Refused(format!("promotion refused: {e}"))))
@@ -37,6 +48,17 @@ pub(super) async fn run(
         Err(e) => return Err(e).context("while moving the aliases"),
     };
     context.tracker.record.promotion = Some(promotion);
+    let positions = StreamPositions::new(&context.mongo, &context.settings.mongodb);
+    match positions
+        .clear_lost_before(&context.tracker.record.started_at)
+        .await
+    {
+        Ok(true) => tracing::info!(
+            "This run read every source afresh: the lost change-stream history is mended."
+        ),
+        Ok(false) => {}
+        Err(e) => warn!(error = %e, "Could not clear the mark of a lost change-stream history."),
+    }
 
     context.tracker.begin(RunPhase::Retention).await;
     match context

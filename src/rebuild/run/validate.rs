@@ -1,8 +1,10 @@
 //! Step 4: finish the load and validate. The serving settings come back
 //! and the generation is refreshed; the documents that failed for good are
-//! looked up (a duplicate of the same doctor may have been written instead),
-//! which gives the count the generation must hold; then every gate runs. A
-//! failed gate refuses the run: no alias moves.
+//! looked up (a duplicate of the same doctor may have been written instead);
+//! the live changes made since the run began are replayed (`catchup`), and
+//! with the documents they created or removed that gives the count the
+//! generation must hold; then every gate runs. A failed gate refuses the
+//! run: no alias moves.
 
 use anyhow::{anyhow, Context};
 use serde_json::json;
@@ -27,7 +29,8 @@ pub(super) async fn run(
         .await
         .context("while restoring the serving settings of the master generation")?;
     let absent = absent_count(context, master, &loaded.failed_ids).await?;
-    let expected = loaded.doctors.saturating_sub(absent);
+    let net = super::catchup::rounds(context, master).await?;
+    let expected = (loaded.doctors.saturating_sub(absent) as i64 + net).max(0) as u64;
     context.tracker.record.counts.docs_expected = expected;
     let counts = serde_json::to_value(&context.tracker.record.counts)?;
     if let Err(e) = context

@@ -104,8 +104,42 @@ impl GmcSource {
     /// against 14.8 s for the sorted form. `allowDiskUse` stays on for
     /// servers that choose to spill anyway.
     pub async fn latest_outcomes(&self) -> Result<(OutcomeMap, OutcomeLoad), SourceError> {
+        self.outcomes_matching(doc! {}).await
+    }
+
+    /// The latest outcome of each of `numbers` (the rule of
+    /// [`latest_outcomes`](Self::latest_outcomes), for a few doctors: the
+    /// live applier recomputes a doctor's `gmcStatus` this way).
+    pub async fn outcomes_of(&self, numbers: &[GmcNumber]) -> Result<OutcomeMap, SourceError> {
+        if numbers.is_empty() {
+            return Ok(OutcomeMap::new());
+        }
+        let mut wanted: Vec<Bson> = numbers
+            .iter()
+            .map(|n| Bson::String(n.as_str().into()))
+            .collect();
+        if self.numeric_ids {
+            wanted.extend(
+                numbers
+                    .iter()
+                    .filter_map(|n| numeric_key(n.as_str()).and_then(|k| i64::try_from(k).ok()))
+                    .map(Bson::Int64),
+            );
+        }
+        let (map, _) = self
+            .outcomes_matching(doc! {"gmcNumber": {"$in": wanted}})
+            .await?;
+        Ok(map)
+    }
+
+    async fn outcomes_matching(
+        &self,
+        filter: Document,
+    ) -> Result<(OutcomeMap, OutcomeLoad), SourceError> {
+        let mut matching = doc! {"actualSubmissionDate": {"$exists": true, "$ne": null}};
+        matching.extend(filter);
         let pipeline = vec![
-            doc! {"$match": {"actualSubmissionDate": {"$exists": true, "$ne": null}}},
+            doc! {"$match": matching},
             doc! {"$group": {
                 "_id": "$gmcNumber",
                 "latest": {"$max": {"submitted": "$gmcSubmissionDate", "outcome": "$outcome"}},
@@ -155,7 +189,7 @@ impl GmcSource {
             }
             map.insert(&number, status);
         }
-        info!(
+        debug!(
             doctors = map.len(),
             groups = load.groups,
             unknown_outcomes = load.unknown_outcomes,

@@ -14,10 +14,12 @@
 pub mod acks;
 pub mod sync;
 pub mod topology;
+pub mod updates;
 
 pub use acks::{TcsAcks, TcsTicket};
 pub use sync::{TcsEvent, TcsSync};
 pub use topology::{declare_topology, json_properties, publish_confirmed};
+pub use updates::{TcsUpdates, UpdateEvent};
 
 /// The header that carries a dead-lettered message's reason key.
 pub const REASON_HEADER: &str = "x-rebuilder-reason";

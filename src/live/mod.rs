@@ -1,0 +1,18 @@
+//! Live updates: the changes TCS and GMC make while the index serves, and
+//! while a rebuild runs.
+//!
+//! - [`applier`]: consumes the TCS update queue and the change streams of
+//!   `doctorsForDB` and `recommendation`, applies each change to the live
+//!   generation through the write alias, journals it while a rebuild
+//!   records, pauses while a rebuild swaps;
+//! - [`resolve`]: a batch of changes into document updates (`domain::change`);
+//! - [`recorded`]: a change in its source form, as the journal keeps it;
+//! - [`replay`]: the journal onto a generation (a rebuild's catch-up).
+
+pub mod applier;
+pub mod recorded;
+pub mod replay;
+pub mod resolve;
+
+pub use applier::{run_applier, LIVE_LEASE};
+pub use replay::{ReplayReport, Replayer};

@@ -1,0 +1,169 @@
+//! Live GMC changes: MongoDB change streams on `doctorsForDB` and
+//! `recommendation` (DocumentDB has them once enabled per collection),
+//! opened after a stored resume token when there is one. Each event becomes
+//! a [`GmcEvent`] with the token to store once its change is applied.
+//!
+//! - a `doctorsForDB` insert, update or replace carries the whole current
+//!   document (`fullDocument: updateLookup`); a delete, its `_id`;
+//! - a `recommendation` change names its doctor (`gmcNumber` of the full
+//!   document); a deleted recommendation names none (its document is gone),
+//!   so it is counted and left to the next rebuild.
+
+use std::time::Duration;
+
+use bson::{Bson, Document};
+use futures::StreamExt;
+use mongodb::change_stream::event::{ChangeStreamEvent, OperationType, ResumeToken};
+use mongodb::change_stream::ChangeStream;
+use mongodb::options::FullDocumentType;
+use mongodb::Collection;
+
+use super::SourceError;
+
+/// The skip reason of an event that ends the stream (its collection was
+/// dropped or renamed): it must be opened again, from now.
+pub const INVALIDATED: &str = "invalidated";
+
+/// Which collection a stream watches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Watched {
+    Doctors,
+    Recommendations,
+}
+
+/// One event, normalized.
+#[derive(Clone, Debug, PartialEq)]
+pub enum GmcEvent {
+    /// A doctor inserted, updated or replaced: its current document.
+    DoctorUpserted(Document),
+    /// A doctor deleted: its `_id`.
+    DoctorDeleted(Bson),
+    /// A recommendation of this doctor (its raw `gmcNumber`) changed.
+    RecommendationChanged(String),
+    /// Nothing to apply (a deleted recommendation, an update whose document
+    /// is already gone, another operation); the reason, for counting.
+    Skipped(&'static str),
+}
+
+/// An event and the token that resumes after it.
+#[derive(Clone, Debug)]
+pub struct WatchedEvent {
+    pub watched: Watched,
+    pub event: GmcEvent,
+    pub token: Bson,
+}
+
+/// A change stream on one collection.
+pub struct GmcStream {
+    watched: Watched,
+    stream: ChangeStream<ChangeStreamEvent<Document>>,
+}
+
+/// Whether a failure to open or read a stream means its history is lost:
+/// the stored token is older than what the server keeps (or unusable).
+/// Codes: ChangeStreamHistoryLost (286), InvalidResumeToken (260),
+/// ChangeStreamFatalError (280), the server has no such position (136).
+pub fn history_lost(error: &SourceError) -> bool {
+    match error {
+        SourceError::Mongo(e) => match &*e.kind {
+            mongodb::error::ErrorKind::Command(c) => [286, 260, 280, 136].contains(&c.code),
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
+impl GmcStream {
+    /// Opens the stream after `token` (from now on without one).
+    pub async fn open(
+        collection: &Collection<Document>,
+        watched: Watched,
+        token: Option<Bson>,
+    ) -> Result<Self, SourceError> {
+        let resume = match token {
+            Some(t) => Some(bson::from_bson::<ResumeToken>(t).map_err(|e| {
+                SourceError::MongoUnreachable(format!("the stored resume token is unreadable: {e}"))
+            })?),
+            None => None,
+        };
+        let stream = collection
+            .watch()
+            .full_document(FullDocumentType::UpdateLookup)
+            .max_await_time(Duration::from_millis(500))
+            .resume_after(resume)
+            .await?;
+        Ok(Self { watched, stream })
+    }
+
+    /// The token that resumes from where the stream is now (before any
+    /// event, the position it opened at).
+    pub fn position(&self) -> Option<Bson> {
+        self.stream
+            .resume_token()
+            .and_then(|t| bson::to_bson(&t).ok())
+    }
+
+    /// The next event; waits until one comes.
+    pub async fn next(&mut self) -> Result<WatchedEvent, SourceError> {
+        match self.stream.next().await {
+            Some(Ok(event)) => Ok(self.normalize(event)),
+            Some(Err(e)) => Err(e.into()),
+            None => Err(SourceError::MongoUnreachable(
+                "the change stream ended".into(),
+            )),
+        }
+    }
+
+    fn normalize(&self, event: ChangeStreamEvent<Document>) -> WatchedEvent {
+        let token = bson::to_bson(&event.id).unwrap_or(Bson::Null);
+        let id = event
+            .document_key
+            .as_ref()
+            .and_then(|k| k.get("_id").cloned());
+        let normalized = match (self.watched, &event.operation_type) {
+            (
+                Watched::Doctors,
+                OperationType::Insert | OperationType::Update | OperationType::Replace,
+            ) => match event.full_document {
+                Some(doc) => GmcEvent::DoctorUpserted(doc),
+                // Deleted before the lookup: its delete event follows.
+                None => GmcEvent::Skipped("doctor_gone_before_lookup"),
+            },
+            (Watched::Doctors, OperationType::Delete) => match id {
+                Some(id) => GmcEvent::DoctorDeleted(id),
+                None => GmcEvent::Skipped("delete_without_id"),
+            },
+            (
+                Watched::Recommendations,
+                OperationType::Insert | OperationType::Update | OperationType::Replace,
+            ) => match event
+                .full_document
+                .as_ref()
+                .and_then(|d| match d.get("gmcNumber") {
+                    Some(Bson::String(s)) => Some(s.clone()),
+                    Some(Bson::Int32(n)) => Some(n.to_string()),
+                    Some(Bson::Int64(n)) => Some(n.to_string()),
+                    _ => None,
+                }) {
+                Some(number) => GmcEvent::RecommendationChanged(number),
+                None => GmcEvent::Skipped("recommendation_without_gmc_number"),
+            },
+            (Watched::Recommendations, OperationType::Delete) => {
+                GmcEvent::Skipped("recommendation_deleted")
+            }
+            (
+                _,
+                OperationType::Invalidate
+                | OperationType::Drop
+                | OperationType::Rename
+                | OperationType::DropDatabase,
+            ) => GmcEvent::Skipped(INVALIDATED),
+            _ => GmcEvent::Skipped("other_operation"),
+        };
+        WatchedEvent {
+            watched: self.watched,
+            event: normalized,
+            token,
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! The TCS update queue: one trainee's current TCS fields per message (the
+//! same body as a sync record), consumed with manual acks and a prefetch by
+//! the live applier. A message is settled through [`TcsAcks`] once its
+//! change is written; one that cannot be a change is dead-lettered with its
+//! reason at once.
+
+use futures::StreamExt;
+use lapin::options::{BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions};
+use lapin::types::FieldTable;
+use lapin::{Connection, Consumer};
+use tracing::debug;
+
+use super::acks::{TcsAcks, TcsTicket};
+use super::topology::declare_topology;
+use crate::config::RabbitSettings;
+use crate::domain::{parse_tcs_message, GmcNumber, TcsMessage, TcsRecord};
+use crate::sources::{rabbit_connection, SourceError};
+
+/// What one message of the update queue is.
+#[derive(Debug)]
+pub enum UpdateEvent {
+    /// A trainee's change; settle the ticket once it is written.
+    Record {
+        number: GmcNumber,
+        record: Box<TcsRecord>,
+        ticket: TcsTicket,
+    },
+    /// Not a change: dead-lettered (or, for a stray `syncEnd`, acked).
+    Rejected { reason: &'static str },
+}
+
+/// The consumer of the update queue.
+pub struct TcsUpdates {
+    connection: Connection,
+    consumer: Consumer,
+    acks: TcsAcks,
+}
+
+impl TcsUpdates {
+    /// Connects, declares the topology where missing, and consumes the
+    /// update queue with `prefetch` messages in flight.
+    pub async fn open(settings: &RabbitSettings, prefetch: u16) -> Result<Self, SourceError> {
+        let connection = rabbit_connection(settings).await?;
+        declare_topology(&connection, settings).await?;
+        let consume = connection.create_channel().await?;
+        consume
+            .basic_qos(prefetch.max(1), BasicQosOptions::default())
+            .await?;
+        let consumer = consume
+            .basic_consume(
+                settings.update_queue.as_str().into(),
+                "rebuilder-live".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let dead_letters = connection.create_channel().await?;
+        dead_letters
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok(Self {
+            connection,
+            consumer,
+            acks: TcsAcks::new(consume, dead_letters, &settings.dead_letter_queue),
+        })
+    }
+
+    /// The handle that acks and dead-letters this consumer's messages.
+    pub fn acks(&self) -> TcsAcks {
+        self.acks.clone()
+    }
+
+    /// The next message; waits until one comes.
+    pub async fn next(&mut self) -> Result<UpdateEvent, SourceError> {
+        let delivery = match self.consumer.next().await {
+            Some(delivery) => delivery?,
+            None => {
+                return Err(SourceError::Rabbit(
+                    lapin::ErrorKind::InvalidChannelState(
+                        lapin::ChannelState::Closed,
+                        "the update consumer's channel closed",
+                    )
+                    .into(),
+                ))
+            }
+        };
+        let ticket = TcsTicket {
+            delivery_tag: delivery.delivery_tag,
+            body: delivery.data,
+        };
+        match parse_tcs_message(&ticket.body) {
+            Ok(TcsMessage::Record(number, record)) => Ok(UpdateEvent::Record {
+                number,
+                record,
+                ticket,
+            }),
+            Ok(TcsMessage::SyncEnd) => {
+                // A syncEnd belongs to the sync queue; here it changes nothing.
+                self.acks.ack(&ticket).await?;
+                Ok(UpdateEvent::Rejected {
+                    reason: "sync_end_on_update_queue",
+                })
+            }
+            Err(reason) => {
+                debug!(reason = reason.as_str(), detail = %reason, "Dead-lettering a TCS update.");
+                self.acks
+                    .dead_letter(&ticket, reason.as_str(), &reason.to_string())
+                    .await?;
+                Ok(UpdateEvent::Rejected {
+                    reason: reason.as_str(),
+                })
+            }
+        }
+    }
+
+    /// Closes the connection; unacked messages go back to the queue.
+    pub async fn close(self) {
+        let _ = self.connection.close(200, "live applier done".into()).await;
+    }
+}

@@ -1,0 +1,391 @@
+//! Live updates against the real servers: the applier consumes the TCS
+//! update queue and the change streams of the test's own MongoDB database,
+//! and writes through the test's write alias. Outside a rebuild, each kind
+//! of change reaches the live index and touches only its source's fields;
+//! during a rebuild, thousands of changes spread over the whole run are all
+//! in the new generation after the swap, none older than it should be.
+//!
+//! Needs the local stack (`scripts/stack start`).
+
+mod common;
+#[path = "common/engine_helpers.rs"]
+mod engine_helpers;
+#[path = "common/live_helpers.rs"]
+mod live_helpers;
+#[path = "common/run_helpers.rs"]
+mod run_helpers;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use bson::doc;
+use common::TestEnv;
+use live_helpers::*;
+use rebuilder::rebuild::record::RunOutcome;
+use rebuilder_dev::datagen::{Category, DatasetSpec};
+use run_helpers::*;
+use serde_json::{json, Value};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outside_a_rebuild_each_change_reaches_the_live_index_with_its_own_fields_only() {
+    logs();
+    let env = TestEnv::new("live_outside");
+    let spec = DatasetSpec::new(41, 600);
+    seed(&env, &spec).await;
+    let tcs = simulator_once(&env, spec);
+    rebuild(&env).await.expect("the baseline run");
+    tcs.await.unwrap().unwrap();
+    let client = env.search().await;
+    let alias = env.name("masterdoctorindex");
+    let both: Vec<_> = spec
+        .doctors()
+        .filter(|d| d.category == Category::Both)
+        .take(3)
+        .collect();
+    let (a, b, c) = (&both[0], &both[1], &both[2]);
+    let before_a = doc_of(&client, &alias, &a.gmc_number).await.unwrap();
+    let before_b = doc_of(&client, &alias, &b.gmc_number).await.unwrap();
+    // The sync's own malformed messages are on the dead-letter queue; clear it.
+    take_dead_letters(&env).await;
+
+    let applier = Applier::start(&env).await;
+    let publisher = TcsPublisher::new(&env).await;
+    let (doctors, recommendations) = gmc_collections(&env).await;
+
+    // A TCS update of doctor A: new programme, nothing of GMC's.
+    let mut update = a.tcs_messages[0].clone();
+    update["programmeName"] = json!("Live Programme A");
+    update["programmeMembershipType"] = Value::Null;
+    let sent = Instant::now();
+    publisher.publish(update.to_string().as_bytes()).await;
+    // A GMC change of doctor B: another designated body.
+    doctors
+        .update_one(
+            doc! {"_id": &b.gmc_number},
+            doc! {"$set": {"designatedBodyCode": "1-LIVEDB", "underNotice": "YES"}},
+        )
+        .await
+        .unwrap();
+    // A new submitted recommendation of doctor C.
+    recommendations
+        .insert_one(newest_recommendation(&c.gmc_number, "REJECTED", 1))
+        .await
+        .unwrap();
+    // And a malformed update, which must be dead-lettered, not applied.
+    publisher.publish(b"{\"gmcReferenceNumber\": ").await;
+
+    let within = Duration::from_secs(60);
+    let tcs_latency = wait_for_doc(&client, &alias, &a.gmc_number, within, |d| {
+        d.is_some_and(|d| d["programmeName"] == "Live Programme A")
+    })
+    .await;
+    let gmc_latency = wait_for_doc(&client, &alias, &b.gmc_number, within, |d| {
+        d.is_some_and(|d| d["designatedBody"] == "1-LIVEDB")
+    })
+    .await;
+    let rec_latency = wait_for_doc(&client, &alias, &c.gmc_number, within, |d| {
+        d.is_some_and(|d| d["gmcStatus"] == "Rejected")
+    })
+    .await;
+    println!(
+        "live latency after the change (test machine, printed, not asserted): TCS update {:.2} s, doctor change {:.2} s, recommendation {:.2} s (from the first publish: {:.2} s)",
+        tcs_latency.as_secs_f64(),
+        gmc_latency.as_secs_f64(),
+        rec_latency.as_secs_f64(),
+        sent.elapsed().as_secs_f64()
+    );
+
+    let after_a = doc_of(&client, &alias, &a.gmc_number).await.unwrap();
+    assert_eq!(after_a["membershipType"], Value::Null, "cleared by TCS");
+    for gmc_field in [
+        "designatedBody",
+        "underNotice",
+        "tisStatus",
+        "existsInGmc",
+        "gmcStatus",
+    ] {
+        assert_eq!(
+            after_a[gmc_field], before_a[gmc_field],
+            "TCS left {gmc_field} alone"
+        );
+    }
+    let after_b = doc_of(&client, &alias, &b.gmc_number).await.unwrap();
+    assert_eq!(after_b["underNotice"], "YES");
+    for tcs_field in [
+        "programmeName",
+        "tcsPersonId",
+        "tcsDesignatedBody",
+        "membershipType",
+        "placementGrade",
+    ] {
+        assert_eq!(
+            after_b[tcs_field], before_b[tcs_field],
+            "GMC left {tcs_field} alone"
+        );
+    }
+    // The malformed update waits on the dead-letter queue with its reason.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let dead = loop {
+        let dead = take_dead_letters(&env).await;
+        if !dead.is_empty() || Instant::now() > deadline {
+            break dead;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        dead.iter().map(|(r, _)| r.as_str()).collect::<Vec<_>>(),
+        ["invalid_json"],
+        "the malformed update is dead-lettered"
+    );
+    let (left, _) = queue_state(&env, &env.settings.rabbitmq.update_queue).await;
+    assert_eq!(left, 0, "every update was acked");
+    publisher.close().await;
+    applier.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_doctor_who_leaves_gmc_is_cleared_when_tcs_knows_them_and_removed_otherwise() {
+    logs();
+    let env = TestEnv::new("live_delete");
+    let spec = DatasetSpec::new(42, 600);
+    seed(&env, &spec).await;
+    let tcs = simulator_once(&env, spec);
+    rebuild(&env).await.expect("the baseline run");
+    tcs.await.unwrap().unwrap();
+    let client = env.search().await;
+    let alias = env.name("masterdoctorindex");
+    let in_both = spec
+        .doctors()
+        .find(|d| d.category == Category::Both)
+        .unwrap();
+    let gmc_only = spec
+        .doctors()
+        .find(|d| d.category == Category::GmcOnly)
+        .unwrap();
+    let applier = Applier::start(&env).await;
+    let (doctors, _) = gmc_collections(&env).await;
+    for d in [&in_both, &gmc_only] {
+        doctors
+            .delete_one(doc! {"_id": &d.gmc_number})
+            .await
+            .unwrap();
+    }
+    let within = Duration::from_secs(60);
+    wait_for_doc(&client, &alias, &gmc_only.gmc_number, within, |d| {
+        d.is_none()
+    })
+    .await;
+    wait_for_doc(&client, &alias, &in_both.gmc_number, within, |d| {
+        d.is_some_and(|d| d["existsInGmc"] == false && d.get("designatedBody").is_none())
+    })
+    .await;
+    let kept = doc_of(&client, &alias, &in_both.gmc_number).await.unwrap();
+    assert_eq!(
+        kept["programmeName"].as_str(),
+        in_both.expected.programme_name.as_deref(),
+        "the TCS fields stay"
+    );
+    applier.stop().await;
+    env.cleanup().await;
+}
+
+/// The latest value each doctor should show, per source.
+#[derive(Default)]
+struct Latest {
+    programme: BTreeMap<String, String>,
+    body: BTreeMap<String, String>,
+    status: BTreeMap<String, String>,
+    left: Vec<String>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_live_change_made_during_a_rebuild_is_lost_in_the_new_generation() {
+    logs();
+    let env = TestEnv::new("live_rebuild");
+    let spec = DatasetSpec::new(43, 4000);
+    seed(&env, &spec).await;
+    let tcs = simulator_once(&env, spec);
+    rebuild(&env).await.expect("the baseline run");
+    tcs.await.unwrap().unwrap();
+    let client = env.search().await;
+    let alias = env.name("masterdoctorindex");
+    let applier = Applier::start(&env).await;
+
+    let tcs_doctors: Vec<_> = spec
+        .doctors()
+        .filter(|d| {
+            matches!(d.category, Category::Both | Category::TcsOnly) && d.tcs_messages.len() == 1
+        })
+        .collect();
+    let gmc_doctors: Vec<_> = spec
+        .doctors()
+        .filter(|d| matches!(d.category, Category::Both | Category::GmcOnly))
+        .collect();
+
+    // The rebuild, with the writer of live changes around it: TCS updates
+    // and GMC changes from once the run has begun until after its swap.
+    let tcs = simulator_once(&env, spec);
+    let run_env = TestEnv {
+        settings: env.settings.clone(),
+        id: env.id.clone(),
+    };
+    let mut run = Some(tokio::spawn(async move { rebuild(&run_env).await }));
+    let history = history(&env).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let current = history.current_or_last().await.unwrap();
+        if current.is_some_and(|r| r.outcome == RunOutcome::Running && !r.phases.is_empty()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the run did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let publisher = TcsPublisher::new(&env).await;
+    let (doctors, recommendations) = gmc_collections(&env).await;
+    let mut latest = Latest::default();
+    let (mut tcs_updates, mut gmc_changes, mut after_swap_rounds) = (0usize, 0usize, 0);
+    let mut round = 0u32;
+    let mut outcome = None;
+    while outcome.is_none() || tcs_updates < 2000 || gmc_changes < 2000 || after_swap_rounds < 3 {
+        round += 1;
+        // 40 TCS updates, 40 GMC changes per round, over rotating doctors.
+        for k in 0..40 {
+            let d = &tcs_doctors[(round as usize * 40 + k) % tcs_doctors.len()];
+            let mut body = d.tcs_messages[0].clone();
+            let value = format!("Live {round}-{k}");
+            body["programmeName"] = json!(value);
+            publisher.publish(body.to_string().as_bytes()).await;
+            latest.programme.insert(d.gmc_number.clone(), value);
+            tcs_updates += 1;
+        }
+        for k in 0..40 {
+            let d = &gmc_doctors[(round as usize * 40 + k) % gmc_doctors.len()];
+            if latest.left.contains(&d.gmc_number) {
+                continue;
+            }
+            match k % 10 {
+                0 if round.is_multiple_of(5) && d.category == Category::GmcOnly => {
+                    doctors
+                        .delete_one(doc! {"_id": &d.gmc_number})
+                        .await
+                        .unwrap();
+                    latest.left.push(d.gmc_number.clone());
+                    latest.body.remove(&d.gmc_number);
+                    latest.status.remove(&d.gmc_number);
+                }
+                1..=3 => {
+                    let outcome =
+                        ["APPROVED", "REJECTED", "UNDER_REVIEW"][(round as usize + k) % 3];
+                    recommendations
+                        .insert_one(newest_recommendation(
+                            &d.gmc_number,
+                            outcome,
+                            round * 100 + k as u32,
+                        ))
+                        .await
+                        .unwrap();
+                    let shown = match outcome {
+                        "APPROVED" => "Approved",
+                        "REJECTED" => "Rejected",
+                        _ => "Under Review",
+                    };
+                    latest
+                        .status
+                        .insert(d.gmc_number.clone(), shown.to_string());
+                }
+                _ => {
+                    let body = format!("1-LIVE{round}X{k}");
+                    doctors
+                        .update_one(
+                            doc! {"_id": &d.gmc_number},
+                            doc! {"$set": {"designatedBodyCode": &body}},
+                        )
+                        .await
+                        .unwrap();
+                    latest.body.insert(d.gmc_number.clone(), body);
+                }
+            }
+            gmc_changes += 1;
+        }
+        if run.as_ref().is_some_and(|r| r.is_finished()) {
+            outcome = Some(run.take().unwrap().await.unwrap());
+        } else if outcome.is_some() {
+            after_swap_rounds += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let record = outcome
+        .unwrap()
+        .expect("the rebuild succeeds with live changes around it");
+    tcs.await.unwrap().unwrap();
+    assert_eq!(record.outcome, RunOutcome::Succeeded);
+    assert!(record.catch_up.applier_active, "{:?}", record.catch_up);
+    assert!(
+        record.catch_up.replayed > 0,
+        "changes were replayed: {:?}",
+        record.catch_up
+    );
+    println!(
+        "catch-up (printed): {} changes replayed in {} rounds, {} left at the pause, applier paused {} ms; {tcs_updates} TCS updates and {gmc_changes} GMC changes made",
+        record.catch_up.replayed,
+        record.catch_up.rounds,
+        record.catch_up.backlog_at_pause,
+        record.catch_up.paused_ms
+    );
+
+    // Wait until the applier has applied the last changes, then compare.
+    let last = latest
+        .programme
+        .iter()
+        .last()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .unwrap();
+    wait_for_doc(&client, &alias, &last.0, Duration::from_secs(60), |d| {
+        d.is_some_and(|d| d["programmeName"] == last.1.as_str())
+    })
+    .await;
+    let (left, _) = queue_state(&env, &env.settings.rabbitmq.update_queue).await;
+    assert_eq!(left, 0, "every update was applied and acked");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let docs = documents(&client, &alias).await;
+    let generation = record.promotion.as_ref().unwrap().master.to.clone();
+    assert_eq!(
+        common::alias_targets(&client, &alias).await,
+        vec![generation.clone()],
+        "the live alias is on the new generation"
+    );
+    let mut wrong = Vec::new();
+    for (id, value) in &latest.programme {
+        let shown = docs.get(id).and_then(|d| d.programme_name.clone());
+        if shown.as_deref() != Some(value.as_str()) {
+            wrong.push(format!("{id}: programmeName {shown:?}, latest {value}"));
+        }
+    }
+    for (id, value) in &latest.body {
+        let shown = docs.get(id).and_then(|d| d.designated_body.clone());
+        if shown.as_deref() != Some(value.as_str()) {
+            wrong.push(format!("{id}: designatedBody {shown:?}, latest {value}"));
+        }
+    }
+    for (id, value) in &latest.status {
+        let shown = docs.get(id).and_then(|d| d.gmc_status.clone());
+        if shown.as_deref() != Some(value.as_str()) {
+            wrong.push(format!("{id}: gmcStatus {shown:?}, latest {value}"));
+        }
+    }
+    for id in &latest.left {
+        if docs.contains_key(id) {
+            wrong.push(format!("{id}: still there after leaving GMC"));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} doctors do not show their latest change, the first: {:?}",
+        wrong.len(),
+        wrong.iter().take(8).collect::<Vec<_>>()
+    );
+    publisher.close().await;
+    applier.stop().await;
+    env.cleanup().await;
+}
