@@ -44,6 +44,16 @@ pub enum Command {
     /// Apply live TCS updates and GMC changes to the live index (the live
     /// applier on its own), until SIGTERM or SIGINT.
     Live,
+    /// Convert the legacy layout (concrete masterdoctorindex and
+    /// recommendationindex) into generations with every alias.
+    Adopt(AdoptArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AdoptArgs {
+    /// Act; without it, only the plan is printed.
+    #[arg(long)]
+    pub yes: bool,
 }
 
 #[derive(Debug, Args)]

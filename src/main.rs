@@ -43,5 +43,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Config(ConfigCommand::Check) => commands::config::check(&settings),
         Command::Serve(args) => commands::serve::run(settings, &args).await,
         Command::Live => commands::live::run(settings).await,
+        Command::Adopt(args) => commands::adopt::run(&settings, &args).await,
     }
 }

@@ -389,3 +389,205 @@ async fn no_live_change_made_during_a_rebuild_is_lost_in_the_new_generation() {
     applier.stop().await;
     env.cleanup().await;
 }
+
+/// Makes live changes until stopped, keeping the latest value of each.
+struct Writer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<(BTreeMap<String, String>, BTreeMap<String, String>, usize)>,
+}
+
+impl Writer {
+    /// TCS programme changes and GMC designated-body changes, round after round.
+    async fn start(env: &TestEnv, spec: &DatasetSpec) -> Writer {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let publisher = TcsPublisher::new(env).await;
+        let (doctors, _) = gmc_collections(env).await;
+        let tcs_doctors: Vec<_> = spec
+            .doctors()
+            .filter(|d| {
+                matches!(d.category, Category::Both | Category::TcsOnly)
+                    && d.tcs_messages.len() == 1
+            })
+            .collect();
+        let gmc_doctors: Vec<_> = spec
+            .doctors()
+            .filter(|d| d.category == Category::Both)
+            .collect();
+        let flag = stop.clone();
+        let task = tokio::spawn(async move {
+            let (mut programme, mut body, mut made) = (BTreeMap::new(), BTreeMap::new(), 0);
+            let mut round = 0usize;
+            while !flag.load(std::sync::atomic::Ordering::SeqCst) {
+                round += 1;
+                for k in 0..20 {
+                    let d = &tcs_doctors[(round * 20 + k) % tcs_doctors.len()];
+                    let mut message = d.tcs_messages[0].clone();
+                    let value = format!("Restart {round}-{k}");
+                    message["programmeName"] = json!(value);
+                    publisher.publish(message.to_string().as_bytes()).await;
+                    programme.insert(d.gmc_number.clone(), value);
+                    let g = &gmc_doctors[(round * 20 + k) % gmc_doctors.len()];
+                    let value = format!("1-R{round}X{k}");
+                    doctors
+                        .update_one(
+                            doc! {"_id": &g.gmc_number},
+                            doc! {"$set": {"designatedBodyCode": &value}},
+                        )
+                        .await
+                        .unwrap();
+                    body.insert(g.gmc_number.clone(), value);
+                    made += 2;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            publisher.close().await;
+            (programme, body, made)
+        });
+        Writer { stop, task }
+    }
+
+    async fn stop(self) -> (BTreeMap<String, String>, BTreeMap<String, String>, usize) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.task.await.unwrap()
+    }
+}
+
+/// Every doctor shows the latest value the writer gave it.
+async fn assert_latest(
+    client: &rebuilder::search::SearchClient,
+    alias: &str,
+    programme: &BTreeMap<String, String>,
+    body: &BTreeMap<String, String>,
+) {
+    let docs = documents(client, alias).await;
+    let mut wrong = Vec::new();
+    for (id, value) in programme {
+        let shown = docs.get(id).and_then(|d| d.programme_name.clone());
+        if shown.as_deref() != Some(value.as_str()) {
+            wrong.push(format!("{id}: programmeName {shown:?}, latest {value}"));
+        }
+    }
+    for (id, value) in body {
+        let shown = docs.get(id).and_then(|d| d.designated_body.clone());
+        if shown.as_deref() != Some(value.as_str()) {
+            wrong.push(format!("{id}: designatedBody {shown:?}, latest {value}"));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} doctors lost their latest change, the first: {:?}",
+        wrong.len(),
+        wrong.iter().take(8).collect::<Vec<_>>()
+    );
+}
+
+#[path = "common/service_helpers.rs"]
+mod service_helpers;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_killed_during_catch_up_and_while_applying_loses_nothing_after_a_restart() {
+    use service_helpers::{Service, TOKEN};
+    logs();
+    let mut env = TestEnv::new("live_restart");
+    env.settings.run.lease_ttl_secs = 4;
+    let spec = DatasetSpec::new(44, 2500);
+    seed(&env, &spec).await;
+    let tcs = simulator_once(&env, spec);
+    rebuild(&env).await.expect("the baseline run");
+    tcs.await.unwrap().unwrap();
+    let client = env.search().await;
+    let alias = env.name("masterdoctorindex");
+    // The catch-up repeats while changes keep coming: a long window to kill in.
+    let long_catch_up = [
+        ("REBUILDER_LIVE__CATCH_UP_BACKLOG", "0"),
+        ("REBUILDER_LIVE__CATCH_UP_ROUNDS", "1000"),
+        ("REBUILDER_LIVE__LEASE_TTL_SECS", "4"),
+    ];
+    let mut first = Service::start(&env, &long_catch_up);
+    let writer = Writer::start(&env, &spec).await;
+    let tcs = simulator_once(&env, spec);
+    let (status, started) = first.trigger(Some(TOKEN)).await;
+    assert_eq!(status, 202, "{started}");
+    let run_id = started["runId"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (_, run) = first.get(&format!("/api/runs/{run_id}")).await;
+        if run["phase"] == "catch_up" && run["catchUp"]["rounds"].as_u64().unwrap_or(0) >= 1 {
+            break;
+        }
+        assert!(
+            run["outcome"] == "running",
+            "the run ended before its catch-up: {run}"
+        );
+        assert!(Instant::now() < deadline, "no catch-up: {run}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    first.kill();
+    tcs.await.unwrap().unwrap();
+    let killed = run_record(&env, &run_id).await;
+    assert_eq!(
+        killed.phase,
+        Some(rebuilder::rebuild::record::RunPhase::CatchUp),
+        "killed in the catch-up"
+    );
+
+    // A second service takes over the applier; it is killed while applying.
+    let mut second = Service::start(&env, &[("REBUILDER_LIVE__LEASE_TTL_SECS", "4")]);
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    second.kill();
+
+    // A third one: the changes the others left unsettled come again.
+    let third = Service::start(&env, &[("REBUILDER_LIVE__LEASE_TTL_SECS", "4")]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (programme, body, made) = writer.stop().await;
+    assert!(made > 500, "the writer kept writing ({made} changes)");
+    let last = programme
+        .iter()
+        .last()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .unwrap();
+    wait_for_doc(&client, &alias, &last.0, Duration::from_secs(90), |d| {
+        d.is_some_and(|d| d["programmeName"] == last.1.as_str())
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (ready, _) = queue_state(&env, &env.settings.rabbitmq.update_queue).await;
+        if ready == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{ready} updates still queued");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_latest(&client, &alias, &programme, &body).await;
+
+    // The next rebuild succeeds (the killed run's lease expired), and holds it all.
+    let tcs = simulator_once(&env, spec);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let next = loop {
+        let (status, started) = third.trigger(Some(TOKEN)).await;
+        if status == 202 {
+            break started["runId"].as_str().unwrap().to_string();
+        }
+        assert_eq!(status, 409, "{started}");
+        assert!(
+            Instant::now() < deadline,
+            "the dead run's lease never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let done = third.wait_for_run(&next, Duration::from_secs(180)).await;
+    assert_eq!(done["outcome"], "succeeded", "{done}");
+    tcs.await.unwrap().unwrap();
+    assert_eq!(
+        run_record(&env, &run_id).await.outcome,
+        RunOutcome::Abandoned
+    );
+    // The GMC changes live in MongoDB, which the rebuild reads afresh. (The
+    // simulator's sync sends the generated trainees, not TCS's current ones,
+    // so the TCS side of a rebuild is checked by the tests above, with the
+    // changes made during the run.)
+    assert_latest(&client, &alias, &BTreeMap::new(), &body).await;
+    env.cleanup().await;
+}

@@ -93,8 +93,9 @@ pub fn check_amqp_uri(uri: &str) -> Result<(), GuardError> {
 }
 
 /// Seeding may replace the GMC collections of `db` only when the database
-/// is empty (seeding creates it) or carries the marker of an earlier
-/// seeding; the marker is written here, before any data.
+/// is empty (seeding creates it; rebuilder's own `rebuilder*` state
+/// collections do not count) or carries the marker of an earlier seeding;
+/// the marker is written here, before any data.
 pub async fn claim_database(db: &Database) -> Result<(), GuardError> {
     let names = db.list_collection_names().await?;
     let marker = db.collection::<Document>(SEED_MARKER_COLLECTION);
@@ -106,8 +107,14 @@ pub async fn claim_database(db: &Database) -> Result<(), GuardError> {
     {
         return Ok(());
     }
-    if !names.is_empty() {
-        let mut names = names;
+    // rebuilder's own state (the lease, the run history, the journal) may
+    // be there already: a run or an adoption was pointed at the database.
+    let foreign: Vec<String> = names
+        .into_iter()
+        .filter(|n| !n.starts_with("rebuilder"))
+        .collect();
+    if !foreign.is_empty() {
+        let mut names = foreign;
         names.sort();
         return Err(GuardError::ForeignDatabase {
             database: db.name().to_string(),

@@ -1,6 +1,7 @@
 //! The operations behind each command: thin orchestration over the
 //! library, with `anyhow` context and the report each prints.
 
+pub mod adopt;
 pub mod config;
 pub mod generations;
 pub mod live;

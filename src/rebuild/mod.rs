@@ -4,6 +4,7 @@
 //! record and phases ([`record`]), its progress display ([`progress`]),
 //! and rollback as an operation under the same lease ([`rollback`]).
 
+pub mod adopt;
 pub mod engine;
 pub mod gates;
 pub mod progress;

@@ -22,7 +22,7 @@ use crate::search::{Family, SearchError};
 /// Why aliases did not move.
 #[derive(Debug, thiserror::Error)]
 pub enum PromoteError {
-    #[error("index {name} exists where alias {name} should be: a concrete index (the legacy layout?) holds the name; no alias moved, and it must be converted into a generation before a promotion can proceed")]
+    #[error("index {name} exists where alias {name} should be: a concrete index (the legacy layout) holds the name; no alias moved. Convert it with `rebuilder adopt` (it prints its plan; `--yes` acts)")]
     AliasNameTaken { name: String },
     #[error("generation {name} does not exist")]
     NoSuchGeneration { name: String },

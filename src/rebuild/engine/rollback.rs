@@ -202,7 +202,7 @@ mod tests {
     }
 
     #[test]
-    fn the_alias_conflict_error_names_the_index_and_says_nothing_moved() {
+    fn the_alias_conflict_error_names_the_index_and_points_to_adopt() {
         let e = PromoteError::AliasNameTaken {
             name: "current_connections".into(),
         };
