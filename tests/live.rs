@@ -390,10 +390,14 @@ async fn no_live_change_made_during_a_rebuild_is_lost_in_the_new_generation() {
     env.cleanup().await;
 }
 
+/// What the writer made: the latest programme and designated body per
+/// doctor, and how many changes.
+type Written = (BTreeMap<String, String>, BTreeMap<String, String>, usize);
+
 /// Makes live changes until stopped, keeping the latest value of each.
 struct Writer {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    task: tokio::task::JoinHandle<(BTreeMap<String, String>, BTreeMap<String, String>, usize)>,
+    task: tokio::task::JoinHandle<Written>,
 }
 
 impl Writer {
@@ -446,7 +450,7 @@ impl Writer {
         Writer { stop, task }
     }
 
-    async fn stop(self) -> (BTreeMap<String, String>, BTreeMap<String, String>, usize) {
+    async fn stop(self) -> Written {
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
         self.task.await.unwrap()
     }
