@@ -212,8 +212,8 @@ mod tests {
         ));
         assert!(text.contains("no alias moved"), "{text}");
         assert!(
-            !text.contains("rebuilder adopt"),
-            "no pointer to a command that does not exist"
+            text.contains("rebuilder adopt"),
+            "points to the command that converts it"
         );
         assert!(e.is_refusal());
     }
