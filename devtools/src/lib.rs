@@ -1,10 +1,12 @@
 //! Development and test aids of rebuilder, kept out of the production
 //! binary: the deterministic data generator, the seeding of a local
 //! MongoDB-compatible server, and the TCS simulator that plays TCS on a
-//! local RabbitMQ. The demo, the tests and the benchmark use them; both
-//! servers they write to must be on loopback ([`guard`]).
+//! local RabbitMQ, and live changes for the demo ([`live_changes`]). The
+//! demo, the tests and the benchmark use them; the servers they write to
+//! must be on loopback ([`guard`]).
 
 pub mod datagen;
 pub mod guard;
+pub mod live_changes;
 pub mod seed;
 pub mod simulator;

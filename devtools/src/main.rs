@@ -37,6 +37,33 @@ enum Command {
     Seed(SeedArgs),
     /// Play TCS on a local RabbitMQ: answer each syncStart with the generated trainees.
     TcsSimulator(SimulatorArgs),
+    /// Make live changes (TCS updates, GMC doctor changes) on local servers,
+    /// then check that they are in the live index, or how long each takes.
+    LiveChanges(LiveChangesArgs),
+}
+
+#[derive(Debug, Args)]
+struct LiveChangesArgs {
+    #[command(flatten)]
+    dataset: DatasetArgs,
+    /// How many changes (alternately a TCS update and a GMC change).
+    #[arg(long, default_value_t = 100)]
+    count: usize,
+    /// Milliseconds between two changes.
+    #[arg(long, default_value_t = 50)]
+    interval_ms: u64,
+    /// Wait for each change to reach the live index and print how long it took.
+    #[arg(long)]
+    measure: bool,
+    /// Write the changes made here (JSON lines), for `--check`.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Make no change: check that the changes in this file are in the live index.
+    #[arg(long, value_name = "FILE")]
+    check: Option<PathBuf>,
+    /// A word put into every value (so that runs differ).
+    #[arg(long, default_value = "demo")]
+    tag: String,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -103,7 +130,79 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Seed(args) => seed(&settings, &args).await,
         Command::TcsSimulator(args) => simulate(&settings, &args).await,
+        Command::LiveChanges(args) => live_changes(&settings, &args).await,
     }
+}
+
+async fn live_changes(settings: &Settings, args: &LiveChangesArgs) -> anyhow::Result<()> {
+    use rebuilder_dev::live_changes::{arrival, make_changes, missing_from_index, MadeChange};
+    use std::time::Duration;
+    if let Some(path) = &args.check {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("while reading {}", path.display()))?;
+        let changes: Vec<MadeChange> = text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(serde_json::from_str)
+            .collect::<Result<_, _>>()
+            .context("while reading the changes")?;
+        let missing = missing_from_index(settings, &changes).await?;
+        let distinct: std::collections::BTreeSet<(&str, &str)> =
+            changes.iter().map(|c| (c.id.as_str(), c.field.as_str())).collect();
+        println!(
+            "{} of {} changed fields show their latest live value in the live index{}",
+            distinct.len() - missing.len(),
+            distinct.len(),
+            if missing.is_empty() { "." } else { "; missing:" }
+        );
+        for m in missing.iter().take(10) {
+            println!("  {} {} should be {:?}", m.id, m.field, m.value);
+        }
+        anyhow::ensure!(missing.is_empty(), "{} live changes are missing", missing.len());
+        return Ok(());
+    }
+    let spec = args.dataset.spec();
+    if args.measure {
+        // One change at a time, each timed from the moment it was made.
+        let mut seconds = Vec::new();
+        for k in 0..args.count {
+            let tag = format!("{}{k}", args.tag);
+            let made = make_changes(settings, &spec, 1, Duration::ZERO, &tag, |_| {}).await?;
+            let change = made.into_iter().next().expect("one change");
+            match arrival(settings, &change, Duration::from_secs(60)).await? {
+                Some(took) => seconds.push(took.as_secs_f64()),
+                None => anyhow::bail!("{} {} never reached the live index", change.id, change.field),
+            }
+        }
+        seconds.sort_by(|a, b| a.total_cmp(b));
+        println!(
+            "{} live changes (TCS and GMC alternately), each timed until it showed in the live index: p50 {:.2} s, max {:.2} s",
+            seconds.len(),
+            seconds[seconds.len() / 2],
+            seconds[seconds.len() - 1]
+        );
+        return Ok(());
+    }
+    let mut out = match &args.out {
+        Some(path) => Some(std::io::BufWriter::new(
+            std::fs::File::create(path).with_context(|| format!("while creating {}", path.display()))?,
+        )),
+        None => None,
+    };
+    let interval = Duration::from_millis(args.interval_ms);
+    let made = make_changes(settings, &spec, args.count, interval, &args.tag, |c| {
+        if let Some(out) = out.as_mut() {
+            use std::io::Write;
+            let _ = writeln!(out, "{}", serde_json::to_string(c).unwrap_or_default());
+        }
+    })
+    .await?;
+    if let Some(mut out) = out {
+        use std::io::Write;
+        out.flush()?;
+    }
+    println!("Made {} live changes.", made.len());
+    Ok(())
 }
 
 async fn seed(settings: &Settings, args: &SeedArgs) -> anyhow::Result<()> {

@@ -126,6 +126,22 @@ pub fn render(r: &RunRecord) -> String {
             b.docs_per_sec()
         );
     }
+    let cu = &r.catch_up;
+    if cu.applier_active || cu.replayed > 0 {
+        let _ = writeln!(
+            out,
+            "  catch-up: {} live changes replayed in {} rounds; {} left at the pause, applier paused {} ms{}",
+            cu.replayed,
+            cu.rounds,
+            cu.backlog_at_pause,
+            cu.paused_ms,
+            if cu.failed > 0 {
+                format!("; {} refused", cu.failed)
+            } else {
+                String::new()
+            }
+        );
+    }
     if !r.rejects.is_empty() {
         let rejects: Vec<String> = r.rejects.iter().map(|(k, n)| format!("{k} {n}")).collect();
         let _ = writeln!(out, "  rejects: {}", rejects.join(", "));
