@@ -58,7 +58,9 @@ pub async fn make_changes(
     let connection = rabbit_connection(&settings.rabbitmq).await?;
     declare_topology(&connection, &settings.rabbitmq).await?;
     let channel = connection.create_channel().await?;
-    channel.confirm_select(ConfirmSelectOptions::default()).await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
     let mongo = mongo_client(&settings.mongodb).await?;
     let doctors = mongo
         .database(&settings.mongodb.database)
@@ -68,7 +70,10 @@ pub async fn make_changes(
         .doctors()
         .filter(|d| d.category == Category::Both && d.tcs_messages.len() == 1)
         .collect();
-    anyhow::ensure!(!candidates.is_empty(), "the data set has no doctor in both sources");
+    anyhow::ensure!(
+        !candidates.is_empty(),
+        "the data set has no doctor in both sources"
+    );
     for k in 0..count {
         let doctor = &candidates[(k * 7919) % candidates.len()];
         let change = if k % 2 == 0 {
@@ -130,7 +135,12 @@ pub async fn missing_from_index(
     let mut missing = Vec::new();
     for change in latest.values() {
         let (status, doc) = client
-            .request(Method::Get, &format!("/{alias}/_doc/{}", change.id), &[], None)
+            .request(
+                Method::Get,
+                &format!("/{alias}/_doc/{}", change.id),
+                &[],
+                None,
+            )
             .await?;
         let shown = doc["_source"][&change.field].as_str().unwrap_or("");
         if status != 200 || shown != change.value {
@@ -141,10 +151,17 @@ pub async fn missing_from_index(
 }
 
 /// How long one change takes to reach the live index.
-pub async fn arrival(settings: &Settings, change: &MadeChange, within: Duration) -> anyhow::Result<Option<Duration>> {
+pub async fn arrival(
+    settings: &Settings,
+    change: &MadeChange,
+    within: Duration,
+) -> anyhow::Result<Option<Duration>> {
     let started = Instant::now();
     while started.elapsed() < within {
-        if missing_from_index(settings, std::slice::from_ref(change)).await?.is_empty() {
+        if missing_from_index(settings, std::slice::from_ref(change))
+            .await?
+            .is_empty()
+        {
             return Ok(Some(started.elapsed()));
         }
         tokio::time::sleep(Duration::from_millis(25)).await;

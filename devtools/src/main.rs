@@ -147,18 +147,28 @@ async fn live_changes(settings: &Settings, args: &LiveChangesArgs) -> anyhow::Re
             .collect::<Result<_, _>>()
             .context("while reading the changes")?;
         let missing = missing_from_index(settings, &changes).await?;
-        let distinct: std::collections::BTreeSet<(&str, &str)> =
-            changes.iter().map(|c| (c.id.as_str(), c.field.as_str())).collect();
+        let distinct: std::collections::BTreeSet<(&str, &str)> = changes
+            .iter()
+            .map(|c| (c.id.as_str(), c.field.as_str()))
+            .collect();
         println!(
             "{} of {} changed fields show their latest live value in the live index{}",
             distinct.len() - missing.len(),
             distinct.len(),
-            if missing.is_empty() { "." } else { "; missing:" }
+            if missing.is_empty() {
+                "."
+            } else {
+                "; missing:"
+            }
         );
         for m in missing.iter().take(10) {
             println!("  {} {} should be {:?}", m.id, m.field, m.value);
         }
-        anyhow::ensure!(missing.is_empty(), "{} live changes are missing", missing.len());
+        anyhow::ensure!(
+            missing.is_empty(),
+            "{} live changes are missing",
+            missing.len()
+        );
         return Ok(());
     }
     let spec = args.dataset.spec();
@@ -171,7 +181,11 @@ async fn live_changes(settings: &Settings, args: &LiveChangesArgs) -> anyhow::Re
             let change = made.into_iter().next().expect("one change");
             match arrival(settings, &change, Duration::from_secs(60)).await? {
                 Some(took) => seconds.push(took.as_secs_f64()),
-                None => anyhow::bail!("{} {} never reached the live index", change.id, change.field),
+                None => anyhow::bail!(
+                    "{} {} never reached the live index",
+                    change.id,
+                    change.field
+                ),
             }
         }
         seconds.sort_by(|a, b| a.total_cmp(b));
@@ -185,7 +199,8 @@ async fn live_changes(settings: &Settings, args: &LiveChangesArgs) -> anyhow::Re
     }
     let mut out = match &args.out {
         Some(path) => Some(std::io::BufWriter::new(
-            std::fs::File::create(path).with_context(|| format!("while creating {}", path.display()))?,
+            std::fs::File::create(path)
+                .with_context(|| format!("while creating {}", path.display()))?,
         )),
         None => None,
     };
