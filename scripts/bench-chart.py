@@ -9,7 +9,7 @@ Panels, on one time axis (seconds since each measurement started):
      shaded, the alias swap marked, and B's extrapolated rate for scale;
   2. the probe's latency on current_connections, errors in red, swap marked;
   3. the cores each part of the stack used during C (where the time goes);
-  4. the rebuilder process's resident memory against the 300 MB target.
+  4. the rebuilder process's resident memory against the 256 MB target.
 Needs only matplotlib (its wheel ships its own fonts).
 """
 import json
@@ -169,7 +169,7 @@ def main(report_path, png_path):
     if c and c["run"]["usage"].get("rss_series"):
         t, v = zip(*c["run"]["usage"]["rss_series"])
         mem_ax.plot(t, v, color="#9467bd", lw=1.5, label=f"rebuilder RSS (peak {c['peak_rss_mb']:.0f} MB)")
-        mem_ax.axhline(300, color="#9467bd", ls=":", lw=1, label="target at 1M doctors: 300 MB")
+        mem_ax.axhline(256, color="#9467bd", ls=":", lw=1, label="target at 1M doctors: 256 MB")
         mem_ax.set_ylim(0, max(320, max(v) * 1.1))
         mem_ax.legend(loc="upper left", fontsize=8)
     mem_ax.set_ylabel("MB")

@@ -10,6 +10,11 @@
 //!   process, with the TCS simulator publishing and the GMC data in MongoDB,
 //!   watched by the alias [`probe`] and the [`process`] samplers.
 //! - D, server-side `_reindex` ([`reindex`]), for reference.
+//! - `S_tcs` and `S_gmc`, the TCS stream alone and the GMC reads alone
+//!   ([`stages`]), which with A and D give the machine's bound `L` for the
+//!   run and the pipeline efficiency `E = L / C`.
+//! - With `--latency-ms`, B and C again through latency proxies
+//!   ([`network`]).
 //!
 //! Everything lives under the names of [`isolation`], so a benchmark never
 //! touches the demo's or the tests' indices, queues or database. The binary
@@ -21,11 +26,13 @@ pub mod corpus;
 pub mod full_run;
 pub mod indices;
 pub mod isolation;
+pub mod network;
 pub mod probe;
 pub mod process;
 pub mod raw;
 pub mod reindex;
 pub mod report;
+pub mod stages;
 pub mod upsert;
 
 use std::time::{Duration, Instant};

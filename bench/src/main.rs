@@ -18,11 +18,13 @@ use rebuilder_bench::ceiling::{self, SweepPlan};
 use rebuilder_bench::corpus::Corpus;
 use rebuilder_bench::full_run::{self, RebuilderBin, Simulator};
 use rebuilder_bench::indices::{self, IndexSettings};
+use rebuilder_bench::network::LatencyNetwork;
 use rebuilder_bench::process::{self, CpuSnapshot, CpuUsage, MEASURED_RUN};
 use rebuilder_bench::report::{
     Dataset, ForeignLoad, Machine, ProbeFigures, Ratios, RebuilderFigures, Report,
 };
-use rebuilder_bench::{isolation, probe, reindex, round3, upsert};
+use rebuilder_bench::report::{NetworkFigures, NetworkRun};
+use rebuilder_bench::{isolation, probe, reindex, round3, stages, upsert};
 use rebuilder_dev::datagen::DatasetSpec;
 
 /// Above this share of the machine spent on other work, a figure is flagged.
@@ -88,6 +90,11 @@ struct Args {
     /// Longest a `rebuilder run` may take, in seconds.
     #[arg(long, default_value_t = 3600)]
     run_timeout_secs: u64,
+    /// Also run B and C through Toxiproxy proxies that add this latency
+    /// (milliseconds) each way in front of every server, beside the
+    /// loopback figures (Toxiproxy is started by `scripts/stack start`).
+    #[arg(long, value_name = "MS")]
+    latency_ms: Option<u64>,
     /// Keep the benchmark's indices, database and queues afterwards.
     #[arg(long)]
     keep: bool,
@@ -242,6 +249,12 @@ async fn measure(
         b_old_path: None,
         c_rebuilder: None,
         d_reindex: None,
+        d_cpu: None,
+        s_tcs: None,
+        s_gmc: None,
+        network: None,
+        bound: None,
+        efficiency: None,
         probe: None,
         ratios: Ratios::default(),
         targets: Vec::new(),
@@ -296,7 +309,9 @@ async fn measure(
     if let (true, Some(source)) = (args.runs(Part::D), &source_index) {
         let dest = format!("{prefix}reindex-dest");
         indices::create(search, template, &dest, IndexSettings::Build).await?;
+        let before = CpuSnapshot::take();
         let d = reindex::run(search, source, &dest, Duration::from_secs(3600)).await?;
+        report.d_cpu = Some(CpuUsage::between(&before, &CpuSnapshot::take(), &[]));
         println!(
             "D: _reindex of {} documents: {:.0} docs/s ({:.1} s).",
             d.docs, d.docs_per_sec, d.took_secs
@@ -336,12 +351,35 @@ async fn measure(
         indices::delete(search, &index).await?;
         report.b_old_path = Some(b);
     }
+
+    // The same B and C on a slower network, through latency proxies.
+    let network = match args.latency_ms {
+        Some(ms) => Some(LatencyNetwork::create(settings, ms).await?),
+        None => None,
+    };
+    if let Some(net) = &network {
+        let mut figures = NetworkFigures {
+            latency_ms: net.latency_ms,
+            b_old_path: None,
+            c_rebuilder: None,
+        };
+        if args.runs(Part::B) {
+            figures.b_old_path = Some(old_path_through(args, net, template, &corpus).await?);
+        }
+        report.network = Some(figures);
+    }
     drop(corpus);
 
     // C, the rebuilder end to end.
-    if args.runs(Part::C) {
-        measure_rebuilder(args, settings, search, &spec, &mut report).await?;
+    let measured = if args.runs(Part::C) {
+        measure_rebuilder(args, settings, search, &spec, network.as_ref(), &mut report).await
+    } else {
+        Ok(())
+    };
+    if let Some(net) = network {
+        net.remove().await;
     }
+    measured?;
     // A needs OpenSearch alone; C needs the whole stack. CPU anything else
     // used meanwhile was taken from the measurement.
     let busy = [
@@ -384,6 +422,7 @@ async fn measure_rebuilder(
     settings: &Settings,
     search: &SearchClient,
     spec: &DatasetSpec,
+    network: Option<&LatencyNetwork>,
     report: &mut Report,
 ) -> anyhow::Result<()> {
     let path = match &args.rebuilder {
@@ -489,6 +528,25 @@ async fn measure_rebuilder(
             Simulator::start(&bin, settings, spec.doctors, spec.seed, "simulator.log").await?;
     }
 
+    // The stages alone, on the same data, just before C.
+    {
+        let s_gmc = stages::gmc_alone(settings, &mongo).await?;
+        println!(
+            "S_gmc: the aggregation and one full read of doctorsForDB: {} records in {:.1} s ({:.1} CPU s).",
+            s_gmc.records,
+            s_gmc.secs,
+            s_gmc.cpu_secs()
+        );
+        report.s_gmc = Some(s_gmc);
+        let s_tcs = stages::tcs_alone(settings).await?;
+        println!(
+            "S_tcs: the TCS sync alone, taken and acked: {} messages in {:.1} s ({:.1} CPU s).",
+            s_tcs.records,
+            s_tcs.secs,
+            s_tcs.cpu_secs()
+        );
+        report.s_tcs = Some(s_tcs);
+    }
     println!(
         "C: measured run, probing {alias} every {} ms ...",
         args.probe_ms
@@ -558,6 +616,24 @@ async fn measure_rebuilder(
         run.docs as f64 / run.wall_secs.max(1e-9),
         run.usage.peak_rss_mb
     );
+    if let Some(net) = network {
+        let through = c_through(
+            &bin,
+            net,
+            settings,
+            search,
+            spec,
+            &alias,
+            probe_every,
+            timeout,
+            &run,
+        )
+        .await?;
+        report.warnings.extend(through.failures.iter().cloned());
+        if let Some(figures) = report.network.as_mut() {
+            figures.c_rebuilder = Some(through);
+        }
+    }
     report.c_rebuilder = Some(RebuilderFigures {
         docs_per_sec: round3(run.docs as f64 / run.wall_secs.max(1e-9)),
         docs: run.docs,
@@ -576,6 +652,119 @@ async fn measure_rebuilder(
         run_report,
     });
     Ok(())
+}
+
+/// B through the latency proxy, time-boxed like B.
+async fn old_path_through(
+    args: &Args,
+    net: &LatencyNetwork,
+    template: &IndexTemplate,
+    corpus: &Corpus,
+) -> anyhow::Result<upsert::OldPathResult> {
+    let search = SearchClient::new(&net.settings.opensearch)?;
+    let index = format!("{}oldpath-latency", net.settings.names.prefix);
+    let time_box =
+        Duration::from_secs(
+            args.old_path_secs
+                .unwrap_or(if args.smoke { 2 } else { 20 }),
+        );
+    indices::create(&search, template, &index, IndexSettings::Serving).await?;
+    println!(
+        "B on the {} ms network: one upsert per document through the proxy, time-boxed to {} s ...",
+        net.latency_ms,
+        time_box.as_secs()
+    );
+    let b = upsert::run(&search, &index, corpus, time_box).await;
+    indices::delete(&search, &index).await?;
+    let b = b?;
+    println!(
+        "B on the {} ms network: {} documents in {:.1} s = {:.1} docs/s ({:.2} ms each).",
+        net.latency_ms, b.sample_docs, b.sample_secs, b.docs_per_sec, b.mean_request_ms
+    );
+    Ok(b)
+}
+
+/// C again, every process (the rebuilder and the simulator) reaching every
+/// server through the latency proxies; the probe reads directly, as the
+/// readers' view is not what is measured here.
+#[allow(clippy::too_many_arguments)]
+async fn c_through(
+    bin: &RebuilderBin,
+    net: &LatencyNetwork,
+    settings: &Settings,
+    search: &SearchClient,
+    spec: &DatasetSpec,
+    alias: &str,
+    probe_every: Duration,
+    timeout: Duration,
+    loopback: &full_run::RunMeasurement,
+) -> anyhow::Result<NetworkRun> {
+    let bin = RebuilderBin {
+        path: bin.path.clone(),
+        dev_path: bin.dev_path.clone(),
+        env: bin.env.iter().cloned().chain(net.child_env()).collect(),
+        log_dir: bin.log_dir.clone(),
+    };
+    let simulator = Simulator::start(
+        &bin,
+        settings,
+        spec.doctors,
+        spec.seed,
+        "simulator-latency.log",
+    )
+    .await?;
+    println!(
+        "C on the {} ms network: measured run through the proxies ...",
+        net.latency_ms
+    );
+    let before = CpuSnapshot::take();
+    let measured = full_run::run_once(
+        &bin,
+        search,
+        settings,
+        "c-latency-run",
+        Some(alias),
+        probe_every,
+        timeout,
+    )
+    .await;
+    let after = CpuSnapshot::take();
+    simulator.stop().await;
+    let (run, probe_run) = measured?;
+    let cpu = CpuUsage::between(&before, &after, &[(MEASURED_RUN, run.usage.cpu_secs)]);
+    let mut failures = Vec::new();
+    if run.docs != spec.doctors as u64 {
+        failures.push(format!(
+            "FAILED: the run on the {} ms network promoted {} documents, the data set has {}",
+            net.latency_ms, run.docs, spec.doctors
+        ));
+    }
+    if run.generation == loopback.generation {
+        failures.push(format!(
+            "FAILED: the run on the {} ms network did not promote a new generation",
+            net.latency_ms
+        ));
+    }
+    let probe_errors = probe_run
+        .map(|p| probe::summarize(alias, probe_every, &p.samples).errors)
+        .unwrap_or(0);
+    println!(
+        "C on the {} ms network: {} documents in {:.1} s = {:.0} docs/s ({:.0}% of loopback's time).",
+        net.latency_ms,
+        run.docs,
+        run.wall_secs,
+        run.docs as f64 / run.wall_secs.max(1e-9),
+        run.wall_secs * 100.0 / loopback.wall_secs.max(1e-9)
+    );
+    Ok(NetworkRun {
+        docs_per_sec: round3(run.docs as f64 / run.wall_secs.max(1e-9)),
+        docs: run.docs,
+        wall_secs: run.wall_secs,
+        peak_rss_mb: run.usage.peak_rss_mb,
+        probe_errors,
+        failures,
+        cpu,
+    })
 }
 
 /// Records what the node did for others since `before`, and warns when it

@@ -187,6 +187,8 @@ pub fn role_of(cmdline: &str) -> &'static str {
         "rabbitmq"
     } else if cmdline.contains("secantus") {
         "mongo (SecantusDB)"
+    } else if cmdline.contains("toxiproxy") {
+        TOXIPROXY
     } else if cmdline.contains("tcs-simulator") {
         "tcs-simulator"
     } else if cmdline.contains("rebuilder-bench") {
@@ -205,6 +207,8 @@ pub fn role_of(cmdline: &str) -> &'static str {
 const FOREIGN_BUILDS: &str = "other: cargo/rustc";
 const FOREIGN_REBUILDER: &str = "other: rebuilder processes (tests)";
 const FOREIGN_OTHER: &str = "other";
+/// The latency proxy of `--latency-ms` (part of the network, not of a server).
+pub const TOXIPROXY: &str = "toxiproxy (latency proxy)";
 /// The measured `rebuilder run` child (added from its own samples).
 pub const MEASURED_RUN: &str = "rebuilder run (measured)";
 

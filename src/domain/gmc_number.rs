@@ -35,6 +35,16 @@ impl GmcNumber {
         Ok(Self(trimmed.to_string()))
     }
 
+    /// A number that was parsed before and kept as text (a map key): it
+    /// is already trimmed and valid, so it is not checked again.
+    pub(crate) fn from_stored_key(key: String) -> Self {
+        debug_assert_eq!(
+            Self::parse(&key).as_ref().map(Self::as_str),
+            Ok(key.as_str())
+        );
+        Self(key)
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

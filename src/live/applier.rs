@@ -27,6 +27,7 @@ use tracing::{error, info, warn, Instrument};
 
 use super::recorded::Recorded;
 use super::resolve::resolve;
+use super::status::LiveStatus;
 use crate::config::Settings;
 use crate::domain::{Change, GmcNumber};
 use crate::rebuild::record::new_run_id;
@@ -71,6 +72,15 @@ struct Incoming {
 /// Runs the applier until `stop`: waits for the live lease, applies while
 /// it holds it, and starts again after a failure (a server gone away).
 pub async fn run_applier(settings: Arc<Settings>, stop: CancellationToken) -> anyhow::Result<()> {
+    run_applier_with_status(settings, stop, LiveStatus::new()).await
+}
+
+/// [`run_applier`], telling `status` when it is active and its sources open.
+pub async fn run_applier_with_status(
+    settings: Arc<Settings>,
+    stop: CancellationToken,
+    status: LiveStatus,
+) -> anyhow::Result<()> {
     let mongo = mongo_client_lazy(&settings.mongodb)
         .await
         .context("while setting up the MongoDB client")?;
@@ -86,7 +96,9 @@ pub async fn run_applier(settings: Arc<Settings>, stop: CancellationToken) -> an
                 told_waiting = false;
                 info!(holder = %holder.run_id, "Live applier active.");
                 metrics::gauge!(metric::LIVE_APPLIER_ACTIVE).set(1.0);
-                let result = active(&settings, &mongo, &lease, &stop).await;
+                status.became_active();
+                let result = active(&settings, &mongo, &lease, &stop, &status).await;
+                status.became_inactive();
                 metrics::gauge!(metric::LIVE_APPLIER_ACTIVE).set(0.0);
                 let _ = lease.release().await;
                 match result {
@@ -145,6 +157,7 @@ async fn active(
     mongo: &mongodb::Client,
     lease: &Lease,
     stop: &CancellationToken,
+    status: &LiveStatus,
 ) -> anyhow::Result<()> {
     let search = SearchClient::connect(&settings.opensearch)
         .await
@@ -158,6 +171,7 @@ async fn active(
     let updates = TcsUpdates::open(&settings.rabbitmq, settings.live.prefetch)
         .await
         .context("while consuming the TCS update queue")?;
+    status.source_opened();
     let (tx, mut rx) =
         mpsc::channel::<Result<Incoming, anyhow::Error>>(settings.live.batch_size.max(1) * 2);
     let mut readers = JoinSet::new();
@@ -181,6 +195,7 @@ async fn active(
                 watched,
                 positions.clone(),
                 tx.clone(),
+                status.clone(),
             )
             .in_current_span(),
         );
@@ -279,6 +294,7 @@ async fn read_stream(
     watched: Watched,
     positions: StreamPositions,
     tx: mpsc::Sender<Result<Incoming, anyhow::Error>>,
+    status: LiveStatus,
 ) {
     let mut token = match positions.token(&name).await {
         Ok(token) => token,
@@ -289,11 +305,18 @@ async fn read_stream(
             return;
         }
     };
+    let mut told = false;
     loop {
         let resumed = token.is_some();
         let opened = GmcStream::open(&collection, watched, token.take()).await;
         let mut stream = match opened {
-            Ok(stream) => stream,
+            Ok(stream) => {
+                if !told {
+                    status.source_opened();
+                    told = true;
+                }
+                stream
+            }
             Err(e) if resumed && history_lost(&e) => {
                 lost(&positions, &name, &e).await;
                 continue;

@@ -7,12 +7,16 @@
 //!   records, pauses while a rebuild swaps;
 //! - [`resolve`]: a batch of changes into document updates (`domain::change`);
 //! - [`recorded`]: a change in its source form, as the journal keeps it;
-//! - [`replay`]: the journal onto a generation (a rebuild's catch-up).
+//! - [`replay`]: the journal onto a generation (a rebuild's catch-up);
+//! - [`status`]: whether an applier of this process is active and its
+//!   sources open.
 
 pub mod applier;
 pub mod recorded;
 pub mod replay;
 pub mod resolve;
+pub mod status;
 
-pub use applier::{run_applier, LIVE_LEASE};
+pub use applier::{run_applier, run_applier_with_status, LIVE_LEASE};
 pub use replay::{ReplayReport, Replayer};
+pub use status::{LiveState, LiveStatus};

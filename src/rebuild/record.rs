@@ -67,8 +67,11 @@ impl FromStr for Trigger {
 pub enum RunPhase {
     /// Delete half-built generations of dead runs.
     Cleanup,
-    /// Load the latest recommendation outcome per doctor.
-    Outcomes,
+    /// Read GMC into memory: the latest recommendation outcome per doctor
+    /// and every doctor of `doctorsForDB` (runs before this build recorded
+    /// a phase `outcomes` here, the aggregation alone).
+    #[serde(alias = "outcomes")]
+    GmcRead,
     /// Consume the TCS sync, merge with GMC doctors, write.
     TcsMerge,
     /// Write the GMC doctors TCS did not send.
@@ -88,7 +91,7 @@ pub enum RunPhase {
 impl RunPhase {
     pub const ALL: [RunPhase; 10] = [
         RunPhase::Cleanup,
-        RunPhase::Outcomes,
+        RunPhase::GmcRead,
         RunPhase::TcsMerge,
         RunPhase::GmcOnly,
         RunPhase::FinishLoad,
@@ -102,7 +105,7 @@ impl RunPhase {
     pub fn as_str(self) -> &'static str {
         match self {
             RunPhase::Cleanup => "cleanup",
-            RunPhase::Outcomes => "outcomes",
+            RunPhase::GmcRead => "gmc_read",
             RunPhase::TcsMerge => "tcs_merge",
             RunPhase::GmcOnly => "gmc_only",
             RunPhase::FinishLoad => "finish_load",
@@ -375,7 +378,7 @@ mod tests {
     #[test]
     fn a_run_record_round_trips_through_bson() {
         let mut run = RunRecord::start("r1", Trigger::Http, true, false);
-        run.begin_phase(RunPhase::Outcomes);
+        run.begin_phase(RunPhase::GmcRead);
         run.begin_phase(RunPhase::TcsMerge);
         run.reject("invalid_json");
         run.reject("invalid_json");

@@ -10,10 +10,9 @@ use std::time::{Duration, Instant};
 use bson::{doc, Document};
 use lapin::options::ConfirmSelectOptions;
 use mongodb::Collection;
-use rebuilder::live::{run_applier, LIVE_LEASE};
+use rebuilder::live::{run_applier_with_status, LiveStatus};
 use rebuilder::search::SearchClient;
 use rebuilder::sources::tcs::{json_properties, publish_confirmed};
-use rebuilder::state::lease::{lease_collection, read_lease};
 use serde_json::Value;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -27,22 +26,24 @@ pub struct Applier {
 }
 
 impl Applier {
-    /// Starts it and waits until it is active (holds the live lease).
+    /// Starts it and waits until it is active (holds the live lease) with
+    /// every source open: a change stream opened without a stored position
+    /// starts from now, so changes made before would be missed.
     pub async fn start(env: &TestEnv) -> Applier {
         let stop = CancellationToken::new();
-        let task = tokio::spawn(run_applier(Arc::new(env.settings.clone()), stop.clone()));
-        let leases = lease_collection(&env.mongo().await, &env.settings.mongodb);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !matches!(read_lease(&leases, LIVE_LEASE).await, Ok(Some(l)) if !l.expired) {
-            assert!(
-                Instant::now() < deadline,
-                "the live applier never became active"
-            );
-            assert!(!task.is_finished(), "the live applier stopped");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        // Its streams open right after the lease; give them a moment.
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        let status = LiveStatus::new();
+        let task = tokio::spawn(run_applier_with_status(
+            Arc::new(env.settings.clone()),
+            stop.clone(),
+            status.clone(),
+        ));
+        let ready = status.wait_ready(Duration::from_secs(60)).await;
+        assert!(!task.is_finished(), "the live applier stopped");
+        assert!(
+            ready,
+            "the live applier never became active with its sources open: {:?}",
+            status.now()
+        );
         Applier { stop, task }
     }
 

@@ -1,76 +1,62 @@
 //! Step 3b: the doctors of `doctorsForDB` that TCS did not send, written
-//! after `syncEnd` (only then is the set of TCS doctors known). The reader
-//! task of [`GmcSource::pages`] fetches ahead while this one sends.
+//! after `syncEnd` (only then is the set of TCS doctors known), from the
+//! copy read into memory in step 2: the collection is not read twice.
 
 use anyhow::{anyhow, Context};
-use tracing::warn;
 
 use super::settle::Ticket;
-use super::tcs_merge::now_for_documents;
+use super::tcs_merge::{now_for_documents, GmcInMemory};
 use super::RunContext;
 use crate::domain::merge;
 use crate::rebuild::record::RunPhase;
 use crate::search::{BulkItem, BulkSender};
-use crate::sources::gmc::{reject_key, GmcNumberSet, GmcSource, OutcomeMap};
+use crate::sources::gmc::GmcNumberSet;
+
+/// Documents between two checkpoints of the run record (and two looks at
+/// whether the run should stop).
+const CHECKPOINT_EVERY: u64 = 5_000;
 
 pub(super) async fn write(
     context: &mut RunContext<'_>,
-    gmc: &GmcSource,
-    outcomes: &OutcomeMap,
+    gmc: &GmcInMemory,
     sender: &BulkSender<Ticket>,
     seen: &mut GmcNumberSet,
 ) -> anyhow::Result<()> {
     context.tracker.begin(RunPhase::GmcOnly).await;
-    let total = gmc.estimated_doctors().await.ok();
-    let mut progress = context.progress.phase(RunPhase::GmcOnly, "doctors", total);
-    let mut pages = gmc.pages();
-    while let Some(page) = pages
-        .next_page()
-        .await
-        .context("while reading doctorsForDB")?
-    {
-        progress.inc(page.rows.len() as u64);
-        let updated_at = now_for_documents();
-        for row in page.rows {
-            let (number, doctor) = match row {
-                Ok(pair) => pair,
-                Err(e) => {
-                    context.tracker.record.reject(reject_key(&e));
-                    continue;
-                }
-            };
-            context.tracker.record.counts.gmc_doctors += 1;
-            if !seen.add(&number) {
-                continue;
-            }
-            context.tracker.record.counts.merged_gmc_only += 1;
-            let doc = merge(
-                &number,
-                None,
-                Some(&doctor),
-                outcomes.get(&number).copied(),
-                &updated_at,
-            );
-            let item = BulkItem {
-                source: serde_json::to_vec(&doc)?,
-                id: number.into_string(),
-                version: None,
-                ticket: Ticket::Gmc,
-            };
-            sender
-                .send(item)
-                .await
-                .map_err(|e| anyhow!("{e}"))
-                .context("while writing GMC-only doctors")?;
+    let mut progress =
+        context
+            .progress
+            .phase(RunPhase::GmcOnly, "doctors", Some(gmc.doctors.len() as u64));
+    let mut updated_at = now_for_documents();
+    for (looked_at, (number, doctor)) in (1u64..).zip(gmc.doctors.iter()) {
+        if looked_at % CHECKPOINT_EVERY == 0 {
+            progress.inc(CHECKPOINT_EVERY);
+            updated_at = now_for_documents();
+            context.tracker.checkpoint().await;
+            context.check_continue()?;
         }
-        context.tracker.checkpoint().await;
-        context.check_continue()?;
-    }
-    if pages.resumes() > 0 {
-        warn!(
-            resumes = pages.resumes(),
-            "The doctorsForDB cursor was reopened after writer stalls."
+        if !seen.add(&number) {
+            continue;
+        }
+        context.tracker.record.counts.merged_gmc_only += 1;
+        let doc = merge(
+            &number,
+            None,
+            Some(&doctor),
+            gmc.outcomes.get(&number).copied(),
+            &updated_at,
         );
+        let item = BulkItem {
+            source: serde_json::to_vec(&doc)?,
+            id: number.into_string(),
+            version: None,
+            ticket: Ticket::Gmc,
+        };
+        sender
+            .send(item)
+            .await
+            .map_err(|e| anyhow!("{e}"))
+            .context("while writing GMC-only doctors")?;
     }
     progress.finish();
     Ok(())

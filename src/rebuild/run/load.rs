@@ -1,9 +1,10 @@
 //! Step 3: the load. Creates the master generation and its bulk writer,
 //! then runs four tasks that overlap: the TCS consumer cuts batches; the
-//! merge stage looks up GMC doctors and sends documents; the bulk writer
-//! writes; the settling task acks and dead-letters as outcomes arrive.
-//! After `syncEnd` the GMC-only doctors follow. A failure stops everything
-//! and closes the sync: unacked messages go back to the queue.
+//! merge stage joins them with the GMC side in memory and sends documents;
+//! the bulk writer writes; the settling task acks and dead-letters as
+//! outcomes arrive. After `syncEnd` the GMC-only doctors follow. A failure
+//! stops everything and closes the sync: unacked messages go back to the
+//! queue.
 
 use std::future::IntoFuture;
 use std::sync::Arc;
@@ -13,9 +14,9 @@ use anyhow::{anyhow, Context};
 use tokio::sync::mpsc;
 use tracing::{info, warn, Instrument};
 
-use super::outcomes::Sources;
+use super::gmc_read::Sources;
 use super::settle::{drain, Ticket};
-use super::tcs_merge::{consume, merge_stage, LOOKAHEAD};
+use super::tcs_merge::{consume, merge_stage, GmcInMemory, LOOKAHEAD};
 use super::{gmc_only, RunContext};
 use crate::rebuild::record::RunPhase;
 use crate::search::{Family, Generation};
@@ -74,10 +75,10 @@ pub(super) async fn run(
 ) -> anyhow::Result<Loaded> {
     let Sources {
         mut sync,
-        gmc,
         outcomes,
+        doctors,
     } = sources;
-    let outcomes = Arc::new(outcomes);
+    let gmc = Arc::new(GmcInMemory { doctors, outcomes });
     let (sender, writer_outcomes, writer) = context.engine.bulk_writer::<Ticket>(master);
     context.tracker.watch_bulk(writer.progress());
     context.tracker.begin(RunPhase::TcsMerge).await;
@@ -86,7 +87,6 @@ pub(super) async fn run(
     let merger = tokio::spawn(
         merge_stage(
             gmc.clone(),
-            outcomes.clone(),
             batches_rx,
             sender.clone(),
             context.tracker.merged.clone(),
@@ -107,7 +107,7 @@ pub(super) async fn run(
         sent = Err(merge_error);
     }
     if sent.is_ok() {
-        sent = gmc_only::write(context, &gmc, &outcomes, &sender, &mut seen).await;
+        sent = gmc_only::write(context, &gmc, &sender, &mut seen).await;
     }
     drop(sender);
     if let Err(e) = sent {

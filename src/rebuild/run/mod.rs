@@ -4,18 +4,19 @@
 //! 1. `cleanup`: take the single-flight lease, record the run, mark runs
 //!    whose process died as abandoned, delete half-built generations of
 //!    dead runs.
-//! 2. `outcomes`: ask TCS for a sync (it publishes into the queue while
-//!    MongoDB works) and load the latest recommendation outcome of every
-//!    doctor with one aggregation into a compact map.
+//! 2. `gmc_read`: ask TCS for a sync (it publishes into the queue while
+//!    MongoDB works) and read GMC once, both collections at once: the
+//!    latest recommendation outcome of every doctor by one aggregation,
+//!    every doctor of `doctorsForDB` by one cursor, into compact maps.
 //! 3. `load`: create the master generation and its bulk writer, then
-//!    - `tcs_merge`: consume the TCS records in batches, fetch each
-//!      batch's GMC doctors with a few `$in` queries, merge and write (the
-//!      record's precedence is the external version, so the best duplicate
-//!      wins in any arrival order);
+//!    - `tcs_merge`: consume the TCS records in batches, join each with
+//!      its GMC doctor and outcome in memory, write (the record's
+//!      precedence is the external version, so the best duplicate wins in
+//!      any arrival order);
 //!    - `settle`: ack each record's message once its document is written
 //!      or superseded, dead-letter it if the document failed for good;
 //!    - `gmc_only`: after `syncEnd`, write the doctors of `doctorsForDB`
-//!      that TCS did not send.
+//!      that TCS did not send, from memory.
 //! 4. `validate`: restore the serving settings, count what is really
 //!    there, replay the live changes made since the run began (`catchup`),
 //!    run the gates.
@@ -24,16 +25,17 @@
 //!    last changes (`catchup`), move every alias in one `_aliases` call,
 //!    resume the applier, apply retention.
 //!
-//! Memory holds the outcome map and the seen set (a few tens of bytes per
-//! doctor) plus one batch and what the writer has in flight; never the data
-//! set. A run that fails at any point has moved no alias: only the
+//! Memory holds the GMC side (about 50 bytes a doctor plus each distinct
+//! field value once, see `sources::gmc::store`), the outcome map and the
+//! seen set (a few tens of bytes a doctor), plus the TCS messages in
+//! flight and what the writer has in flight; never the TCS data set. A run that fails at any point has moved no alias: only the
 //! promotion moves them, in one request, after every check.
 
 mod catchup;
 mod cleanup;
 mod gmc_only;
+mod gmc_read;
 mod load;
-mod outcomes;
 mod promote;
 mod recommendation;
 mod settle;
@@ -256,7 +258,7 @@ impl StartedRun {
 async fn execute(context: &mut RunContext<'_>) -> anyhow::Result<RunOutcome> {
     cleanup::run(context).await?;
     context.check_continue()?;
-    let sources = outcomes::run(context).await?;
+    let sources = gmc_read::run(context).await?;
     let master = match load::create_master(context).await {
         Ok(master) => master,
         Err(e) => {

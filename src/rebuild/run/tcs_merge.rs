@@ -1,27 +1,24 @@
 //! Step 3a: the TCS records, merged with their GMC doctors. The consumer
 //! takes the sync until `syncEnd`, counting records, duplicates and
 //! rejects, and cuts batches (full, or when the stream pauses). The merge
-//! stage looks up each batch's GMC doctors (running ahead by [`LOOKAHEAD`]
-//! batches, so MongoDB works while the writer applies backpressure), merges
-//! each record with its doctor and outcome, and sends the documents with
-//! the record's precedence as external version.
+//! stage merges each record with its GMC doctor and outcome, both read into
+//! memory before (step 2, no look-up per batch), and sends the documents
+//! with the record's precedence as external version.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
-use futures::StreamExt;
 use tokio::sync::mpsc;
-use tracing::{warn, Instrument};
+use tracing::warn;
 
 use super::settle::Ticket;
 use super::tracker::MergeCounts;
 use super::RunContext;
-use crate::domain::{merge, GmcDoctor, GmcNumber, TcsRecord};
+use crate::domain::{merge, GmcNumber, TcsRecord};
 use crate::rebuild::record::RunPhase;
 use crate::search::{BulkItem, BulkSender};
-use crate::sources::gmc::{GmcNumberSet, GmcSource, OutcomeMap};
+use crate::sources::gmc::{DoctorStore, GmcNumberSet, OutcomeMap};
 use crate::sources::tcs::{TcsEvent, TcsSync, TcsTicket};
 
 /// How long a partial batch waits for more records before it is written.
@@ -29,7 +26,7 @@ const BATCH_LINGER: Duration = Duration::from_millis(20);
 /// How long one wait for a message lasts when no batch is pending (the idle
 /// timeout is counted across waits).
 const IDLE_POLL: Duration = Duration::from_millis(500);
-/// TCS batches whose GMC lookups run ahead of the one being sent.
+/// TCS batches cut ahead of the one being merged.
 pub(super) const LOOKAHEAD: usize = 2;
 
 /// One pending TCS record of a batch.
@@ -151,52 +148,28 @@ pub(super) async fn consume(
     Ok(())
 }
 
-/// The merge stage: for each TCS batch, looks up its GMC doctors (spawned,
-/// up to [`LOOKAHEAD`] batches ahead), merges each record with its doctor
-/// and outcome, and sends the documents with the record's precedence as
-/// version.
+/// The merge stage: merges each record of a TCS batch with its GMC doctor
+/// and outcome (both in memory) and sends the documents with the record's
+/// precedence as version. A task of its own, so that parsing messages and
+/// serialising documents use both cores.
 pub(super) async fn merge_stage(
-    gmc: GmcSource,
-    outcomes: Arc<OutcomeMap>,
-    batches: mpsc::Receiver<Vec<Pending>>,
+    gmc: Arc<GmcInMemory>,
+    mut batches: mpsc::Receiver<Vec<Pending>>,
     sender: BulkSender<Ticket>,
     merged: Arc<MergeCounts>,
 ) -> anyhow::Result<()> {
-    let lookups = futures::stream::unfold(batches, |mut rx| async move {
-        rx.recv().await.map(|batch| (batch, rx))
-    })
-    .map(|batch: Vec<Pending>| {
-        let gmc = gmc.clone();
-        tokio::spawn(
-            async move {
-                let mut numbers: Vec<GmcNumber> = batch.iter().map(|p| p.number.clone()).collect();
-                numbers.sort_unstable();
-                numbers.dedup();
-                let doctors = gmc.doctors_by_number(&numbers).await;
-                (batch, doctors)
-            }
-            .in_current_span(),
-        )
-    })
-    .buffered(LOOKAHEAD);
-    futures::pin_mut!(lookups);
-    while let Some(joined) = lookups.next().await {
-        let (batch, doctors) = joined.context("a GMC lookup task stopped unexpectedly")?;
-        let doctors: HashMap<GmcNumber, GmcDoctor> = doctors
-            .context("while fetching GMC doctors for a batch of TCS records")?
-            .into_iter()
-            .collect();
+    while let Some(batch) = batches.recv().await {
         let updated_at = now_for_documents();
         for pending in batch {
-            let doctor = doctors.get(&pending.number);
+            let doctor = gmc.doctors.get(&pending.number);
             if pending.first {
                 merged.count_doctor(doctor.is_some());
             }
             let doc = merge(
                 &pending.number,
                 Some(&pending.record),
-                doctor,
-                outcomes.get(&pending.number).copied(),
+                doctor.as_ref(),
+                gmc.outcomes.get(&pending.number).copied(),
                 &updated_at,
             );
             let item = BulkItem {
@@ -213,6 +186,12 @@ pub(super) async fn merge_stage(
         }
     }
     Ok(())
+}
+
+/// The GMC side of the run, read once into memory by step 2.
+pub(super) struct GmcInMemory {
+    pub doctors: DoctorStore,
+    pub outcomes: OutcomeMap,
 }
 
 /// `updatedAt` of the documents written now.

@@ -25,6 +25,7 @@
 
 pub mod numbers;
 pub mod pages;
+pub mod store;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -36,6 +37,7 @@ use tracing::{debug, info};
 
 pub use numbers::{GmcNumberMap, GmcNumberSet};
 pub use pages::{DoctorPage, DoctorPages, CURSOR_STALL_GUARD};
+pub use store::DoctorStore;
 
 use super::SourceError;
 use crate::config::MongoSettings;
@@ -55,6 +57,17 @@ pub struct OutcomeLoad {
     pub unknown_outcomes: u64,
     /// Groups whose `gmcNumber` is not usable; they match no doctor.
     pub unusable_numbers: u64,
+}
+
+/// What one full read of `doctorsForDB` delivered.
+#[derive(Debug, Default)]
+pub struct DoctorRead {
+    /// Every doctor with a usable number (the first of ids that trim alike).
+    pub doctors: DoctorStore,
+    /// Rows read with a usable number (collisions included).
+    pub rows: u64,
+    /// Rows whose id is no usable number, by reject key.
+    pub rejects: Vec<(&'static str, u64)>,
 }
 
 /// One document of `doctorsForDB`: a doctor, or why it cannot be one.
@@ -295,6 +308,43 @@ impl GmcSource {
     /// [`pages`](Self::pages) with another stall guard (tests use a short one).
     pub fn pages_with_guard(&self, stall_guard: Duration) -> DoctorPages {
         DoctorPages::start(self.doctors.clone(), self.batch_size as usize, stall_guard)
+    }
+
+    /// Reads every doctor of `doctorsForDB` once, through one cursor in
+    /// `_id` order, into a compact [`DoctorStore`]; `on_page` hears how many
+    /// rows each page held (for progress). Sized by `expected` (the
+    /// server's estimate), so the table is not rehashed on the way.
+    pub async fn read_doctors(
+        &self,
+        expected: usize,
+        mut on_page: impl FnMut(usize),
+    ) -> Result<DoctorRead, SourceError> {
+        let mut read = DoctorRead {
+            doctors: DoctorStore::with_capacity(expected),
+            ..DoctorRead::default()
+        };
+        let mut rejects: HashMap<&'static str, u64> = HashMap::new();
+        let mut pages = self.pages();
+        while let Some(page) = pages.next_page().await? {
+            on_page(page.rows.len());
+            for row in page.rows {
+                match row {
+                    Ok((number, doctor)) => {
+                        read.rows += 1;
+                        read.doctors.insert(&number, doctor);
+                    }
+                    Err(e) => *rejects.entry(reject_key(&e)).or_default() += 1,
+                }
+            }
+        }
+        read.rejects = rejects.into_iter().collect();
+        read.rejects.sort_unstable();
+        debug!(
+            doctors = read.doctors.len(),
+            distinct_values = read.doctors.distinct_values(),
+            "Read doctorsForDB."
+        );
+        Ok(read)
     }
 
     /// The number of doctors, as the server estimates it (for progress bars).

@@ -45,6 +45,27 @@ impl<V> GmcNumberMap<V> {
         Self::default()
     }
 
+    /// A map with room for about `n` numbers (almost all numeric).
+    pub fn with_capacity(n: usize) -> Self {
+        Self {
+            numeric: HashMap::with_capacity(n),
+            other: HashMap::new(),
+        }
+    }
+
+    /// Every entry with its number, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (GmcNumber, &V)> + '_ {
+        let numeric = self
+            .numeric
+            .iter()
+            .map(|(k, v)| (GmcNumber::from_stored_key(k.to_string()), v));
+        let other = self
+            .other
+            .iter()
+            .map(|(k, v)| (GmcNumber::from_stored_key(k.to_string()), v));
+        numeric.chain(other)
+    }
+
     /// Inserts or replaces; returns the previous value.
     pub fn insert(&mut self, number: &GmcNumber, value: V) -> Option<V> {
         match numeric_key(number.as_str()) {

@@ -1,28 +1,30 @@
-//! Step 2: ask TCS for a full sync, then load the latest recommendation
-//! outcome of every doctor with one aggregation. TCS is asked first so that
-//! it publishes (into the queue, up to the prefetch into our consumer,
-//! nothing acked) while MongoDB aggregates; the two used to run one after
-//! the other. The aggregation is read whole before anything is written, so
-//! it never waits on OpenSearch; a transient MongoDB failure restarts it.
+//! Step 2: ask TCS for a full sync, then read GMC once: the latest
+//! recommendation outcome of every doctor (one aggregation) and every
+//! doctor of `doctorsForDB` (one cursor in `_id` order) into memory, the
+//! two reads at once. TCS is asked first, so that it publishes into the
+//! queue while MongoDB works (nothing is consumed, nor acked, yet). Neither
+//! read waits on OpenSearch; a transient MongoDB failure restarts the read
+//! that saw it.
+
+use std::sync::Mutex;
 
 use anyhow::Context;
 
 use super::RunContext;
 use crate::rebuild::record::RunPhase;
 use crate::retry::with_retry;
-use crate::sources::gmc::{GmcSource, OutcomeLoad, OutcomeMap};
+use crate::sources::gmc::{DoctorRead, DoctorStore, GmcSource, OutcomeLoad, OutcomeMap};
 use crate::sources::tcs::TcsSync;
 
 /// Reject keys of recommendations that give no usable outcome.
 pub(super) const REJECT_RECOMMENDATION_NUMBER: &str = "recommendation_unusable_gmc_number";
 pub(super) const REJECT_RECOMMENDATION_OUTCOME: &str = "recommendation_unknown_outcome";
 
-/// What the load reads from: the sync in progress, the GMC collections and
-/// the outcomes.
+/// What the load reads from: the sync in progress and the GMC side, read.
 pub(super) struct Sources {
     pub sync: TcsSync,
-    pub gmc: GmcSource,
     pub outcomes: OutcomeMap,
+    pub doctors: DoctorStore,
 }
 
 impl Sources {
@@ -34,48 +36,65 @@ impl Sources {
 }
 
 pub(super) async fn run(context: &mut RunContext<'_>) -> anyhow::Result<Sources> {
-    context.tracker.begin(RunPhase::Outcomes).await;
+    context.tracker.begin(RunPhase::GmcRead).await;
     let sync = TcsSync::start(&context.settings.rabbitmq)
         .await
         .context("while starting the TCS sync")?;
     context.tracker.record.counts.tcs_stale_discarded = sync.purged_stale;
-    let mut gmc = GmcSource::new(&context.mongo, &context.settings.mongodb);
-    let loaded = context
+    let gmc = GmcSource::new(&context.mongo, &context.settings.mongodb);
+    let expected = gmc.estimated_doctors().await.ok();
+    let progress = Mutex::new(
+        context
+            .progress
+            .phase(RunPhase::GmcRead, "doctors", expected),
+    );
+    let expected = expected.unwrap_or(0) as usize;
+    let outcomes = with_retry(&context.retry, "the outcome aggregation", || {
+        gmc.latest_outcomes()
+    });
+    let doctors = with_retry(&context.retry, "the read of doctorsForDB", || {
+        gmc.read_doctors(expected, |n| {
+            progress.lock().expect("progress").inc(n as u64)
+        })
+    });
+    let read = context
         .cancellable(async {
-            let numeric = with_retry(
-                &context.retry,
-                "the look at the ids of doctorsForDB",
-                || gmc.has_numeric_ids(),
-            )
-            .await
-            .context("while looking at the ids of doctorsForDB")?;
-            gmc.set_numeric_ids(numeric);
-            with_retry(&context.retry, "the outcome aggregation", || {
-                gmc.latest_outcomes()
-            })
-            .await
-            .context("while loading the latest recommendation outcomes")
+            let (outcomes, doctors) = tokio::join!(outcomes, doctors);
+            let outcomes = outcomes.context("while loading the latest recommendation outcomes")?;
+            let doctors = doctors.context("while reading doctorsForDB")?;
+            Ok((outcomes, doctors))
         })
         .await;
-    let (outcomes, load) = match loaded {
-        Ok(loaded) => loaded,
+    progress.into_inner().expect("progress").finish();
+    let ((outcomes, load), read) = match read {
+        Ok(read) => read,
         Err(e) => {
             sync.close().await;
             return Err(e);
         }
     };
     record_outcomes(&mut context.tracker.record, &outcomes, &load);
+    record_doctors(&mut context.tracker.record, &read);
     tracing::info!(
-        doctors = outcomes.len(),
+        doctors = read.doctors.len(),
+        distinct_values = read.doctors.distinct_values(),
+        outcomes = outcomes.len(),
         groups = load.groups,
         unknown_outcomes = load.unknown_outcomes,
-        "Loaded the latest recommendation outcomes."
+        "Read GMC: the doctors and their latest recommendation outcomes."
     );
     Ok(Sources {
         sync,
-        gmc,
         outcomes,
+        doctors: read.doctors,
     })
+}
+
+fn record_doctors(record: &mut crate::rebuild::record::RunRecord, read: &DoctorRead) {
+    record.counts.gmc_doctors = read.rows;
+    for (reason, n) in &read.rejects {
+        record.reject_many(reason, *n);
+    }
 }
 
 fn record_outcomes(
