@@ -592,6 +592,88 @@ async fn gates_refuse_a_short_generation_and_force_promotes_it() {
     cleanup_search(&env).await;
 }
 
+/// A region losing its doctors refuses promotion even when the total
+/// passes: the drift gate names the body and both counts; `force` overrides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_designated_body_that_loses_its_doctors_refuses_promotion() {
+    let env = TestEnv::new("gates_drift");
+    let engine = engine(&env).await;
+    let client = env.search().await;
+    let docs = doctor_docs(12, 3000, 0);
+    let a = build_pair(&engine, "run-a", docs.clone()).await;
+    let first = engine.validate(&a.master, 3000, &a.stats, false).await;
+    assert!(first.passed(), "{}", first.summary());
+    engine
+        .promote_validated(&a.master, &a.recommendation, &first)
+        .await
+        .unwrap();
+
+    // The busiest GMC designated body loses every doctor.
+    let body_of = |source: &[u8]| -> Option<String> {
+        let v: Value = serde_json::from_slice(source).unwrap();
+        v["designatedBody"].as_str().map(str::to_string)
+    };
+    let mut per_body: BTreeMap<String, usize> = BTreeMap::new();
+    for (_, source) in &docs {
+        if let Some(body) = body_of(source) {
+            *per_body.entry(body).or_default() += 1;
+        }
+    }
+    let (lost_body, lost) = per_body.iter().max_by_key(|(_, n)| **n).unwrap();
+    let (lost_body, lost) = (lost_body.clone(), *lost);
+    assert!((100..300).contains(&lost), "{lost} doctors in {lost_body}");
+    let kept: Vec<_> = docs
+        .into_iter()
+        .filter(|(_, s)| body_of(s).as_deref() != Some(lost_body.as_str()))
+        .collect();
+    let kept_count = kept.len() as u64;
+    let b = build_pair(&engine, "run-b", kept).await;
+    let refused = engine
+        .validate(&b.master, kept_count, &b.stats, false)
+        .await;
+    assert!(!refused.passed());
+    let share = refused
+        .gates
+        .iter()
+        .find(|g| g.name == "share_of_previous")
+        .unwrap();
+    assert!(share.passed, "the total alone passes: {}", share.detail);
+    let drift = refused
+        .gates
+        .iter()
+        .find(|g| g.name == "body_drift:designatedBody")
+        .unwrap();
+    assert!(!drift.passed && !drift.overridden);
+    assert!(
+        drift.detail.contains(&format!(
+            "designatedBody {lost_body}: {lost} -> 0 documents"
+        )),
+        "{}",
+        drift.detail
+    );
+    assert!(
+        refused.summary().contains(&lost_body),
+        "{}",
+        refused.summary()
+    );
+    let error = engine
+        .promote_validated(&b.master, &b.recommendation, &refused)
+        .await
+        .unwrap_err();
+    assert!(matches!(error, PromoteError::GatesFailed(_)), "{error}");
+    assert_aliases_on(&client, &engine, &a.master.name, &a.recommendation.name).await;
+
+    let forced = engine.validate(&b.master, kept_count, &b.stats, true).await;
+    assert!(forced.passed(), "{}", forced.summary());
+    let drift = forced
+        .gates
+        .iter()
+        .find(|g| g.name == "body_drift:designatedBody")
+        .unwrap();
+    assert!(drift.overridden && drift.detail.contains("--force"));
+    cleanup_search(&env).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_filter_that_would_empty_an_alias_fails_its_gate() {
     let env = TestEnv::new("gates_filter");

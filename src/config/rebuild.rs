@@ -89,6 +89,11 @@ pub struct GateSettings {
     pub min_share_of_previous: f64,
     /// Permanent item failures tolerated before the gate fails.
     pub max_failed_items: u64,
+    /// The largest share of its documents one designated body (or one
+    /// alias) may lose against the live generation (0.2 = 20%).
+    pub max_body_loss: f64,
+    /// Bodies and aliases with fewer live documents than this are not judged.
+    pub drift_min_docs: u64,
 }
 
 impl Default for GateSettings {
@@ -96,6 +101,8 @@ impl Default for GateSettings {
         Self {
             min_share_of_previous: 0.9,
             max_failed_items: 0,
+            max_body_loss: 0.2,
+            drift_min_docs: 20,
         }
     }
 }

@@ -10,11 +10,18 @@
 //!   generation's count (passes with a note on a first run; `force`
 //!   overrides it and the override is recorded);
 //! - `alias_filter:<alias>`: each filtered alias's filter, run against the
-//!   new generation, finds documents wherever it found some on the live one.
+//!   new generation, finds documents wherever it found some on the live one;
+//! - `body_drift:<field>`: no designated body (GMC's `designatedBody`, TCS's
+//!   `tcsDesignatedBody`) loses more than `max_body_loss` of its documents
+//!   against the live generation, and `alias_drift` the same per alias: a
+//!   mass loss for one region is what total counts hide (`force` overrides).
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use crate::search::breakdown::NO_BODY;
 use crate::search::BulkStats;
 
 /// One gate's verdict: what the engine returns and the run record keeps.
@@ -189,6 +196,89 @@ pub fn filter_gate(alias: &str, new: u64, old: Option<u64>) -> GateVerdict {
     }
 }
 
+/// How far a set of counts (per body, per alias) may fall against the live
+/// generation's.
+#[derive(Clone, Copy, Debug)]
+pub struct DriftLimit {
+    /// The largest share a key may lose (0.2: at most 20% fewer documents).
+    pub max_loss: f64,
+    /// Keys with fewer documents than this in the live generation are not
+    /// judged: small counts move by chance.
+    pub min_docs: u64,
+}
+
+/// No key (designated body, alias) of `old` loses more than the limit's
+/// share in `new`. `what` names the keys in the detail ("designatedBody").
+pub fn drift_gate(
+    name: impl Into<String>,
+    what: &str,
+    new: &BTreeMap<String, u64>,
+    old: Option<(&str, &BTreeMap<String, u64>)>,
+    limit: DriftLimit,
+    force: bool,
+) -> GateVerdict {
+    let name = name.into();
+    let Some((old_name, old)) = old else {
+        return GateVerdict::new(
+            name,
+            true,
+            "first run: no live generation to compare with".into(),
+            json!({"new": new, "old": null}),
+        );
+    };
+    let mut losses = Vec::new();
+    let mut judged = 0;
+    for (key, &before) in old {
+        // Fewer doctors without a body is no region's loss (TCS or GMC
+        // now names their body); small counts move by chance.
+        if key == NO_BODY || before < limit.min_docs.max(1) {
+            continue;
+        }
+        judged += 1;
+        let after = new.get(key).copied().unwrap_or(0);
+        let loss = 1.0 - after as f64 / before as f64;
+        if loss > limit.max_loss + 1e-9 {
+            losses.push((key.clone(), before, after, loss));
+        }
+    }
+    let passed = losses.is_empty();
+    let mut detail = if passed {
+        format!(
+            "no {what} lost more than {:.0}% against {old_name} ({judged} judged)",
+            limit.max_loss * 100.0
+        )
+    } else {
+        let named: Vec<String> = losses
+            .iter()
+            .map(|(key, before, after, loss)| {
+                format!(
+                    "{what} {key}: {before} -> {after} documents (-{:.1}%)",
+                    loss * 100.0
+                )
+            })
+            .collect();
+        format!(
+            "{} against {old_name}; at most {:.0}% may be lost",
+            named.join(", "),
+            limit.max_loss * 100.0
+        )
+    };
+    let figures = json!({
+        "new": new,
+        "old": old,
+        "old_generation": old_name,
+        "max_loss": limit.max_loss,
+        "min_docs": limit.min_docs,
+        "lost": losses.iter().map(|(k, b, a, l)| json!({"key": k, "old": b, "new": a, "loss": l})).collect::<Vec<_>>(),
+    });
+    if !passed && force {
+        detail.push_str("; overridden by --force");
+    }
+    let mut verdict = GateVerdict::new(name, passed, detail, figures);
+    verdict.overridden = !passed && force;
+    verdict
+}
+
 /// A gate whose figures could not be gathered fails, saying why.
 pub fn unavailable_gate(name: impl Into<String>, error: &dyn std::fmt::Display) -> GateVerdict {
     GateVerdict::new(
@@ -257,6 +347,68 @@ mod tests {
         };
         assert!(!report.passed());
         assert!(report.summary().contains("count"));
+    }
+
+    fn counts(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
+        pairs.iter().map(|(k, n)| (k.to_string(), *n)).collect()
+    }
+
+    const LIMIT: DriftLimit = DriftLimit {
+        max_loss: 0.2,
+        min_docs: 10,
+    };
+
+    #[test]
+    fn a_body_that_loses_more_than_the_limit_is_named() {
+        let old = counts(&[
+            ("1-AIIDR8", 1000),
+            ("1-AIIDSA", 1000),
+            ("tiny", 5),
+            (NO_BODY, 900),
+        ]);
+        let new = counts(&[
+            ("1-AIIDR8", 400),
+            ("1-AIIDSA", 800),
+            ("tiny", 0),
+            (NO_BODY, 10),
+        ]);
+        let v = drift_gate(
+            "body_drift:designatedBody",
+            "designatedBody",
+            &new,
+            Some(("old", &old)),
+            LIMIT,
+            false,
+        );
+        assert!(!v.passed && !v.overridden);
+        assert!(v.detail.contains("1-AIIDR8: 1000 -> 400"), "{}", v.detail);
+        // Exactly 20% is allowed; a body under min_docs is not judged.
+        assert!(
+            !v.detail.contains("1-AIIDSA") && !v.detail.contains("tiny"),
+            "{}",
+            v.detail
+        );
+        let gone = counts(&[("1-AIIDSA", 1000)]);
+        let v = drift_gate(
+            "b",
+            "designatedBody",
+            &gone,
+            Some(("old", &old)),
+            LIMIT,
+            false,
+        );
+        assert!(v.detail.contains("1-AIIDR8: 1000 -> 0"), "{}", v.detail);
+    }
+
+    #[test]
+    fn drift_passes_on_a_first_run_and_is_overridden_by_force() {
+        let new = counts(&[("a", 1)]);
+        assert!(drift_gate("b", "body", &new, None, LIMIT, false).passed);
+        let old = counts(&[("a", 100)]);
+        let v = drift_gate("b", "body", &new, Some(("old", &old)), LIMIT, true);
+        assert!(!v.passed && v.overridden && v.detail.contains("--force"));
+        let grown = counts(&[("a", 500)]);
+        assert!(drift_gate("b", "body", &grown, Some(("old", &old)), LIMIT, false).passed);
     }
 
     #[test]

@@ -231,6 +231,18 @@ pub struct CatchUpReport {
     pub failed: u64,
 }
 
+/// Documents written (and superseded) by the bulk writer `at_ms` after the
+/// run started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProgressPoint {
+    pub at_ms: u64,
+    pub written: u64,
+}
+
+/// The most progress points a record keeps.
+const MAX_PROGRESS_POINTS: usize = 500;
+
 /// One run, as stored.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", default)]
@@ -269,6 +281,9 @@ pub struct RunRecord {
     pub promotion: Option<PromotionReport>,
     /// Old generations retention deleted after the promotion.
     pub retention_deleted: Vec<String>,
+    /// Documents written over time, one point at each save (every few
+    /// seconds), thinned to at most 500 points: the page's chart.
+    pub progress: Vec<ProgressPoint>,
     /// When the record was last written.
     pub updated_at: String,
 }
@@ -330,6 +345,32 @@ impl RunRecord {
         }
     }
 
+    /// Adds a progress point for now; past the limit, every other old
+    /// point goes, so a long run keeps its whole curve at a coarser step.
+    pub fn sample_progress(&mut self) {
+        let point = ProgressPoint {
+            at_ms: self.duration_ms(),
+            written: self.bulk.written + self.bulk.superseded,
+        };
+        self.push_progress(point);
+    }
+
+    fn push_progress(&mut self, point: ProgressPoint) {
+        if self.progress.last().is_some_and(|p| p.at_ms == point.at_ms) {
+            return;
+        }
+        self.progress.push(point);
+        if self.progress.len() > MAX_PROGRESS_POINTS {
+            let last = self.progress.len() - 1;
+            let mut i = 0;
+            self.progress.retain(|_| {
+                let keep = i % 2 == 0 || i == last;
+                i += 1;
+                keep
+            });
+        }
+    }
+
     /// Stamps `updated_at` before the record is saved.
     pub fn touch(&mut self) {
         self.updated_at = now_text();
@@ -374,6 +415,22 @@ pub fn new_run_id() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn progress_keeps_its_whole_curve_within_the_limit() {
+        let mut run = RunRecord::start("r1", Trigger::Cli, false, false);
+        for i in 0..2000u64 {
+            run.push_progress(ProgressPoint {
+                at_ms: i * 1000,
+                written: i * 10,
+            });
+        }
+        assert!(run.progress.len() <= MAX_PROGRESS_POINTS);
+        assert!(run.progress.len() > MAX_PROGRESS_POINTS / 2);
+        assert_eq!(run.progress.first().unwrap().at_ms, 0);
+        assert_eq!(run.progress.last().unwrap().at_ms, 1_999_000);
+        assert!(run.progress.windows(2).all(|w| w[0].at_ms < w[1].at_ms));
+    }
 
     #[test]
     fn a_run_record_round_trips_through_bson() {

@@ -2,6 +2,7 @@
 //! generations, the bulk writer, aliases, server-side reindex and retention.
 
 pub mod aliases;
+pub mod breakdown;
 pub mod bulk;
 pub mod client;
 pub mod generations;

@@ -19,7 +19,8 @@ use super::AppState;
 use crate::rebuild::engine::PromotionReport;
 use crate::rebuild::record::{RunOutcome, RunRecord, Trigger};
 use crate::rebuild::{is_refusal, lease_holder, roll_back};
-use crate::search::{Family, GenerationInfo};
+use crate::search::breakdown::Breakdown;
+use crate::search::{Family, GenerationInfo, SearchError};
 use crate::state::lease::{lease_collection, read_lease, REBUILD_LEASE};
 
 /// Options of a trigger, in the query or a JSON body (the body wins).
@@ -142,7 +143,7 @@ pub struct SyncStatus {
     pub running: bool,
     /// The current run, or else the last one; none before the first run.
     pub run: Option<RunRecord>,
-    /// Documents written per second so far (the current run) or overall (the last).
+    /// Documents written per second: over the last 10 s (the current run) or overall (the last).
     pub docs_per_sec: f64,
     /// Seconds left, estimated from the documents of the last successful run.
     pub eta_secs: Option<f64>,
@@ -179,10 +180,16 @@ pub async fn status(State(state): State<AppState>) -> Result<Json<SyncStatus>, A
     let written = run
         .as_ref()
         .map_or(0, |r| r.bulk.written + r.bulk.superseded);
-    let docs_per_sec = if seconds > 0.0 {
+    let overall = if seconds > 0.0 {
         written as f64 / seconds
     } else {
         0.0
+    };
+    // While a run works, its recent rate (the last 10 s of progress): the
+    // overall rate is held down by the GMC read, when nothing is written.
+    let docs_per_sec = match run.as_ref().filter(|_| running) {
+        Some(r) => recent_rate(&r.progress).unwrap_or(overall),
+        None => overall,
     };
     let eta_secs = if running && docs_per_sec > 0.0 {
         let last = state.history.page(20, None).await.unwrap_or_default();
@@ -204,6 +211,20 @@ pub async fn status(State(state): State<AppState>) -> Result<Json<SyncStatus>, A
             .get()
             .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
     }))
+}
+
+/// Documents per second over the last 10 s of progress points, if they
+/// span any time.
+fn recent_rate(points: &[crate::rebuild::record::ProgressPoint]) -> Option<f64> {
+    let last = points.last()?;
+    let from = points
+        .iter()
+        .find(|p| p.at_ms + 10_000 >= last.at_ms)
+        .filter(|p| p.at_ms < last.at_ms)?;
+    Some(
+        last.written.saturating_sub(from.written) as f64 * 1000.0
+            / (last.at_ms - from.at_ms) as f64,
+    )
 }
 
 /// Paging of the run list.
@@ -330,6 +351,99 @@ pub async fn generations(State(state): State<AppState>) -> Result<Json<Generatio
         recommendation,
         aliases,
     }))
+}
+
+/// Which master generations to compare.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct CompareQuery {
+    /// A master generation; the live one when absent.
+    pub generation: Option<String>,
+    /// Another master generation; the newest other one that served when absent.
+    pub against: Option<String>,
+}
+
+/// Two master generations' documents by designated body and by alias.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GenerationComparison {
+    /// None when nothing is live and no generation was named.
+    pub generation: Option<Breakdown>,
+    /// None when there is no other generation to compare with.
+    pub against: Option<Breakdown>,
+}
+
+/// Documents per designated body and per alias, side by side for two
+/// master generations (by default the live one and the one before it).
+#[utoipa::path(
+    get,
+    path = "/api/generations/compare",
+    tag = "generations",
+    params(CompareQuery),
+    responses(
+        (status = 200, description = "Both breakdowns", body = GenerationComparison),
+        (status = 400, description = "Not a master generation of this family", body = ErrorBody),
+        (status = 401, description = "Reads are protected and the token is missing or wrong", body = ErrorBody),
+        (status = 503, description = "OpenSearch is unreachable", body = ErrorBody),
+    )
+)]
+pub async fn compare(
+    State(state): State<AppState>,
+    query: Result<Query<CompareQuery>, QueryRejection>,
+) -> Result<Json<GenerationComparison>, ApiError> {
+    let Query(query) = query.map_err(query_error)?;
+    let unavailable = |e: SearchError| ApiError::unavailable(format!("cannot compare: {e}"));
+    let masters: Vec<GenerationInfo> = state
+        .engine
+        .list_generations()
+        .await
+        .map_err(unavailable)?
+        .into_iter()
+        .filter(|g| g.family == Family::Master)
+        .collect();
+    // Only names of this family's generations reach OpenSearch.
+    let known = |name: &str| -> Result<String, ApiError> {
+        masters
+            .iter()
+            .find(|g| g.name == name)
+            .map(|g| g.name.clone())
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "{name:?} is not a master generation of this service"
+                ))
+            })
+    };
+    let generation = match &query.generation {
+        Some(name) => Some(known(name)?),
+        None => {
+            state
+                .engine
+                .live_generations()
+                .await
+                .map_err(unavailable)?
+                .0
+        }
+    };
+    let against = match &query.against {
+        Some(name) => Some(known(name)?),
+        None => masters
+            .iter()
+            .rev()
+            .find(|g| Some(&g.name) != generation.as_ref() && g.was_served())
+            .map(|g| g.name.clone()),
+    };
+    let mut out = GenerationComparison {
+        generation: None,
+        against: None,
+    };
+    if let Some(name) = generation {
+        out.generation = Some(state.engine.breakdown(&name).await.map_err(unavailable)?);
+    }
+    if let Some(name) = against {
+        out.against = Some(state.engine.breakdown(&name).await.map_err(unavailable)?);
+    }
+    Ok(Json(out))
 }
 
 /// Where to roll back to.

@@ -7,6 +7,7 @@
 //! - [`health`]: liveness and readiness;
 //! - [`metrics`]: `/metrics` in the Prometheus text format;
 //! - [`openapi`]: the OpenAPI document generated from the handlers;
+//! - [`page`]: the operators' page at `/`, on the same API;
 //! - [`runner`]: starting runs in the background;
 //! - [`schedule`]: the cron schedule;
 //! - the live applier (`crate::live`), unless `live.enabled = false`;
@@ -23,6 +24,7 @@ pub mod error;
 pub mod health;
 pub mod metrics;
 pub mod openapi;
+pub mod page;
 pub mod runner;
 pub mod schedule;
 
@@ -180,6 +182,7 @@ pub fn router(state: AppState, auth: Auth) -> Router {
         .route("/api/runs", get(api::runs))
         .route("/api/runs/{run_id}", get(api::run))
         .route("/api/generations", get(api::generations))
+        .route("/api/generations/compare", get(api::compare))
         .route("/metrics", get(metrics_text))
         .route("/api/openapi.json", get(openapi_json))
         .route_layer(middleware::from_fn_with_state(
@@ -189,6 +192,9 @@ pub fn router(state: AppState, auth: Auth) -> Router {
     Router::new()
         .merge(mutating)
         .merge(reads)
+        .route("/", get(page::index))
+        .route("/page.js", get(page::script))
+        .route("/page.css", get(page::style))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .fallback(not_found)

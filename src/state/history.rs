@@ -103,7 +103,12 @@ impl<R: Serialize + DeserializeOwned> RunHistory<R> {
             Some(d) => Some(d),
             None => {
                 self.collection
-                    .find_one(doc! {"outcome": {"$ne": REFUSED}})
+                    // A run refused at the lease did nothing; one refused
+                    // by a gate did the work and must be seen.
+                    .find_one(doc! {"$or": [
+                        {"outcome": {"$ne": REFUSED}},
+                        {"phases": {"$ne": []}},
+                    ]})
                     .sort(doc! {"_id": -1})
                     .await?
             }

@@ -3,14 +3,20 @@
 //! policy) and the bulk writer, and the pure gates of `rebuild::gates`
 //! judge them. A gate whose figures cannot be gathered fails, saying why.
 
+use std::collections::BTreeMap;
+
 use serde_json::Value;
 use tracing::{info, warn};
 
 use super::Engine;
 use crate::rebuild::gates::{self, GateReport, GateVerdict};
 use crate::retry::with_retry;
+use crate::search::breakdown::{self, Breakdown};
 use crate::search::generations::{self, Generation};
 use crate::search::{BulkStats, Family, SearchError};
+
+/// Picks one set of counts out of a breakdown.
+type CountsOf = fn(&Breakdown) -> &BTreeMap<String, u64>;
 
 impl Engine {
     /// Runs every gate against a loaded master generation. Never fails: a
@@ -73,6 +79,38 @@ impl Engine {
                 (Err(e), _) | (_, Err(e)) => verdicts.push(gates::unavailable_gate(name, &e)),
             }
         }
+        let limit = gates::DriftLimit {
+            max_loss: self.settings.gates.max_body_loss,
+            min_docs: self.settings.gates.drift_min_docs,
+        };
+        let new = self.breakdown(&master.name).await;
+        let old = match &live {
+            Ok(Some(l)) => self.breakdown(l).await.map(Some),
+            Ok(None) => Ok(None),
+            Err(e) => Err(SearchError::Invalid(e.to_string())),
+        };
+        let drifts: [(&str, &str, CountsOf); 3] = [
+            ("body_drift:designatedBody", "designatedBody", |b| {
+                &b.by_designated_body
+            }),
+            ("body_drift:tcsDesignatedBody", "tcsDesignatedBody", |b| {
+                &b.by_tcs_designated_body
+            }),
+            ("alias_drift", "alias", |b| &b.by_alias),
+        ];
+        for (name, what, counts) in drifts {
+            match (&new, &old) {
+                (Ok(new), Ok(old)) => verdicts.push(gates::drift_gate(
+                    name,
+                    what,
+                    counts(new),
+                    old.as_ref().map(|o| (o.index.as_str(), counts(o))),
+                    limit,
+                    force,
+                )),
+                (Err(e), _) | (_, Err(e)) => verdicts.push(gates::unavailable_gate(name, e)),
+            }
+        }
         let report = GateReport {
             generation: master.name.clone(),
             gates: verdicts,
@@ -84,6 +122,15 @@ impl Engine {
             warn!(generation = %master.name, failures = %report.summary(), "Generation failed validation.");
         }
         report
+    }
+
+    /// `index`'s documents by designated body and by alias, retried while
+    /// OpenSearch is briefly unavailable.
+    pub async fn breakdown(&self, index: &str) -> Result<Breakdown, SearchError> {
+        with_retry(&self.retry, "a breakdown by designated body", || {
+            breakdown::breakdown(&self.client, index, &self.specs)
+        })
+        .await
     }
 
     /// Documents of `index` matching `query` (all when `None`), retried

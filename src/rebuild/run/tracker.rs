@@ -78,6 +78,7 @@ impl Tracker {
 
     pub async fn save_now(&mut self) {
         self.sync_live();
+        self.record.sample_progress();
         self.last_save = Instant::now();
         self.record.touch();
         if let Err(e) = self.history.save(&self.record.id, &self.record).await {
