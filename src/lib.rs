@@ -14,6 +14,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod domain;
+pub mod failpoint;
 pub mod live;
 pub mod rebuild;
 pub mod retry;

@@ -167,6 +167,50 @@ async fn malformed_tcs_messages_are_dead_lettered_and_counted_and_the_run_succee
     env.cleanup().await;
 }
 
+/// The bad-input matrix (README, "Reliability"): every class of bad sync
+/// message is dead-lettered unchanged and counted under its reason, and
+/// no good record is lost: the generation holds every expected document.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_class_of_bad_sync_message_is_counted_and_loses_no_other_record() {
+    logs();
+    let env = TestEnv::new("run_bad_inputs");
+    let spec = DatasetSpec::new(14, 1200).with_bad_inputs();
+    seed(&env, &spec).await;
+    let tcs = simulator_once(&env, spec);
+    let report = rebuild(&env)
+        .await
+        .expect("the run succeeds despite every bad input");
+    tcs.await.unwrap().unwrap();
+    assert_eq!(report.outcome, RunOutcome::Succeeded);
+    let expected = spec.expected_rejects();
+    assert!(expected.values().sum::<u64>() >= 14, "{expected:?}");
+    let recorded: BTreeMap<&str, u64> = report
+        .rejects
+        .iter()
+        .map(|(k, v)| (k.as_str(), *v))
+        .collect();
+    assert_eq!(recorded, expected, "rejects by reason in the run record");
+    let dead = take_dead_letters(&env).await;
+    let mut bodies: Vec<Vec<u8>> = dead.into_iter().map(|(_, b)| b).collect();
+    let mut sent: Vec<Vec<u8>> = spec
+        .malformed_tcs_messages()
+        .into_iter()
+        .map(|(b, _)| b)
+        .collect();
+    bodies.sort();
+    sent.sort();
+    assert_eq!(bodies.len(), sent.len());
+    assert!(
+        bodies == sent,
+        "the dead letters are the bad bodies, unchanged (the 10 MB one too)"
+    );
+    let client = env.search().await;
+    assert_documents_match(&client, &env.name("masterdoctorindex"), &spec).await;
+    let (left, _) = queue_state(&env, &env.settings.rabbitmq.sync_data_queue).await;
+    assert_eq!(left, 0, "every sync message was acked");
+    env.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_run_over_changed_data_keeps_every_alias_answering() {
     logs();

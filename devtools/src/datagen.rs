@@ -97,6 +97,9 @@ pub struct DatasetSpec {
     pub seed: u64,
     pub doctors: usize,
     pub variant: u32,
+    /// Mix the whole bad-input matrix into the TCS stream (see
+    /// [`DatasetSpec::bad_input_matrix`]), not only the usual few.
+    pub bad_inputs: bool,
 }
 
 /// One generated doctor: its sources and the document it must become.
@@ -118,7 +121,66 @@ impl DatasetSpec {
             seed,
             doctors,
             variant: 0,
+            bad_inputs: false,
         }
+    }
+
+    /// The same data with the whole bad-input matrix in the TCS stream.
+    pub fn with_bad_inputs(self) -> Self {
+        Self {
+            bad_inputs: true,
+            ..self
+        }
+    }
+
+    /// Every class of bad sync message the rebuilder must reject, each with
+    /// the reason it must be counted under: bytes that are not UTF-8, an
+    /// empty body, JSON nested deeper than the parser's limit, JSON that is
+    /// not an object, a GMC number that is blank, an object or a
+    /// placeholder, a `tcsPersonId` of the wrong type, and a 10 MB message.
+    pub fn bad_input_matrix() -> Vec<(Vec<u8>, &'static str)> {
+        let mut nested = vec![b'['; 100_000];
+        nested.extend(vec![b']'; 100_000]);
+        let big = json!({
+            "tcsPersonId": 990_001,
+            "gmcReferenceNumber": "   ",
+            "notes": "x".repeat(10 * 1024 * 1024),
+        });
+        vec![
+            (
+                b"\xff\xfe{\"gmcReferenceNumber\": \"7000001\"}".to_vec(),
+                "invalid_json",
+            ),
+            (Vec::new(), "invalid_json"),
+            (nested, "invalid_json"),
+            (b"null".to_vec(), "not_a_record"),
+            (b"\"7000002\"".to_vec(), "not_a_record"),
+            (
+                json!({"tcsPersonId": 990_002, "gmcReferenceNumber": " \t "})
+                    .to_string()
+                    .into_bytes(),
+                "missing_gmc_number",
+            ),
+            (
+                json!({"tcsPersonId": 990_003, "gmcReferenceNumber": {"number": "7000003"}})
+                    .to_string()
+                    .into_bytes(),
+                "missing_gmc_number",
+            ),
+            (
+                json!({"tcsPersonId": 990_004, "gmcReferenceNumber": "N/A"})
+                    .to_string()
+                    .into_bytes(),
+                "unusable_gmc_number",
+            ),
+            (
+                json!({"tcsPersonId": "nine", "gmcReferenceNumber": "7000005"})
+                    .to_string()
+                    .into_bytes(),
+                "not_a_record",
+            ),
+            (big.to_string().into_bytes(), "missing_gmc_number"),
+        ]
     }
 
     pub fn with_variant(self, variant: u32) -> Self {
@@ -134,7 +196,11 @@ impl DatasetSpec {
     /// each one must be counted under: a few, growing slowly with N.
     pub fn malformed_tcs_messages(&self) -> Vec<(Vec<u8>, &'static str)> {
         let rounds = 1 + self.doctors / 20_000;
-        let mut out = Vec::new();
+        let mut out = if self.bad_inputs {
+            Self::bad_input_matrix()
+        } else {
+            Vec::new()
+        };
         for r in 0..rounds {
             out.push((
                 format!("{{\"tcsPersonId\": {r}, \"gmcRef").into_bytes(),

@@ -148,6 +148,34 @@ impl Settings {
         if self.names.prefix.chars().any(|c| c.is_ascii_uppercase()) {
             return invalid("names.prefix", "index names must be lowercase");
         }
+        for (field, name) in [
+            ("names.prefix", self.names.prefix.as_str()),
+            ("names.master_family", self.names.master_family.as_str()),
+            (
+                "names.recommendation_family",
+                self.names.recommendation_family.as_str(),
+            ),
+        ] {
+            if let Some(reason) = index_name_problem(name, field == "names.prefix") {
+                return invalid(field, reason);
+            }
+        }
+        let (master, reco) = (
+            self.names.master_family.as_str(),
+            self.names.recommendation_family.as_str(),
+        );
+        if master == reco
+            || master.starts_with(&format!("{reco}-"))
+            || reco.starts_with(&format!("{master}-"))
+        {
+            return invalid(
+                "names.recommendation_family",
+                "the two families must not share names: one family's generations would be taken for the other's",
+            );
+        }
+        if !(0.0..=1.0).contains(&self.gates.max_body_loss) {
+            return invalid("gates.max_body_loss", "must be between 0 and 1");
+        }
         if self.run.merge_batch == 0 || self.rabbitmq.prefetch == 0 {
             return invalid("run.merge_batch / rabbitmq.prefetch", "must be at least 1");
         }
@@ -198,9 +226,64 @@ impl Settings {
     }
 }
 
+/// Why `name` cannot be (part of) an OpenSearch index or alias name, if it
+/// cannot: the server's own rules, plus no wildcard, comma or path
+/// character, so that no name from configuration can reach an index
+/// outside the configured families (`*`, `_all`, `a,b`, `../x`). `part`:
+/// a prefix, which may be empty and is followed by the family name.
+pub fn index_name_problem(name: &str, part: bool) -> Option<&'static str> {
+    if name.is_empty() {
+        return (!part).then_some("must not be empty");
+    }
+    if name.len() > 200 {
+        return Some("must be at most 200 bytes");
+    }
+    if name.chars().any(|c| c.is_ascii_uppercase()) {
+        return Some("index names must be lowercase");
+    }
+    const FORBIDDEN: &[char] = &[
+        '\\', '/', '*', '?', '"', '<', '>', '|', ' ', ',', '#', ':', '%', '&', '+', '=', '\'', '(',
+        ')', '[', ']', '{', '}', '^', '~', '!', '@', '$', ';',
+    ];
+    if name
+        .chars()
+        .any(|c| FORBIDDEN.contains(&c) || c.is_control() || c.is_whitespace())
+    {
+        return Some("only lowercase letters, digits, '-', '_' and '.' are allowed");
+    }
+    if name.starts_with(['-', '_', '.']) {
+        return Some("must not start with '-', '_' or '.'");
+    }
+    if name.contains("..") {
+        return Some("must not contain '..'");
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_that_could_reach_other_indices_are_refused() {
+        for bad in [
+            "*", "_all", "a,b", "../x", "x/y", "a b", "Ab", "-x", ".x", "a..b", "x?", "a#b",
+        ] {
+            assert!(index_name_problem(bad, false).is_some(), "{bad:?} passed");
+            let mut s = Settings::default();
+            s.names.master_family = bad.into();
+            assert!(s.validate().is_err(), "master_family {bad:?} passed");
+        }
+        assert_eq!(index_name_problem("", true), None);
+        assert!(index_name_problem("", false).is_some());
+        assert_eq!(index_name_problem("t1_", true), None);
+        assert_eq!(index_name_problem("masterdoctorindex", false), None);
+        let mut s = Settings::default();
+        s.names.recommendation_family = "masterdoctorindex-reco".into();
+        assert!(s.validate().is_err(), "overlapping families passed");
+        s.names.recommendation_family = "masterdoctorindex".into();
+        assert!(s.validate().is_err(), "the same family twice passed");
+    }
 
     #[test]
     fn defaults_are_valid_and_use_the_design_names() {

@@ -190,6 +190,7 @@ impl Engine {
             .flat_map(|m| m.from.iter().cloned())
             .collect();
         self.mark_served(&old).await;
+        crate::failpoint::hit("before_aliases").await;
         with_retry(&self.retry, "the alias move", || async {
             match aliases::apply(&self.client, &planned.plan).await {
                 Ok(()) => Ok(()),
@@ -203,6 +204,7 @@ impl Engine {
             }
         })
         .await?;
+        crate::failpoint::hit("after_aliases").await;
         self.mark_served(&[planned.master.to.clone(), planned.recommendation.to.clone()])
             .await;
         let report = PromotionReport {

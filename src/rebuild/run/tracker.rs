@@ -96,5 +96,6 @@ impl Tracker {
     pub async fn begin(&mut self, phase: RunPhase) {
         self.record.begin_phase(phase);
         self.save_now().await;
+        crate::failpoint::hit(phase.as_str()).await;
     }
 }

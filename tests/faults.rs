@@ -1,0 +1,283 @@
+//! The fault suite, part one: SIGKILL of `rebuilder run` at every phase,
+//! just before the `_aliases` call and just after it, against the real
+//! servers. The run is told to stop and wait at the point
+//! (`REBUILDER_FAILPOINTS`, see `rebuilder::failpoint`) and is killed there,
+//! with nothing cleaned up. Throughout, an alias probe reads every alias
+//! from the cluster state every 50 ms (one `GET /_alias/...` request, so
+//! one instant per read) and records any instant when an alias was missing,
+//! held by more than one index, or the aliases of a family were not all on
+//! one generation. After each kill the next run must succeed, the killed
+//! run must be recorded `abandoned`, and no half-built generation may
+//! survive. Each case prints its figures (instants probed, problems,
+//! seconds until the next run had promoted).
+//!
+//! Needs the local stack (`scripts/stack start`).
+
+mod common;
+#[path = "common/engine_helpers.rs"]
+mod engine_helpers;
+#[path = "common/run_helpers.rs"]
+mod run_helpers;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::TestEnv;
+use engine_helpers::{all_aliases, engine};
+use opensearch::http::Method;
+use rebuilder::rebuild::record::{RunHistory, RunOutcome, RunRecord};
+use rebuilder::search::{Family, GenerationState, SearchClient};
+use rebuilder_dev::datagen::DatasetSpec;
+use rebuilder_dev::simulator::SimulatorOptions;
+use run_helpers::*;
+use serde_json::Value;
+
+/// What the alias probe saw.
+#[derive(Debug, Default)]
+struct AliasView {
+    instants: u64,
+    problems: Vec<String>,
+    /// Every (master, recommendation) pair seen serving.
+    pairs: BTreeSet<(String, String)>,
+}
+
+struct AliasProbe {
+    stop: Arc<AtomicBool>,
+    handle: tokio::task::JoinHandle<AliasView>,
+}
+
+impl AliasProbe {
+    fn start(client: SearchClient, aliases: Vec<(String, Family)>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let names: Vec<String> = aliases.iter().map(|(a, _)| a.clone()).collect();
+        let path = format!("/_alias/{}", names.join(","));
+        let handle = tokio::spawn(async move {
+            let mut view = AliasView::default();
+            while !flag.load(Ordering::SeqCst) {
+                view.instants += 1;
+                match client.request(Method::Get, &path, &[], None).await {
+                    Ok((200, answer)) => judge(&answer, &aliases, &mut view),
+                    Ok((status, answer)) => view.problems.push(format!(
+                        "status {status}: {}",
+                        answer.to_string().chars().take(200).collect::<String>()
+                    )),
+                    Err(e) => view.problems.push(format!("no answer: {e}")),
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            view
+        });
+        Self { stop, handle }
+    }
+
+    async fn stop(self) -> AliasView {
+        self.stop.store(true, Ordering::SeqCst);
+        self.handle.await.expect("the probe finishes")
+    }
+}
+
+/// One instant: every alias held by exactly one index, each family's
+/// aliases on one generation.
+fn judge(answer: &Value, aliases: &[(String, Family)], view: &mut AliasView) {
+    let mut holders: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for (index, body) in answer.as_object().into_iter().flatten() {
+        for alias in body["aliases"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(a, _)| a)
+        {
+            holders
+                .entry(alias.as_str())
+                .or_default()
+                .push(index.as_str());
+        }
+    }
+    let mut by_family: BTreeMap<Family, BTreeSet<&str>> = BTreeMap::new();
+    for (alias, family) in aliases {
+        match holders.get(alias.as_str()).map(Vec::as_slice) {
+            Some([one]) => {
+                by_family.entry(*family).or_default().insert(one);
+            }
+            Some(many) => view.problems.push(format!("{alias} held by {many:?}")),
+            None => view.problems.push(format!("{alias} missing")),
+        }
+    }
+    for (family, generations) in &by_family {
+        if generations.len() > 1 {
+            view.problems
+                .push(format!("{family:?} aliases on {generations:?} at once"));
+        }
+    }
+    if let (Some(m), Some(r)) = (
+        by_family.get(&Family::Master).and_then(|g| g.first()),
+        by_family
+            .get(&Family::Recommendation)
+            .and_then(|g| g.first()),
+    ) {
+        view.pairs.insert((m.to_string(), r.to_string()));
+    }
+}
+
+/// Starts `rebuilder run` told to wait at `point`, waits until it does,
+/// SIGKILLs it; returns the killed run's id.
+async fn kill_at(env: &TestEnv, point: &str) -> String {
+    let log = std::env::temp_dir().join(format!("{}-{point}.log", env.id));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rebuilder"))
+        .arg("run")
+        .envs(child_env(env))
+        .env("REBUILDER_FAILPOINTS", point)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("rebuilder run starts");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("Failpoint reached") {
+            break;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the run ended ({status}) before reaching {point}:\n{text}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the run did not reach {point}:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let _ = std::fs::remove_file(&log);
+    let history = RunHistory::new(&env.mongo().await, &env.settings.mongodb);
+    let killed: RunRecord = history
+        .current_or_last()
+        .await
+        .unwrap()
+        .expect("the killed run is recorded");
+    assert_eq!(
+        killed.outcome,
+        RunOutcome::Running,
+        "killed mid-run: {point}"
+    );
+    killed.id
+}
+
+/// The next run, retried while the dead run's lease has not expired.
+async fn next_run(env: &TestEnv) -> RunRecord {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match rebuild(env).await {
+            Ok(run) if run.outcome == RunOutcome::Succeeded => return run,
+            Ok(run) if run.outcome == RunOutcome::Refused && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Ok(run) => panic!(
+                "the next run did not succeed: {:?} {:?}",
+                run.outcome, run.error
+            ),
+            Err(e) if format!("{e:#}").contains("lease") && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => panic!("the next run failed: {e:#}"),
+        }
+    }
+}
+
+/// Kills a run at each of `points` in turn, each followed by a good run.
+async fn kill_at_each(name: &str, seed_value: u64, points: &[&str]) {
+    logs();
+    let mut env = TestEnv::new(name);
+    // A dead run's lease must expire before the next run may start.
+    env.settings.run.lease_ttl_secs = 4;
+    let spec = DatasetSpec::new(seed_value, 800);
+    seed(&env, &spec).await;
+    // One simulator answers every sync, of the killed runs and the others.
+    let tcs = simulator(&env, spec, SimulatorOptions::default());
+    next_run(&env).await;
+    let engine = engine(&env).await;
+    let client = env.search().await;
+    let history = RunHistory::new(&env.mongo().await, &env.settings.mongodb);
+    for point in points {
+        let probe = AliasProbe::start(client.clone(), all_aliases(&engine));
+        let killed = kill_at(&env, point).await;
+        let killed_at = Instant::now();
+        let next = next_run(&env).await;
+        let recovered = killed_at.elapsed();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let view = probe.stop().await;
+        eprintln!(
+            "fault: SIGKILL at {point}: {} instants probed, {} problems, {} serving pairs seen, next run promoted {:.1} s after the kill",
+            view.instants,
+            view.problems.len(),
+            view.pairs.len(),
+            recovered.as_secs_f64()
+        );
+        assert!(view.instants > 10, "the probe ran ({})", view.instants);
+        assert!(
+            view.problems.is_empty(),
+            "SIGKILL at {point}: the probe saw {:?}",
+            view.problems.iter().take(5).collect::<Vec<_>>()
+        );
+        let record = history
+            .get(&killed)
+            .await
+            .unwrap()
+            .expect("the killed run's record");
+        assert_eq!(
+            record.outcome,
+            RunOutcome::Abandoned,
+            "the next run marks the killed run abandoned ({point})"
+        );
+        let listing = engine.list_generations().await.unwrap();
+        let building: Vec<_> = listing
+            .iter()
+            .filter(|g| g.state() == GenerationState::Building)
+            .map(|g| g.name.clone())
+            .collect();
+        assert!(
+            building.is_empty(),
+            "half-built generations survived {point}: {building:?}"
+        );
+        let live = next.promotion.expect("promoted").master.to;
+        assert!(listing.iter().any(|g| g.name == live && g.holds_alias()));
+    }
+    tcs.abort();
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_while_loading_leaves_the_aliases_whole_and_the_next_run_succeeds() {
+    kill_at_each(
+        "fault_load",
+        71,
+        &["cleanup", "gmc_read", "tcs_merge", "gmc_only"],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_while_checking_leaves_the_aliases_whole_and_the_next_run_succeeds() {
+    kill_at_each(
+        "fault_check",
+        72,
+        &["finish_load", "catch_up", "validate", "recommendation"],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_around_the_alias_move_leaves_the_aliases_whole_and_the_next_run_succeeds() {
+    kill_at_each(
+        "fault_promote",
+        73,
+        &["promote", "before_aliases", "after_aliases", "retention"],
+    )
+    .await;
+}
