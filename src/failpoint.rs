@@ -1,7 +1,7 @@
 //! Named points where a run can be told to stop and wait, so the fault
 //! suite can SIGKILL it at an exact moment: at the start of each phase
 //! (the phase's name), just before the `_aliases` call (`before_aliases`)
-//! and just after it (`after_aliases`). `REBUILDER_FAILPOINTS` lists them,
+//! and just after it (`after_aliases`). `FAILPOINTS` (as the `fail` crate names it; not `REBUILDER_*`, which is configuration) lists them,
 //! comma-separated (`tcs_merge,after_aliases`); unset, as in production, a
 //! point costs one look at a list read once.
 
@@ -11,7 +11,7 @@ use std::time::Duration;
 use tracing::warn;
 
 /// The environment variable the points are read from.
-pub const FAILPOINTS_VAR: &str = "REBUILDER_FAILPOINTS";
+pub const FAILPOINTS_VAR: &str = "FAILPOINTS";
 
 fn armed() -> &'static [String] {
     static ARMED: OnceLock<Vec<String>> = OnceLock::new();

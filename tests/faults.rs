@@ -1,7 +1,7 @@
 //! The fault suite, part one: SIGKILL of `rebuilder run` at every phase,
 //! just before the `_aliases` call and just after it, against the real
 //! servers. The run is told to stop and wait at the point
-//! (`REBUILDER_FAILPOINTS`, see `rebuilder::failpoint`) and is killed there,
+//! (`FAILPOINTS`, see `rebuilder::failpoint`) and is killed there,
 //! with nothing cleaned up. Throughout, an alias probe reads every alias
 //! from the cluster state every 50 ms (one `GET /_alias/...` request, so
 //! one instant per read) and records any instant when an alias was missing,
@@ -130,7 +130,7 @@ async fn kill_at(env: &TestEnv, point: &str) -> String {
     let mut child = Command::new(env!("CARGO_BIN_EXE_rebuilder"))
         .arg("run")
         .envs(child_env(env))
-        .env("REBUILDER_FAILPOINTS", point)
+        .env("FAILPOINTS", point)
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())

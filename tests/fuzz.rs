@@ -61,6 +61,8 @@ fn fuzz(service: &Service, token: Option<&str>) -> (bool, String) {
             "20261201",
             "--workers",
             "1",
+            "--max-time",
+            "45",
         ])
         .stdin(Stdio::null());
     if let Some(token) = token {

@@ -34,7 +34,7 @@ pub struct GateVerdict {
     pub overridden: bool,
     pub detail: String,
     /// The figures the verdict was made from (gate-specific).
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     pub figures: Value,
 }
 

@@ -78,7 +78,7 @@ pub struct GenerationMeta {
     pub run_id: String,
     /// What each source delivered, as the run reports it (`null` until set).
     #[serde(default)]
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     pub source_counts: Value,
     pub template_sha256: String,
     /// RFC 3339 creation time.
