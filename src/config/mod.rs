@@ -145,9 +145,6 @@ impl Settings {
         if !(0.0..=1.0).contains(&self.gates.min_share_of_previous) {
             return invalid("gates.min_share_of_previous", "must be between 0 and 1");
         }
-        if self.names.prefix.chars().any(|c| c.is_ascii_uppercase()) {
-            return invalid("names.prefix", "index names must be lowercase");
-        }
         for (field, name) in [
             ("names.prefix", self.names.prefix.as_str()),
             ("names.master_family", self.names.master_family.as_str()),
@@ -241,14 +238,8 @@ pub fn index_name_problem(name: &str, part: bool) -> Option<&'static str> {
     if name.chars().any(|c| c.is_ascii_uppercase()) {
         return Some("index names must be lowercase");
     }
-    const FORBIDDEN: &[char] = &[
-        '\\', '/', '*', '?', '"', '<', '>', '|', ' ', ',', '#', ':', '%', '&', '+', '=', '\'', '(',
-        ')', '[', ']', '{', '}', '^', '~', '!', '@', '$', ';',
-    ];
-    if name
-        .chars()
-        .any(|c| FORBIDDEN.contains(&c) || c.is_control() || c.is_whitespace())
-    {
+    let allowed = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c);
+    if !name.chars().all(allowed) {
         return Some("only lowercase letters, digits, '-', '_' and '.' are allowed");
     }
     if name.starts_with(['-', '_', '.']) {

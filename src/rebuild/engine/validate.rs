@@ -1,6 +1,7 @@
 //! Validation of a loaded master generation: the engine gathers each
-//! gate's figures from OpenSearch (counts retried with the engine's retry
-//! policy) and the bulk writer, and the pure gates of `rebuild::gates`
+//! gate's figures from OpenSearch (one breakdown by alias and designated
+//! body of the new and of the live generation, retried with the engine's
+//! retry policy) and the bulk writer, and the pure gates of `rebuild::gates`
 //! judge them. A gate whose figures cannot be gathered fails, saying why.
 
 use std::collections::BTreeMap;
@@ -28,32 +29,31 @@ impl Engine {
         bulk: &BulkStats,
         force: bool,
     ) -> GateReport {
+        // One breakdown per generation gives every gate its figures: the
+        // total, each alias's count (its filter applied), the bodies.
+        let new = self.breakdown(&master.name).await;
+        let live = match self.live_generations().await {
+            Ok((live, _)) => Ok(live.filter(|l| *l != master.name)),
+            Err(e) => Err(e),
+        };
+        let old = match &live {
+            Ok(Some(l)) => self.breakdown(l).await.map(Some),
+            Ok(None) => Ok(None),
+            Err(e) => Err(SearchError::Invalid(e.to_string())),
+        };
         let mut verdicts: Vec<GateVerdict> = Vec::new();
-        let indexed = self.count(&master.name, None).await;
-        match &indexed {
-            Ok(n) => verdicts.push(gates::count_gate(*n, expected_docs)),
+        match &new {
+            Ok(n) => verdicts.push(gates::count_gate(n.total, expected_docs)),
             Err(e) => verdicts.push(gates::unavailable_gate("count", e)),
         }
         verdicts.push(gates::failed_items_gate(
             bulk,
             self.settings.gates.max_failed_items,
         ));
-        let live = match self.live_generations().await {
-            Ok((live, _)) => Ok(live.filter(|l| *l != master.name)),
-            Err(e) => Err(e),
-        };
-        let previous = match &live {
-            Ok(Some(name)) => self
-                .count(name, None)
-                .await
-                .map(|n| Some((name.clone(), n))),
-            Ok(None) => Ok(None),
-            Err(e) => Err(SearchError::Invalid(e.to_string())),
-        };
-        match (&indexed, &previous) {
-            (Ok(n), Ok(prev)) => verdicts.push(gates::share_gate(
-                *n,
-                prev.as_ref().map(|(name, c)| (name.as_str(), *c)),
+        match (&new, &old) {
+            (Ok(n), Ok(old)) => verdicts.push(gates::share_gate(
+                n.total,
+                old.as_ref().map(|o| (o.index.as_str(), o.total)),
                 self.settings.gates.min_share_of_previous,
                 force,
             )),
@@ -66,28 +66,22 @@ impl Engine {
             .iter()
             .filter(|s| s.family == Family::Master && s.filter().is_some())
         {
-            let filter = spec.filter();
-            let name = format!("alias_filter:{}", spec.logical);
-            let new = self.count(&master.name, filter).await;
-            let old = match &live {
-                Ok(Some(l)) => self.count(l, filter).await.map(Some),
-                Ok(None) => Ok(None),
-                Err(e) => Err(SearchError::Invalid(e.to_string())),
-            };
-            match (new, old) {
-                (Ok(new), Ok(old)) => verdicts.push(gates::filter_gate(&spec.logical, new, old)),
-                (Err(e), _) | (_, Err(e)) => verdicts.push(gates::unavailable_gate(name, &e)),
+            let alias = spec.logical.as_str();
+            let count_in = |b: &Breakdown| b.by_alias.get(alias).copied().unwrap_or(0);
+            match (&new, &old) {
+                (Ok(n), Ok(old)) => verdicts.push(gates::filter_gate(
+                    alias,
+                    count_in(n),
+                    old.as_ref().map(count_in),
+                )),
+                (Err(e), _) | (_, Err(e)) => {
+                    verdicts.push(gates::unavailable_gate(format!("alias_filter:{alias}"), e))
+                }
             }
         }
         let limit = gates::DriftLimit {
             max_loss: self.settings.gates.max_body_loss,
             min_docs: self.settings.gates.drift_min_docs,
-        };
-        let new = self.breakdown(&master.name).await;
-        let old = match &live {
-            Ok(Some(l)) => self.breakdown(l).await.map(Some),
-            Ok(None) => Ok(None),
-            Err(e) => Err(SearchError::Invalid(e.to_string())),
         };
         let drifts: [(&str, &str, CountsOf); 3] = [
             ("body_drift:designatedBody", "designatedBody", |b| {
