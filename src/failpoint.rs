@@ -1,10 +1,18 @@
 //! Named points where a run can be told to stop and wait, so the fault
-//! suite can SIGKILL it at an exact moment: at the start of each phase
-//! (the phase's name), just before the `_aliases` call (`before_aliases`)
-//! and just after it (`after_aliases`). `FAILPOINTS` (as the `fail` crate names it; not `REBUILDER_*`, which is configuration) lists them,
-//! comma-separated (`tcs_merge,after_aliases`); unset, as in production, a
-//! point costs one look at a list read once.
+//! suite can act at an exact moment: at the start of each phase (the
+//! phase's name), just before the `_aliases` call (`before_aliases`) and
+//! just after it (`after_aliases`). `FAILPOINTS` (as the `fail` crate names
+//! it; not `REBUILDER_*`, which is configuration) lists them,
+//! comma-separated, each with what to do there:
+//!
+//! - `tcs_merge` waits for ever (the test SIGKILLs the process there);
+//! - `tcs_merge=1500` sleeps 1.5 s, then goes on;
+//! - `tcs_merge=until:/tmp/go` waits until that file exists, then goes on
+//!   (the test changes the world meanwhile: a write block, a stolen lease).
+//!
+//! Unset, as in production, a point costs one look at a list read once.
 
+use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -13,28 +21,93 @@ use tracing::warn;
 /// The environment variable the points are read from.
 pub const FAILPOINTS_VAR: &str = "FAILPOINTS";
 
-fn armed() -> &'static [String] {
-    static ARMED: OnceLock<Vec<String>> = OnceLock::new();
-    ARMED.get_or_init(|| {
-        std::env::var(FAILPOINTS_VAR)
-            .unwrap_or_default()
-            .split(',')
-            .map(|p| p.trim().to_string())
-            .filter(|p| !p.is_empty())
-            .collect()
-    })
+/// What an armed point does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Action {
+    WaitForever,
+    Sleep(Duration),
+    UntilFile(PathBuf),
 }
 
-/// Waits for ever when `point` is armed (the test kills the process);
-/// returns at once otherwise.
+fn parse(list: &str) -> Vec<(String, Action)> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|entry| match entry.split_once('=') {
+            None => (entry.to_string(), Action::WaitForever),
+            Some((point, how)) => {
+                let action = match how.strip_prefix("until:") {
+                    Some(path) => Action::UntilFile(PathBuf::from(path)),
+                    None => how
+                        .parse::<u64>()
+                        .map(|ms| Action::Sleep(Duration::from_millis(ms)))
+                        .unwrap_or(Action::WaitForever),
+                };
+                (point.trim().to_string(), action)
+            }
+        })
+        .collect()
+}
+
+fn armed() -> &'static [(String, Action)] {
+    static ARMED: OnceLock<Vec<(String, Action)>> = OnceLock::new();
+    ARMED.get_or_init(|| parse(&std::env::var(FAILPOINTS_VAR).unwrap_or_default()))
+}
+
+/// Does what `point` is armed with; returns at once when it is not armed.
 pub async fn hit(point: &str) {
-    if armed().iter().any(|p| p == point) {
-        warn!(
-            point,
-            "Failpoint reached: waiting here until the process is killed."
-        );
-        loop {
-            tokio::time::sleep(Duration::from_secs(3600)).await;
+    let Some((_, action)) = armed().iter().find(|(p, _)| p == point) else {
+        return;
+    };
+    match action {
+        Action::WaitForever => {
+            warn!(
+                point,
+                "Failpoint reached: waiting here until the process is killed."
+            );
+            loop {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            }
         }
+        Action::Sleep(pause) => {
+            warn!(
+                point,
+                ms = pause.as_millis() as u64,
+                "Failpoint reached: pausing."
+            );
+            tokio::time::sleep(*pause).await;
+        }
+        Action::UntilFile(path) => {
+            warn!(point, file = %path.display(), "Failpoint reached: waiting for the file.");
+            while !path.exists() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            warn!(point, "Failpoint released: going on.");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_list_names_points_with_what_to_do_there() {
+        let armed = parse(" tcs_merge, validate=1500 ,promote=until:/tmp/go,,");
+        assert_eq!(
+            armed,
+            vec![
+                ("tcs_merge".to_string(), Action::WaitForever),
+                (
+                    "validate".to_string(),
+                    Action::Sleep(Duration::from_millis(1500))
+                ),
+                (
+                    "promote".to_string(),
+                    Action::UntilFile(PathBuf::from("/tmp/go"))
+                ),
+            ]
+        );
+        assert!(parse("").is_empty());
     }
 }

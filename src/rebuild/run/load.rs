@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn, Instrument};
 
 use super::gmc_read::Sources;
-use super::settle::{drain, Ticket};
+use super::settle::{drain, SettleError, Ticket};
 use super::tcs_merge::{consume, merge_stage, GmcInMemory, LOOKAHEAD};
 use super::{gmc_only, RunContext};
 use crate::rebuild::record::RunPhase;
@@ -38,7 +38,7 @@ const IN_FLIGHT_GRACE: Duration = Duration::from_secs(30);
 /// that none lands after the generation is deleted: a `_bulk` into a
 /// missing index would create it with a dynamic mapping.
 async fn stop_writing(
-    settling: tokio::task::JoinHandle<Result<super::settle::Drained, crate::sources::SourceError>>,
+    settling: tokio::task::JoinHandle<Result<super::settle::Drained, SettleError>>,
     writer: crate::search::BulkWriter,
 ) {
     settling.abort();
@@ -82,7 +82,8 @@ pub(super) async fn run(
     let (sender, writer_outcomes, writer) = context.engine.bulk_writer::<Ticket>(master);
     context.tracker.watch_bulk(writer.progress());
     context.tracker.begin(RunPhase::TcsMerge).await;
-    let settling = tokio::spawn(drain(writer_outcomes, sync.acks()).in_current_span());
+    let settling =
+        tokio::spawn(drain(writer_outcomes, sync.acks(), context.halt.clone()).in_current_span());
     let (batches, batches_rx) = mpsc::channel(LOOKAHEAD);
     let merger = tokio::spawn(
         merge_stage(
@@ -120,10 +121,13 @@ pub(super) async fn run(
         .context("the bulk writer stopped unexpectedly")?;
     let drained = settling
         .await
-        .context("the outcome task stopped unexpectedly")?
-        .context("while acknowledging TCS messages");
+        .context("the outcome task stopped unexpectedly")?;
     sync.close().await;
-    let drained = drained?;
+    let drained = match drained {
+        Ok(drained) => drained,
+        Err(SettleError::IndexRefused(cause)) => return Err(anyhow!(cause)),
+        Err(e) => return Err(anyhow!(e).context("while acknowledging TCS messages")),
+    };
     let lost_batches = bulk.lost_batches;
     context.tracker.bulk_finished(bulk);
     if lost_batches > 0 {

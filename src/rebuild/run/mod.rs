@@ -87,6 +87,8 @@ struct RunContext<'a> {
     retry: RetryPolicy,
     tracker: Tracker,
     catch_up: catchup::CatchUp,
+    /// Set when OpenSearch refuses the new generation itself (see `settle`).
+    halt: settle::Halt,
 }
 
 impl RunContext<'_> {
@@ -100,6 +102,9 @@ impl RunContext<'_> {
     fn check_continue(&self) -> anyhow::Result<()> {
         if let Some(reason) = self.lease.lost_reason() {
             return Err(anyhow!("the lease was lost mid-run: {reason}"));
+        }
+        if let Some(cause) = self.halt.reason() {
+            return Err(anyhow!("{cause}"));
         }
         if self.options.cancel.is_cancelled() {
             return Err(anyhow!(Aborted(
@@ -220,6 +225,7 @@ impl StartedRun {
                         journal: Journal::new(&mongo, &settings.mongodb),
                         seq: 0,
                     },
+                    halt: settle::Halt::default(),
                 };
                 let result = execute(&mut context).await;
                 // The journal is bounded by the run, whatever its outcome.

@@ -3,11 +3,20 @@
 //! which is just as final), and dead-lettered with its reason when the
 //! document failed for good. Outcomes come in bursts (a bulk request's
 //! worth); each burst is settled with one coalesced ack.
+//!
+//! A failure that is the index's and not the document's (a write block,
+//! the flood-stage watermark's read-only block, the index gone, OpenSearch
+//! not answering through every retry) stops the load instead: its message
+//! is neither dead-lettered nor acked (it goes back to the queue), and the
+//! run fails naming the cause. Dead-lettering every record because the disk
+//! is full would empty the sync into the dead-letter queue.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
 
-use tracing::warn;
+use tracing::{error, warn};
 
+use crate::search::bulk::classify::BLOCKED;
 use crate::search::{BulkOutcome, BulkOutcomes, ItemOutcome};
 use crate::sources::tcs::{TcsAcks, TcsTicket, REJECT_INDEXING_FAILED};
 use crate::sources::SourceError;
@@ -33,6 +42,55 @@ pub(super) struct Drained {
     pub rejects: BTreeMap<String, u64>,
 }
 
+/// Why the load must stop, set once by the settling task when OpenSearch
+/// refuses the generation itself; the consumer and the GMC-only writer look
+/// at it at every safe point.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Halt(Arc<OnceLock<String>>);
+
+impl Halt {
+    fn set(&self, reason: String) {
+        let _ = self.0.set(reason);
+    }
+
+    pub(crate) fn reason(&self) -> Option<&str> {
+        self.0.get().map(String::as_str)
+    }
+}
+
+/// The load stopped because the index refused writes.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum SettleError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error("{0}")]
+    IndexRefused(String),
+}
+
+/// The cause in words, when a failure is the index's and not the
+/// document's: `None` for a document OpenSearch refused on its own merits.
+fn index_refusal(status: u16, reason: &str) -> Option<String> {
+    let cause = if reason.contains(BLOCKED) {
+        if reason.contains("flood-stage") {
+            "the node's disk passed the flood-stage watermark and OpenSearch made the index read-only (free disk space; OpenSearch lifts the block itself)"
+        } else if reason.contains("index write") {
+            "a write block is set on the index (index.blocks.write)"
+        } else {
+            "the index or the cluster is blocked for writes"
+        }
+    } else if reason.contains("index_not_found_exception") {
+        "the index is gone (deleted while the run wrote into it)"
+    } else if reason.starts_with("retries exhausted") {
+        "OpenSearch did not take the writes through every retry (down, or overloaded for longer than the retry policy lasts)"
+    } else {
+        return None;
+    };
+    Some(format!(
+        "OpenSearch refused writes to the new generation: {cause}; it answered {status} {}",
+        crate::text::clip(reason, 300)
+    ))
+}
+
 /// What to do with one outcome's message.
 #[derive(Debug, PartialEq, Eq)]
 enum Settlement {
@@ -44,9 +102,16 @@ enum Settlement {
     DeadLetter(String),
     /// A GMC-only document failed: only counted.
     CountFailure,
+    /// The index refused the write: stop the load, settle nothing.
+    Halt(String),
 }
 
 fn settlement(outcome: &BulkOutcome<Ticket>) -> Settlement {
+    if let ItemOutcome::Failed { status, reason } = &outcome.outcome {
+        if let Some(cause) = index_refusal(*status, reason) {
+            return Settlement::Halt(cause);
+        }
+    }
     match (&outcome.outcome, &outcome.ticket) {
         (ItemOutcome::Written | ItemOutcome::Superseded, Ticket::Tcs(t)) => {
             Settlement::Ack(t.delivery_tag)
@@ -62,17 +127,25 @@ fn settlement(outcome: &BulkOutcome<Ticket>) -> Settlement {
     }
 }
 
-/// Settles every outcome until the writer has finished.
+/// Settles every outcome until the writer has finished, or until the index
+/// refuses writes: then `halt` says why and the task ends with that error.
 pub(super) async fn drain(
     mut outcomes: BulkOutcomes<Ticket>,
     acks: TcsAcks,
-) -> Result<Drained, SourceError> {
+    halt: Halt,
+) -> Result<Drained, SettleError> {
     let mut drained = Drained::default();
     let mut done: Vec<u64> = Vec::new();
     while let Some(first) = outcomes.recv().await {
         let mut next = Some(first);
         while let Some(outcome) = next {
-            settle_one(outcome, &acks, &mut drained, &mut done).await?;
+            if let Err(e) = settle_one(outcome, &acks, &mut drained, &mut done).await {
+                if let SettleError::IndexRefused(cause) = &e {
+                    error!(cause = %cause, "Stopping the load.");
+                    halt.set(cause.clone());
+                }
+                return Err(e);
+            }
             next = outcomes.try_recv();
         }
         acks.settle(done.drain(..)).await?;
@@ -85,8 +158,9 @@ async fn settle_one(
     acks: &TcsAcks,
     drained: &mut Drained,
     done: &mut Vec<u64>,
-) -> Result<(), SourceError> {
+) -> Result<(), SettleError> {
     let failed = match settlement(&outcome) {
+        Settlement::Halt(cause) => return Err(SettleError::IndexRefused(cause)),
         Settlement::Nothing => return Ok(()),
         Settlement::Ack(tag) => {
             done.push(tag);
@@ -168,5 +242,30 @@ mod tests {
             settlement(&outcome(failed, Ticket::Gmc)),
             Settlement::CountFailure
         );
+    }
+
+    #[test]
+    fn a_refusal_of_the_index_itself_stops_the_load_naming_the_cause() {
+        let cases = [
+            (403, "cluster_block_exception: index [m] blocked by: [FORBIDDEN/8/index write (api)];", "index.blocks.write"),
+            (429, "cluster_block_exception: index [m] blocked by: [TOO_MANY_REQUESTS/12/disk usage exceeded flood-stage watermark, index has read-only-allow-delete block];", "flood-stage"),
+            (404, "index_not_found_exception: no such index [m]", "the index is gone"),
+            (0, "retries exhausted: request failed: connection refused", "every retry"),
+        ];
+        for (status, reason, named) in cases {
+            let failed = ItemOutcome::Failed {
+                status,
+                reason: reason.into(),
+            };
+            for ticket in [tcs(3), Ticket::Gmc] {
+                match settlement(&outcome(failed.clone(), ticket)) {
+                    Settlement::Halt(cause) => {
+                        assert!(cause.contains(named), "{cause}");
+                        assert!(cause.contains(reason), "the server's words too: {cause}");
+                    }
+                    other => panic!("{reason}: expected a halt, got {other:?}"),
+                }
+            }
+        }
     }
 }

@@ -9,6 +9,11 @@ use crate::retry::Retriable;
 use crate::search::client::SearchError;
 use crate::text::clip;
 
+/// The error type OpenSearch gives a write refused by an index or cluster
+/// block (`index.blocks.write`, `read_only_allow_delete` from the
+/// flood-stage watermark, a cluster-wide block).
+pub const BLOCKED: &str = "cluster_block_exception";
+
 /// What was sent at one position of a request, for the classification.
 #[derive(Clone, Copy, Debug)]
 pub struct SentItem<'a> {
@@ -38,7 +43,8 @@ pub enum ItemVerdict {
 /// order. Items are matched by position and verified by `_id`; an item the
 /// answer lacks, or answers for another id, is retried, never lost.
 pub fn classify_response(sent: &[SentItem<'_>], status: u16, body: &Value) -> Vec<ItemVerdict> {
-    if status == 429 || status >= 500 {
+    let blocked = body["error"]["type"].as_str() == Some(BLOCKED);
+    if (status == 429 || status >= 500) && !blocked {
         let reason = format!("request answered {status}: {}", error_summary(body));
         return sent
             .iter()
@@ -89,6 +95,15 @@ fn classify_item(sent: &SentItem<'_>, answered: Option<&Value>) -> ItemVerdict {
     let kind = op["error"]["type"].as_str().unwrap_or("");
     match status {
         200..=299 => ItemVerdict::Written,
+        // A block on the index or the cluster (a write block, the
+        // flood-stage watermark's read-only block, which answers 429) is
+        // the index's state, not load: retrying soon does not help, and the
+        // caller must stop rather than blame the document.
+        _ if kind == BLOCKED => ItemVerdict::Failed {
+            status,
+            kind: BLOCKED.into(),
+            reason: error_summary(op),
+        },
         409 if sent.versioned && kind == "version_conflict_engine_exception" => {
             ItemVerdict::Superseded
         }
@@ -182,6 +197,24 @@ mod tests {
             if kind == "mapper_parsing_exception" && reason.contains("tcsPersonId"))
         );
         assert!(matches!(&v[3], ItemVerdict::Retry { status: 503, .. }));
+    }
+
+    #[test]
+    fn a_blocked_index_fails_for_good_even_when_answered_429() {
+        let flood = json!({"errors": true, "items": [
+            {"index": {"_id": "1", "status": 429, "error": {"type": "cluster_block_exception", "reason": "index [m] blocked by: [TOO_MANY_REQUESTS/12/disk usage exceeded flood-stage watermark, index has read-only-allow-delete block];"}}},
+            {"index": {"_id": "2", "status": 403, "error": {"type": "cluster_block_exception", "reason": "index [m] blocked by: [FORBIDDEN/8/index write (api)];"}}}
+        ]});
+        let v = classify_response(&sent(&["1", "2"], false), 200, &flood);
+        assert!(
+            matches!(&v[0], ItemVerdict::Failed { status: 429, kind, reason } if kind == BLOCKED && reason.contains("flood-stage"))
+        );
+        assert!(matches!(&v[1], ItemVerdict::Failed { status: 403, kind, .. } if kind == BLOCKED));
+        let whole = json!({"error": {"type": "cluster_block_exception", "reason": "blocked by: [TOO_MANY_REQUESTS/12/disk usage exceeded flood-stage watermark]"}, "status": 429});
+        assert!(matches!(
+            &classify_response(&sent(&["1"], false), 429, &whole)[0],
+            ItemVerdict::Failed { status: 429, kind, .. } if kind == BLOCKED
+        ));
     }
 
     #[test]
