@@ -250,7 +250,7 @@ async fn a_write_block_on_the_new_generation_fails_the_run_naming_the_block() {
     let env = TestEnv::new("refuse_block");
     let spec = DatasetSpec::new(81, 600);
     seed(&env, &spec).await;
-    let tcs = simulator(&env, spec.clone(), SimulatorOptions::default());
+    let tcs = simulator(&env, spec, SimulatorOptions::default());
     let first = rebuild(&env).await.expect("the first run");
     assert_eq!(first.outcome, RunOutcome::Succeeded);
     let _ = take_dead_letters(&env).await;
@@ -365,7 +365,7 @@ async fn a_full_disk_makes_the_run_fail_naming_the_flood_stage_watermark() {
     env.settings.opensearch.url = throttled_opensearch_url();
     let spec = DatasetSpec::new(82, 300);
     seed(&env, &spec).await;
-    let tcs = simulator(&env, spec.clone(), SimulatorOptions::default());
+    let tcs = simulator(&env, spec, SimulatorOptions::default());
     let first = rebuild(&env).await.expect("the first run");
     assert_eq!(first.outcome, RunOutcome::Succeeded, "{:?}", first.error);
     let _ = take_dead_letters(&env).await;
@@ -442,7 +442,7 @@ async fn a_run_whose_lease_is_stolen_stops_before_promotion_and_says_so() {
     env.settings.run.lease_ttl_secs = 3;
     let spec = DatasetSpec::new(83, 400);
     seed(&env, &spec).await;
-    let tcs = simulator(&env, spec.clone(), SimulatorOptions::default());
+    let tcs = simulator(&env, spec, SimulatorOptions::default());
     let first = rebuild(&env).await.expect("the first run");
     assert_eq!(first.outcome, RunOutcome::Succeeded);
     let client = env.search().await;
