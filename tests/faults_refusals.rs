@@ -18,18 +18,20 @@
 mod common;
 #[path = "common/engine_helpers.rs"]
 mod engine_helpers;
+#[path = "common/paused_run.rs"]
+mod paused_run;
 #[path = "common/run_helpers.rs"]
 mod run_helpers;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use bson::doc;
 use common::{alias_targets, throttled_opensearch_url, TestEnv};
 use engine_helpers::{all_aliases, engine};
 use opensearch::http::Method;
+use paused_run::PausedRun;
 use rebuilder::rebuild::record::{RunOutcome, RunRecord};
 use rebuilder::search::{Family, GenerationState, SearchClient};
 use rebuilder::state::lease::{lease_collection, read_lease, REBUILD_LEASE};
@@ -37,90 +39,6 @@ use rebuilder_dev::datagen::DatasetSpec;
 use rebuilder_dev::simulator::SimulatorOptions;
 use run_helpers::*;
 use serde_json::{json, Value};
-
-/// `rebuilder run` as a child, paused at a failpoint until released.
-struct PausedRun {
-    child: Child,
-    log: PathBuf,
-    release: PathBuf,
-}
-
-impl PausedRun {
-    fn start(env: &TestEnv, point: &str) -> Self {
-        let dir = std::env::temp_dir();
-        let log = dir.join(format!("{}-{point}.log", env.id));
-        let release = dir.join(format!("{}-{point}.go", env.id));
-        let _ = std::fs::remove_file(&release);
-        let child = Command::new(env!("CARGO_BIN_EXE_rebuilder"))
-            .arg("run")
-            .envs(child_env(env))
-            .env("FAILPOINTS", format!("{point}=until:{}", release.display()))
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("rebuilder run starts");
-        Self {
-            child,
-            log,
-            release,
-        }
-    }
-
-    fn text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Waits until the run's log says `what`.
-    async fn wait_for(&mut self, what: &str, secs: u64) {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
-            let text = self.text();
-            if text.contains(what) {
-                return;
-            }
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("the run ended ({status}) before logging {what:?}:\n{text}");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the run did not log {what:?} in {secs} s:\n{text}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn release(&self) {
-        std::fs::write(&self.release, b"go").unwrap();
-    }
-
-    /// Waits for the run to end; its exit status and log.
-    async fn finish(mut self, secs: u64) -> (ExitStatus, String) {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!("the run did not end in {secs} s:\n{}", self.text());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
-        let text = self.text();
-        let _ = std::fs::remove_file(&self.log);
-        let _ = std::fs::remove_file(&self.release);
-        (status, text)
-    }
-}
-
-impl Drop for PausedRun {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Every alias of the test and the index holding it.
 async fn alias_holders(client: &SearchClient, env: &TestEnv) -> BTreeMap<String, Vec<String>> {

@@ -5,6 +5,10 @@
 //! server again even when an assertion fails.
 
 mod common;
+#[path = "common/live_helpers.rs"]
+mod live_helpers;
+#[path = "common/paused_run.rs"]
+mod paused_run;
 #[path = "common/run_helpers.rs"]
 mod run_helpers;
 #[path = "common/service_helpers.rs"]
@@ -13,7 +17,13 @@ mod service_helpers;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::TestEnv;
+use common::{count, TestEnv};
+use live_helpers::{Applier, TcsPublisher};
+use paused_run::PausedRun;
+use rebuilder::rebuild::record::{RunOutcome, RunRecord};
+use rebuilder_dev::datagen::{Category, DatasetSpec};
+use run_helpers::*;
+use serde_json::json;
 use service_helpers::Service;
 
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -28,13 +38,22 @@ fn stack(args: &[&str]) {
     assert!(status.success(), "scripts/stack {args:?} failed");
 }
 
-/// A server stopped until dropped.
-struct Outage(&'static str);
+/// A server stopped until dropped (or [`Outage::end`]ed).
+struct Outage(&'static str, Instant);
 
 impl Outage {
     fn of(server: &'static str) -> Self {
+        let began = Instant::now();
         stack(&["stop", server]);
-        Self(server)
+        Self(server, began)
+    }
+
+    /// Starts the server again; how long it was away (from the stop to
+    /// healthy again).
+    fn end(self) -> Duration {
+        let began = self.1;
+        drop(self);
+        began.elapsed()
     }
 }
 
@@ -42,6 +61,205 @@ impl Drop for Outage {
     fn drop(&mut self) {
         stack(&["start", self.0]);
     }
+}
+
+/// Settings that make a run's consumption slow enough (small batches, a
+/// small prefetch) for a server to go away while the stream is half
+/// taken.
+const SMALL_STEPS: [(&str, &str); 3] = [
+    ("REBUILDER_RABBITMQ__PREFETCH", "100"),
+    ("REBUILDER_RUN__MERGE_BATCH", "100"),
+    ("REBUILDER_BULK__MAX_BATCH_DOCS", "100"),
+];
+
+/// A run paused before it takes the sync, with every message of the sync
+/// published and waiting on the queue; returns the number of messages.
+async fn paused_with_the_sync_queued(env: &TestEnv, spec: DatasetSpec) -> (PausedRun, u32) {
+    let tcs = simulator_once(env, spec);
+    let mut run = PausedRun::start_with(env, "tcs_merge", &SMALL_STEPS);
+    run.wait_for("Failpoint reached", 180).await;
+    tokio::time::timeout(Duration::from_secs(120), tcs)
+        .await
+        .expect("TCS publishes the sync")
+        .unwrap()
+        .expect("the simulator");
+    let queue = &env.settings.rabbitmq.sync_data_queue;
+    let (ready, _) = queue_state(env, queue).await;
+    let prefetch = 100;
+    (run, ready + prefetch)
+}
+
+/// Lets the run go on and returns once it has taken `share` of the queue.
+async fn release_until_taken(env: &TestEnv, run: &PausedRun, total: u32, share: f64) -> u32 {
+    let queue = &env.settings.rabbitmq.sync_data_queue;
+    run.release();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (ready, _) = queue_state(env, queue).await;
+        let taken = total.saturating_sub(ready);
+        if f64::from(taken) >= f64::from(total) * share {
+            return taken;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the run took only {taken} of {total} messages:\n{}",
+            run.text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The run ended well and its index holds every doctor of `spec` exactly
+/// as generated, once.
+async fn assert_whole(
+    env: &TestEnv,
+    spec: &DatasetSpec,
+    ended: (std::process::ExitStatus, String),
+) -> RunRecord {
+    let (status, log) = ended;
+    let tail: String = log.lines().rev().take(20).collect::<Vec<_>>().join("\n");
+    assert!(status.success(), "the run must succeed ({status}):\n{tail}");
+    let record = history(env)
+        .await
+        .current_or_last()
+        .await
+        .unwrap()
+        .expect("the run is recorded");
+    assert_eq!(record.outcome, RunOutcome::Succeeded, "{:?}", record.error);
+    let client = env.search().await;
+    let alias = env.name("masterdoctorindex");
+    assert_documents_match(&client, &alias, spec).await;
+    assert_eq!(
+        count(&client, &alias).await,
+        spec.doctors().count() as u64,
+        "one document per doctor"
+    );
+    let blamed = take_dead_letters(env)
+        .await
+        .into_iter()
+        .filter(|(reason, _)| reason == "indexing_failed")
+        .count();
+    assert_eq!(blamed, 0, "no record dead-lettered for the outage");
+    record
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restart_mid_sync_is_ridden_out_and_every_record_is_indexed_once() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    logs();
+    let env = TestEnv::new("outage_sync");
+    // The document checks read every document back: under 10,000.
+    let spec = DatasetSpec::new(92, 9_000);
+    seed(&env, &spec).await;
+    let (run, total) = paused_with_the_sync_queued(&env, spec).await;
+    let taken = release_until_taken(&env, &run, total, 0.05).await;
+    let outage = Outage::of("rabbitmq");
+    let away = outage.end();
+    let started = Instant::now();
+    let record = assert_whole(&env, &spec, run.finish(300).await).await;
+    let counts = &record.counts;
+    eprintln!(
+        "fault: RabbitMQ restarted mid-sync after {taken} of {total} messages: away {:.1} s; run reconnected {} time(s), {} messages given again, ended {:.1} s after the broker was back; {} documents, every one as generated",
+        away.as_secs_f64(),
+        counts.tcs_reconnects,
+        counts.tcs_redelivered,
+        started.elapsed().as_secs_f64(),
+        counts.docs_expected
+    );
+    assert!(
+        counts.tcs_reconnects >= 1,
+        "the run reconnected: {counts:?}"
+    );
+    assert!(
+        counts.tcs_redelivered > 0,
+        "the broker gave the unacked messages again: {counts:?}"
+    );
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restart_while_applying_live_updates_loses_none() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    logs();
+    let mut env = TestEnv::new("outage_live");
+    // Small steps, so the restart finds updates applied, in flight and queued.
+    env.settings.live.batch_size = 5;
+    env.settings.live.prefetch = 5;
+    let spec = DatasetSpec::new(93, 600);
+    seed(&env, &spec).await;
+    let tcs = simulator_once(&env, spec);
+    rebuild(&env).await.expect("the baseline run");
+    tcs.await.unwrap().unwrap();
+    take_dead_letters(&env).await;
+    let client = env.search().await;
+    let alias = env.name("masterdoctorindex");
+    let trainees: Vec<_> = spec
+        .doctors()
+        .filter(|d| d.category != Category::GmcOnly && !d.tcs_messages.is_empty())
+        .collect();
+    let applier = Applier::start(&env).await;
+    let publisher = TcsPublisher::new(&env).await;
+    for doctor in &trainees {
+        let mut update = doctor.tcs_messages[0].clone();
+        update["programmeName"] = json!("Across the restart");
+        publisher.publish(update.to_string().as_bytes()).await;
+    }
+    publisher.close().await;
+    let outage = Outage::of("rabbitmq");
+    let before = count_marked(&client, &alias, "Across the restart").await;
+    let away = outage.end();
+    let back = Instant::now();
+    // Updates sent once the broker is back reach the index too.
+    let publisher = TcsPublisher::new(&env).await;
+    for doctor in trainees.iter().take(50) {
+        let mut update = doctor.tcs_messages[0].clone();
+        update["programmeName"] = json!("After the restart");
+        publisher.publish(update.to_string().as_bytes()).await;
+    }
+    publisher.close().await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let expected_first = trainees.len() as u64 - 50;
+    loop {
+        let first = count_marked(&client, &alias, "Across the restart").await;
+        let second = count_marked(&client, &alias, "After the restart").await;
+        if first == expected_first && second == 50 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "updates lost across the restart: {first} of {expected_first} and {second} of 50 applied"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    eprintln!(
+        "fault: RabbitMQ restarted while applying {} live updates ({before} applied when it stopped): away {:.1} s; all applied {:.1} s after it was back, and 50 sent after it",
+        trainees.len(),
+        away.as_secs_f64(),
+        back.elapsed().as_secs_f64()
+    );
+    let blamed = take_dead_letters(&env)
+        .await
+        .into_iter()
+        .filter(|(reason, _)| reason == "indexing_failed")
+        .count();
+    assert_eq!(blamed, 0);
+    applier.stop().await;
+    env.cleanup().await;
+}
+
+/// Documents of `target` whose programme is `marker`.
+async fn count_marked(client: &rebuilder::search::SearchClient, target: &str, marker: &str) -> u64 {
+    let (status, answer) = client
+        .request(
+            opensearch::http::Method::Post,
+            &format!("/{target}/_count"),
+            &[],
+            Some(&json!({"query": {"term": {"programmeName.keyword": marker}}})),
+        )
+        .await
+        .expect("count");
+    assert_eq!(status, 200, "{answer}");
+    answer["count"].as_u64().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

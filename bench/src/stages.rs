@@ -54,9 +54,12 @@ pub fn total_cpu(cpu: &CpuUsage) -> f64 {
 pub async fn tcs_alone(settings: &Settings) -> anyhow::Result<StageFigures> {
     let before = CpuSnapshot::take();
     let started = Instant::now();
-    let mut sync = TcsSync::start(&settings.rabbitmq)
-        .await
-        .context("while starting S_tcs's sync")?;
+    let mut sync = TcsSync::start(
+        &settings.rabbitmq,
+        rebuilder::retry::RetryPolicy::new(&settings.retry),
+    )
+    .await
+    .context("while starting S_tcs's sync")?;
     let acks = sync.acks();
     let mut tags = Vec::new();
     let mut records = 0u64;
@@ -68,7 +71,7 @@ pub async fn tcs_alone(settings: &Settings) -> anyhow::Result<StageFigures> {
         {
             Some(TcsEvent::Record { ticket, .. }) => {
                 records += 1;
-                tags.push(ticket.delivery_tag);
+                tags.push(ticket.key());
                 if tags.len() >= 1000 {
                     acks.settle(tags.drain(..)).await?;
                 }

@@ -554,7 +554,7 @@ impl Active<'_> {
                             .dead_letter(&ticket, REJECT_INDEXING_FAILED, &reason)
                             .await?;
                     }
-                    _ => tags.push(ticket.delivery_tag),
+                    _ => tags.push(ticket.key()),
                 },
                 Settle::Stream { watched, token } => {
                     if let UpdateResult::Failed(reason) = &result {

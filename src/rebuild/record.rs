@@ -198,6 +198,11 @@ pub struct RunCounts {
     pub tcs_duplicates: u64,
     /// Messages of an earlier sync discarded from the queue at the start.
     pub tcs_stale_discarded: u64,
+    /// Times the connection to RabbitMQ was lost mid-sync and opened again.
+    pub tcs_reconnects: u64,
+    /// Messages the broker gave again after a lost connection (records
+    /// already taken are not counted again as records or duplicates).
+    pub tcs_redelivered: u64,
     /// Doctors with a latest recommendation outcome.
     pub gmc_outcomes: u64,
     /// Usable documents read from `doctorsForDB`.

@@ -18,7 +18,7 @@ use tracing::{error, warn};
 
 use crate::search::bulk::classify::BLOCKED;
 use crate::search::{BulkOutcome, BulkOutcomes, ItemOutcome};
-use crate::sources::tcs::{TcsAcks, TcsTicket, REJECT_INDEXING_FAILED};
+use crate::sources::tcs::{DeliveryKey, TcsAcks, TcsTicket, REJECT_INDEXING_FAILED};
 use crate::sources::SourceError;
 
 /// What a document sent to the writer carries back in its outcome.
@@ -96,8 +96,8 @@ fn index_refusal(status: u16, reason: &str) -> Option<String> {
 enum Settlement {
     /// Nothing to do (a GMC-only document written).
     Nothing,
-    /// Ack this delivery tag.
-    Ack(u64),
+    /// Ack this delivery.
+    Ack(DeliveryKey),
     /// Dead-letter the message with this detail, then ack it.
     DeadLetter(String),
     /// A GMC-only document failed: only counted.
@@ -114,7 +114,7 @@ fn settlement(outcome: &BulkOutcome<Ticket>) -> Settlement {
     }
     match (&outcome.outcome, &outcome.ticket) {
         (ItemOutcome::Written | ItemOutcome::Superseded, Ticket::Tcs(t)) => {
-            Settlement::Ack(t.delivery_tag)
+            Settlement::Ack(t.key())
         }
         (ItemOutcome::Written | ItemOutcome::Superseded, Ticket::Gmc) => Settlement::Nothing,
         (ItemOutcome::Failed { status, reason }, Ticket::Tcs(_)) => {
@@ -135,7 +135,7 @@ pub(super) async fn drain(
     halt: Halt,
 ) -> Result<Drained, SettleError> {
     let mut drained = Drained::default();
-    let mut done: Vec<u64> = Vec::new();
+    let mut done: Vec<DeliveryKey> = Vec::new();
     while let Some(first) = outcomes.recv().await {
         let mut next = Some(first);
         while let Some(outcome) = next {
@@ -157,7 +157,7 @@ async fn settle_one(
     outcome: BulkOutcome<Ticket>,
     acks: &TcsAcks,
     drained: &mut Drained,
-    done: &mut Vec<u64>,
+    done: &mut Vec<DeliveryKey>,
 ) -> Result<(), SettleError> {
     let failed = match settlement(&outcome) {
         Settlement::Halt(cause) => return Err(SettleError::IndexRefused(cause)),
@@ -201,6 +201,7 @@ mod tests {
     fn tcs(tag: u64) -> Ticket {
         Ticket::Tcs(TcsTicket {
             delivery_tag: tag,
+            epoch: 0,
             body: b"{}".to_vec(),
         })
     }
@@ -209,11 +210,11 @@ mod tests {
     fn written_and_superseded_records_are_acked_and_gmc_documents_need_nothing() {
         assert_eq!(
             settlement(&outcome(ItemOutcome::Written, tcs(7))),
-            Settlement::Ack(7)
+            Settlement::Ack(DeliveryKey { epoch: 0, tag: 7 })
         );
         assert_eq!(
             settlement(&outcome(ItemOutcome::Superseded, tcs(8))),
-            Settlement::Ack(8)
+            Settlement::Ack(DeliveryKey { epoch: 0, tag: 8 })
         );
         assert_eq!(
             settlement(&outcome(ItemOutcome::Written, Ticket::Gmc)),

@@ -103,17 +103,27 @@ pub(super) async fn consume(
             .context("while receiving the TCS sync")?;
         let record = &mut context.tracker.record;
         record.counts.tcs_messages = sync.received();
+        record.counts.tcs_reconnects = sync.reconnects;
+        record.counts.tcs_redelivered = sync.redelivered;
         let full = match event {
             Some(TcsEvent::Record {
                 number,
                 record: tcs,
                 ticket,
+                redelivered,
             }) => {
                 progress.inc(1);
-                record.counts.tcs_records += 1;
                 let first = seen.add(&number);
-                if !first {
-                    record.counts.tcs_duplicates += 1;
+                if redelivered && !first {
+                    // Given again after a lost connection: written again
+                    // with its version (an idempotent replay), not a new
+                    // record. (A true duplicate redelivered is counted here
+                    // too: after a reconnect the two cannot be told apart.)
+                } else {
+                    record.counts.tcs_records += 1;
+                    if !first {
+                        record.counts.tcs_duplicates += 1;
+                    }
                 }
                 batcher.push(Pending {
                     number,

@@ -1,6 +1,13 @@
 //! Settling the messages of a sync: coalesced acks of the settled prefix,
 //! and dead letters (published with their reason, confirmed by the broker,
 //! then acked), so that no message is ever lost or acked unsettled.
+//!
+//! A consumer that lost its connection and opened a new one hands the new
+//! channels over ([`TcsAcks::replace`]): a delivery tag means something only
+//! on the channel that delivered it, so messages of the old channel are
+//! neither acked nor dead-lettered on the new one. The broker gives them
+//! again (they were unacked when the connection closed), and they are
+//! settled when they come back.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -9,6 +16,7 @@ use lapin::options::BasicAckOptions;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::Channel;
 use tokio::sync::Mutex;
+use tracing::warn;
 
 use super::topology::{json_properties, publish_confirmed};
 use super::{DETAIL_HEADER, REASON_HEADER};
@@ -21,7 +29,26 @@ use crate::text::clip;
 #[derive(Clone, Debug)]
 pub struct TcsTicket {
     pub delivery_tag: u64,
+    /// Which connection of the consumer delivered it (see [`TcsAcks::replace`]).
+    pub epoch: u32,
     pub body: Vec<u8>,
+}
+
+impl TcsTicket {
+    /// What settles it.
+    pub fn key(&self) -> DeliveryKey {
+        DeliveryKey {
+            epoch: self.epoch,
+            tag: self.delivery_tag,
+        }
+    }
+}
+
+/// One delivery: its tag on the channel of its connection (`epoch`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeliveryKey {
+    pub epoch: u32,
+    pub tag: u64,
 }
 
 /// Settles messages of one sync: acks and dead-letters. Cheap to clone, so
@@ -36,10 +63,17 @@ pub struct TcsTicket {
 /// hundred messages a second; coalesced, a batch needs one.
 #[derive(Clone)]
 pub struct TcsAcks {
+    dead_letter_queue: String,
+    state: Arc<Mutex<AckState>>,
+}
+
+/// The channels of the consumer's current connection and what is acked
+/// on them.
+struct AckState {
+    epoch: u32,
     consume: Channel,
     dead_letters: Channel,
-    dead_letter_queue: String,
-    window: Arc<Mutex<AckWindow>>,
+    window: AckWindow,
 }
 
 impl TcsAcks {
@@ -47,17 +81,43 @@ impl TcsAcks {
     /// `dead_letters` (a channel in confirm mode) to `dead_letter_queue`.
     pub fn new(consume: Channel, dead_letters: Channel, dead_letter_queue: &str) -> Self {
         Self {
-            consume,
-            dead_letters,
             dead_letter_queue: dead_letter_queue.to_string(),
-            window: Arc::new(Mutex::new(AckWindow::new())),
+            state: Arc::new(Mutex::new(AckState {
+                epoch: 0,
+                consume,
+                dead_letters,
+                window: AckWindow::new(),
+            })),
         }
     }
 
-    /// The channel whose deliveries these acks settle.
-    pub fn channel(&self) -> &Channel {
-        &self.consume
+    /// The channel whose deliveries these acks settle now.
+    pub async fn channel(&self) -> Channel {
+        self.state.lock().await.consume.clone()
     }
+
+    /// The epoch of the current connection: the tickets it delivers carry it.
+    pub async fn epoch(&self) -> u32 {
+        self.state.lock().await.epoch
+    }
+
+    /// The consumer reconnected: settle on these channels from now on.
+    /// Returns the new epoch; tickets of earlier ones are ignored.
+    pub async fn replace(&self, consume: Channel, dead_letters: Channel) -> u32 {
+        let mut state = self.state.lock().await;
+        state.epoch += 1;
+        state.consume = consume;
+        state.dead_letters = dead_letters;
+        state.window = AckWindow::new();
+        state.epoch
+    }
+}
+
+/// Whether an ack or a publish failed because its channel is gone: the
+/// message was not acked and the broker gives it again, so it is not an
+/// error of the settling.
+fn channel_gone(channel: &Channel) -> bool {
+    !channel.status().connected()
 }
 
 /// Delivery tags settled but not acked yet, above the acked prefix.
@@ -96,18 +156,31 @@ impl TcsAcks {
     /// Acks one message: its document is written (or superseded by a
     /// record that wins over it, which is just as final).
     pub async fn ack(&self, ticket: &TcsTicket) -> Result<(), SourceError> {
-        self.settle([ticket.delivery_tag]).await
+        self.settle([ticket.key()]).await
     }
 
     /// Marks messages settled and acks every settled message older than
-    /// the oldest unsettled one, in one `basic.ack`.
-    pub async fn settle(&self, tags: impl IntoIterator<Item = u64>) -> Result<(), SourceError> {
+    /// the oldest unsettled one, in one `basic.ack`. Messages of an earlier
+    /// connection are skipped: the broker gives them again.
+    pub async fn settle(
+        &self,
+        keys: impl IntoIterator<Item = DeliveryKey>,
+    ) -> Result<(), SourceError> {
         // The lock is held across the ack so acks leave in tag order.
-        let mut window = self.window.lock().await;
-        if let Some(upto) = window.settle(tags) {
-            self.consume
+        let mut state = self.state.lock().await;
+        let epoch = state.epoch;
+        let tags = keys.into_iter().filter(|k| k.epoch == epoch).map(|k| k.tag);
+        if let Some(upto) = state.window.settle(tags) {
+            if let Err(e) = state
+                .consume
                 .basic_ack(upto, BasicAckOptions { multiple: true })
-                .await?;
+                .await
+            {
+                if !channel_gone(&state.consume) {
+                    return Err(e.into());
+                }
+                warn!(error = %e, "The connection closed before these messages were acked; the broker gives them again.");
+            }
         }
         Ok(())
     }
@@ -129,14 +202,30 @@ impl TcsAcks {
             ShortString::from(DETAIL_HEADER),
             AMQPValue::LongString(LongString::from(clip(detail, 1000).as_ref())),
         );
-        publish_confirmed(
-            &self.dead_letters,
+        let (epoch, channel) = {
+            let state = self.state.lock().await;
+            (state.epoch, state.dead_letters.clone())
+        };
+        if ticket.epoch != epoch {
+            // Delivered on a connection that is gone: it comes again and is
+            // dead-lettered then, once.
+            return Ok(());
+        }
+        if let Err(e) = publish_confirmed(
+            &channel,
             "",
             &self.dead_letter_queue,
             &ticket.body,
             json_properties().with_headers(headers),
         )
-        .await?;
+        .await
+        {
+            if !channel_gone(&channel) {
+                return Err(e);
+            }
+            warn!(error = %e, "The connection closed before a dead letter was confirmed; the message comes again.");
+            return Ok(());
+        }
         self.ack(ticket).await
     }
 }

@@ -16,7 +16,7 @@ pub mod sync;
 pub mod topology;
 pub mod updates;
 
-pub use acks::{TcsAcks, TcsTicket};
+pub use acks::{DeliveryKey, TcsAcks, TcsTicket};
 pub use sync::{TcsEvent, TcsSync};
 pub use topology::{declare_topology, json_properties, publish_confirmed};
 pub use updates::{TcsUpdates, UpdateEvent};

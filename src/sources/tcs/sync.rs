@@ -1,7 +1,8 @@
 //! One full sync from TCS: `"syncStart"` published, the sync-data queue
 //! consumed with manual acks and a prefetch until `syncEnd` or an idle
 //! timeout, each message parsed into a record, a rejection (dead-lettered
-//! at once) or the end.
+//! at once) or the end. A connection lost mid-sync is opened again with
+//! backoff, and the unacked messages come back from the broker.
 
 use std::time::{Duration, Instant};
 
@@ -11,13 +12,14 @@ use lapin::options::{
     QueuePurgeOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{Connection, Consumer};
+use lapin::{Channel, Connection, Consumer};
 use tracing::{debug, info, warn};
 
 use super::acks::{TcsAcks, TcsTicket};
 use super::topology::{declare_topology, json_properties, publish_confirmed};
 use crate::config::RabbitSettings;
 use crate::domain::{parse_tcs_message, GmcNumber, TcsMessage, TcsRecord};
+use crate::retry::RetryPolicy;
 use crate::sources::{rabbit_connection, SourceError};
 
 /// What a received message turned out to be.
@@ -29,6 +31,8 @@ pub enum TcsEvent {
         number: GmcNumber,
         record: Box<TcsRecord>,
         ticket: TcsTicket,
+        /// Given before, to a connection that was lost before acking it.
+        redelivered: bool,
     },
     /// A message that cannot be a record: already dead-lettered and acked.
     Rejected { reason: &'static str },
@@ -36,11 +40,44 @@ pub enum TcsEvent {
     End,
 }
 
+/// A consuming channel on the sync-data queue (prefetch first) and a
+/// channel in confirm mode for dead letters and `syncStart`.
+async fn consume_on(
+    connection: &Connection,
+    settings: &RabbitSettings,
+) -> Result<(Channel, Consumer, Channel), SourceError> {
+    let consume = connection.create_channel().await?;
+    consume
+        .basic_qos(settings.prefetch, BasicQosOptions::default())
+        .await?;
+    let consumer = consume
+        .basic_consume(
+            settings.sync_data_queue.as_str().into(),
+            "rebuilder-sync".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let dead_letters = connection.create_channel().await?;
+    dead_letters
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    Ok((consume, consumer, dead_letters))
+}
+
 /// One full sync from TCS, from `syncStart` to `syncEnd`.
 pub struct TcsSync {
+    settings: RabbitSettings,
+    retry: RetryPolicy,
     connection: Connection,
     consumer: Consumer,
     acks: TcsAcks,
+    /// The connection the deliveries come from (0 first, +1 a reconnect).
+    epoch: u32,
+    /// Times the connection was lost and opened again.
+    pub reconnects: u64,
+    /// Messages the broker marked as given before (after a reconnect).
+    pub redelivered: u64,
     idle_timeout: Duration,
     /// Time spent waiting for a message since the last one arrived. Time
     /// the caller spends elsewhere (blocked on OpenSearch) does not count.
@@ -59,16 +96,17 @@ impl TcsSync {
     /// left unacked (possibly with that sync's `syncEnd`) would end this
     /// sync early with an old partial stream. The caller holds the lease,
     /// so no other consumer owns them; the new sync sends every record again.
-    pub async fn start(settings: &RabbitSettings) -> Result<Self, SourceError> {
+    pub async fn start(settings: &RabbitSettings, retry: RetryPolicy) -> Result<Self, SourceError> {
         let connection = rabbit_connection(settings).await?;
         declare_topology(&connection, settings).await?;
-        let consume = connection.create_channel().await?;
-        let purged_stale = consume
+        let purge = connection.create_channel().await?;
+        let purged_stale = purge
             .queue_purge(
                 settings.sync_data_queue.as_str().into(),
                 QueuePurgeOptions::default(),
             )
             .await?;
+        let _ = purge.close(200, "purged".into()).await;
         if purged_stale > 0 {
             warn!(
                 queue = %settings.sync_data_queue,
@@ -76,21 +114,7 @@ impl TcsSync {
                 "Discarded messages an earlier sync left on the queue."
             );
         }
-        consume
-            .basic_qos(settings.prefetch, BasicQosOptions::default())
-            .await?;
-        let consumer = consume
-            .basic_consume(
-                settings.sync_data_queue.as_str().into(),
-                "rebuilder-sync".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        let dead_letters = connection.create_channel().await?;
-        dead_letters
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
+        let (consume, consumer, dead_letters) = consume_on(&connection, settings).await?;
         publish_confirmed(
             &dead_letters,
             &settings.exchange,
@@ -105,14 +129,76 @@ impl TcsSync {
             "Asked TCS for a full sync."
         );
         Ok(Self {
+            settings: settings.clone(),
+            retry,
             connection,
             consumer,
             acks: TcsAcks::new(consume, dead_letters, &settings.dead_letter_queue),
+            epoch: 0,
             idle_timeout: Duration::from_secs(settings.idle_timeout_secs),
             waited: Duration::ZERO,
             received: 0,
             purged_stale: u64::from(purged_stale),
+            reconnects: 0,
+            redelivered: 0,
         })
+    }
+
+    /// The connection was lost mid-sync (a broker restart, a failover, a
+    /// network cut): connect again with the retry policy's backoff and
+    /// consume the same queue. Nothing is purged and TCS is not asked
+    /// again: the broker gives back every message this consumer had not
+    /// acked, and the records already written are written again with the
+    /// same version, which changes nothing. Gives up with `cause` once the
+    /// policy is spent.
+    async fn reconnect(&mut self, cause: SourceError) -> Result<(), SourceError> {
+        warn!(error = %cause, received = self.received, "Lost the connection to RabbitMQ mid-sync; reconnecting.");
+        match self.open_with_backoff().await {
+            Ok(connection) => {
+                let old = std::mem::replace(&mut self.connection, connection);
+                let _ = old.close(200, "replaced".into()).await;
+                Ok(())
+            }
+            Err(e) => {
+                warn!(error = %e, "Could not reconnect to RabbitMQ; the sync fails.");
+                Err(cause)
+            }
+        }
+    }
+
+    /// Opens a connection and its consumer, retried with backoff; installs
+    /// the consumer and the channels and returns the connection.
+    async fn open_with_backoff(&mut self) -> Result<Connection, SourceError> {
+        let mut backoff = backon::BackoffBuilder::build(self.retry.backoff());
+        loop {
+            let attempt = async {
+                let connection = rabbit_connection(&self.settings).await?;
+                let (consume, consumer, dead_letters) =
+                    consume_on(&connection, &self.settings).await?;
+                Ok::<_, SourceError>((connection, consume, consumer, dead_letters))
+            };
+            match attempt.await {
+                Ok((connection, consume, consumer, dead_letters)) => {
+                    self.consumer = consumer;
+                    self.epoch = self.acks.replace(consume, dead_letters).await;
+                    self.reconnects += 1;
+                    self.waited = Duration::ZERO;
+                    info!(
+                        reconnects = self.reconnects,
+                        "Reconnected to RabbitMQ; consuming the sync again (unacked messages come back)."
+                    );
+                    return Ok(connection);
+                }
+                Err(e) => {
+                    let Some(delay) = backoff.next() else {
+                        return Err(e);
+                    };
+                    let delay = delay.min(self.retry.max_backoff);
+                    debug!(error = %e, delay_ms = delay.as_millis() as u64, "RabbitMQ not back yet.");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
     }
 
     /// The handle that acks and dead-letters this sync's messages.
@@ -146,20 +232,31 @@ impl TcsSync {
                 };
             }
             Ok(None) => {
-                return Err(SourceError::Rabbit(
+                let closed = SourceError::Rabbit(
                     lapin::ErrorKind::InvalidChannelState(
                         lapin::ChannelState::Closed,
                         "the sync consumer's channel closed",
                     )
                     .into(),
-                ))
+                );
+                self.reconnect(closed).await?;
+                return Ok(None);
             }
-            Ok(Some(delivery)) => delivery?,
+            Ok(Some(Err(e))) => {
+                self.reconnect(e.into()).await?;
+                return Ok(None);
+            }
+            Ok(Some(Ok(delivery))) => delivery,
         };
         self.waited = Duration::ZERO;
         self.received += 1;
+        if delivery.redelivered {
+            self.redelivered += 1;
+        }
+        let redelivered = delivery.redelivered;
         let ticket = TcsTicket {
             delivery_tag: delivery.delivery_tag,
+            epoch: self.epoch,
             body: delivery.data,
         };
         match parse_tcs_message(&ticket.body) {
@@ -167,6 +264,7 @@ impl TcsSync {
                 number,
                 record,
                 ticket,
+                redelivered,
             })),
             Ok(TcsMessage::SyncEnd) => {
                 self.acks.ack(&ticket).await?;
@@ -196,6 +294,7 @@ impl TcsSync {
     pub async fn stop_consuming(&self) -> Result<(), SourceError> {
         self.acks
             .channel()
+            .await
             .basic_cancel(self.consumer.tag(), BasicCancelOptions::default())
             .await?;
         Ok(())

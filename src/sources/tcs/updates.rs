@@ -86,6 +86,9 @@ impl TcsUpdates {
         };
         let ticket = TcsTicket {
             delivery_tag: delivery.delivery_tag,
+            // The applier opens a new consumer (and new acks) after a lost
+            // connection, so its tickets all belong to the first one.
+            epoch: 0,
             body: delivery.data,
         };
         match parse_tcs_message(&ticket.body) {
