@@ -37,7 +37,7 @@ impl Sources {
 
 pub(super) async fn run(context: &mut RunContext<'_>) -> anyhow::Result<Sources> {
     context.tracker.begin(RunPhase::GmcRead).await;
-    let sync = TcsSync::start(&context.settings.rabbitmq, context.retry.clone())
+    let sync = TcsSync::start(&context.settings.rabbitmq, context.retry)
         .await
         .context("while starting the TCS sync")?;
     context.tracker.record.counts.tcs_stale_discarded = sync.purged_stale;
