@@ -1,7 +1,8 @@
 //! Named points where a run can be told to stop and wait, so the fault
 //! suite can act at an exact moment: at the start of each phase (the
-//! phase's name), just before the `_aliases` call (`before_aliases`) and
-//! just after it (`after_aliases`). `FAILPOINTS` (as the `fail` crate names
+//! phase's name), just before the `_aliases` call (`before_aliases`), just
+//! after it (`after_aliases`), and after each page of the `doctorsForDB`
+//! read (`gmc_page`, the cursor open). `FAILPOINTS` (as the `fail` crate names
 //! it; not `REBUILDER_*`, which is configuration) lists them,
 //! comma-separated, each with what to do there:
 //!

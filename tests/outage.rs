@@ -249,12 +249,22 @@ async fn a_broker_restart_while_applying_live_updates_loses_none() {
 
 /// Documents of `target` whose programme is `marker`.
 async fn count_marked(client: &rebuilder::search::SearchClient, target: &str, marker: &str) -> u64 {
+    count_where(client, target, "programmeName.keyword", marker).await
+}
+
+/// Documents of `target` whose `field` is `value`.
+async fn count_where(
+    client: &rebuilder::search::SearchClient,
+    target: &str,
+    field: &str,
+    value: &str,
+) -> u64 {
     let (status, answer) = client
         .request(
             opensearch::http::Method::Post,
             &format!("/{target}/_count"),
             &[],
-            Some(&json!({"query": {"term": {"programmeName.keyword": marker}}})),
+            Some(&json!({"query": {"term": {field: value}}})),
         )
         .await
         .expect("count");
@@ -302,5 +312,173 @@ async fn readyz_names_rabbitmq_while_the_broker_is_down_and_is_ready_once_it_is_
         assert!(Instant::now() < deadline, "not ready again: {ready}");
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+    env.cleanup().await;
+}
+
+/// The alias holders of the test's families, by alias.
+async fn holders(env: &TestEnv) -> Vec<(String, Vec<String>)> {
+    let client = env.search().await;
+    let mut out = Vec::new();
+    for alias in [
+        "masterdoctorindex",
+        "current_connections",
+        "recommendations",
+    ] {
+        let alias = env.name(alias);
+        let targets = common::alias_targets(&client, &alias).await;
+        out.push((alias, targets));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_opensearch_restart_mid_load_is_ridden_out_by_the_bulk_retries() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    logs();
+    let env = TestEnv::new("outage_os_load");
+    let spec = DatasetSpec::new(94, 6_000);
+    seed(&env, &spec).await;
+    let tcs = simulator_once(&env, spec);
+    rebuild(&env).await.expect("the baseline run");
+    tcs.await.unwrap().unwrap();
+    take_dead_letters(&env).await;
+    let before = holders(&env).await;
+
+    let (run, total) = paused_with_the_sync_queued(&env, spec).await;
+    let taken = release_until_taken(&env, &run, total, 0.05).await;
+    let outage = Outage::of("opensearch");
+    let away = outage.end();
+    let started = Instant::now();
+    let record = assert_whole(&env, &spec, run.finish(300).await).await;
+    let bulk = record.bulk.clone();
+    eprintln!(
+        "fault: OpenSearch restarted mid-load after {taken} of {total} messages: away {:.1} s; the run resumed: {} items retried, {} requests failed, concurrency {}..{} (final {}), ended {:.1} s after the node was back; {} documents, every one as generated",
+        away.as_secs_f64(),
+        bulk.retried_items,
+        bulk.failed_requests,
+        bulk.min_concurrency_seen,
+        bulk.max_concurrency,
+        bulk.final_concurrency,
+        started.elapsed().as_secs_f64(),
+        record.counts.docs_expected
+    );
+    assert!(bulk.retried_items > 0, "writes were retried: {bulk:?}");
+    let promotion = record.promotion.expect("promoted");
+    let after = holders(&env).await;
+    for ((alias, was), (_, now)) in before.iter().zip(&after) {
+        assert_ne!(was, now, "{alias} moved to the new generation");
+        assert_eq!(now.len(), 1, "{alias} on one index");
+    }
+    assert_eq!(after[0].1[0], promotion.master.to);
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mongodb_restart_mid_gmc_read_resumes_after_the_last_id() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    logs();
+    let env = TestEnv::new("outage_gmc_read");
+    let spec = DatasetSpec::new(95, 5_000);
+    seed(&env, &spec).await;
+    let tcs = simulator_once(&env, spec);
+    // Paused after the first page of doctorsForDB, its cursor open; the
+    // server goes away there, and the read goes on while it is away.
+    let mut run = PausedRun::start(&env, "gmc_page");
+    run.wait_for("Failpoint reached", 120).await;
+    let outage = Outage::of("mongo");
+    run.release();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let away = outage.end();
+    let started = Instant::now();
+    let ended = run.finish(300).await;
+    tcs.await.unwrap().unwrap();
+    let log = ended.1.clone();
+    let record = assert_whole(&env, &spec, ended).await;
+    let retried_outcomes = log.contains("Retrying the outcome aggregation");
+    eprintln!(
+        "fault: MongoDB restarted mid GMC read: away {:.1} s; doctorsForDB read resumed {} time(s) after the last id, outcome aggregation {}; run ended {:.1} s after the server was back; {} documents, every one as generated",
+        away.as_secs_f64(),
+        record.counts.gmc_read_resumes,
+        if retried_outcomes { "run again" } else { "done before the cut" },
+        started.elapsed().as_secs_f64(),
+        record.counts.docs_expected
+    );
+    assert!(
+        record.counts.gmc_read_resumes >= 1,
+        "the read of doctorsForDB was cut and resumed: {:?}",
+        record.counts
+    );
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mongodb_restart_while_applying_gmc_changes_resumes_the_streams_and_loses_none() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    logs();
+    let env = TestEnv::new("outage_streams");
+    let spec = DatasetSpec::new(96, 600);
+    seed(&env, &spec).await;
+    let tcs = simulator_once(&env, spec);
+    rebuild(&env).await.expect("the baseline run");
+    tcs.await.unwrap().unwrap();
+    let client = env.search().await;
+    let alias = env.name("masterdoctorindex");
+    let in_gmc: Vec<String> = spec
+        .doctors()
+        .filter(|d| matches!(d.category, Category::Both | Category::GmcOnly))
+        .map(|d| d.gmc_number.clone())
+        .collect();
+    assert!(in_gmc.len() > 250, "{}", in_gmc.len());
+    let (first, second) = in_gmc.split_at(200);
+    let second = &second[..50];
+
+    let applier = Applier::start(&env).await;
+    let (doctors, _) = live_helpers::gmc_collections(&env).await;
+    for number in first {
+        doctors
+            .update_one(
+                bson::doc! {"_id": number},
+                bson::doc! {"$set": {"designatedBodyCode": "1-BEFORE"}},
+            )
+            .await
+            .unwrap();
+    }
+    let outage = Outage::of("mongo");
+    let applied_before = count_where(&client, &alias, "designatedBody.keyword", "1-BEFORE").await;
+    let away = outage.end();
+    let back = Instant::now();
+    let (doctors, _) = live_helpers::gmc_collections(&env).await;
+    for number in second {
+        doctors
+            .update_one(
+                bson::doc! {"_id": number},
+                bson::doc! {"$set": {"designatedBodyCode": "1-AFTER"}},
+            )
+            .await
+            .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let before = count_where(&client, &alias, "designatedBody.keyword", "1-BEFORE").await;
+        let after = count_where(&client, &alias, "designatedBody.keyword", "1-AFTER").await;
+        if before == first.len() as u64 && after == second.len() as u64 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "GMC changes lost across the restart: {before} of {} and {after} of {} applied",
+            first.len(),
+            second.len()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    eprintln!(
+        "fault: MongoDB restarted while applying {} GMC changes ({applied_before} applied when it stopped): away {:.1} s; the streams resumed from their tokens, all applied {:.1} s after it was back, and {} made after it",
+        first.len(),
+        away.as_secs_f64(),
+        back.elapsed().as_secs_f64(),
+        second.len()
+    );
+    applier.stop().await;
     env.cleanup().await;
 }

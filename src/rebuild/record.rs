@@ -207,6 +207,9 @@ pub struct RunCounts {
     pub gmc_outcomes: u64,
     /// Usable documents read from `doctorsForDB`.
     pub gmc_doctors: u64,
+    /// Times the read of `doctorsForDB` left its cursor (MongoDB gone away,
+    /// or a stalled writer) and resumed after the last id read.
+    pub gmc_read_resumes: u64,
     /// Distinct doctors from TCS that GMC also holds.
     pub merged_both: u64,
     /// Distinct doctors from TCS only.

@@ -41,7 +41,7 @@ pub(super) async fn run(context: &mut RunContext<'_>) -> anyhow::Result<Sources>
         .await
         .context("while starting the TCS sync")?;
     context.tracker.record.counts.tcs_stale_discarded = sync.purged_stale;
-    let gmc = GmcSource::new(&context.mongo, &context.settings.mongodb);
+    let gmc = GmcSource::new(&context.mongo, &context.settings.mongodb).with_retry(context.retry);
     let expected = gmc.estimated_doctors().await.ok();
     let progress = Mutex::new(
         context
@@ -92,6 +92,7 @@ pub(super) async fn run(context: &mut RunContext<'_>) -> anyhow::Result<Sources>
 
 fn record_doctors(record: &mut crate::rebuild::record::RunRecord, read: &DoctorRead) {
     record.counts.gmc_doctors = read.rows;
+    record.counts.gmc_read_resumes = read.resumes;
     for (reason, n) in &read.rejects {
         record.reject_many(reason, *n);
     }

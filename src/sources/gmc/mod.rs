@@ -43,6 +43,7 @@ use super::SourceError;
 use crate::config::MongoSettings;
 use crate::domain::gmc::GMC_DOCTOR_FIELDS;
 use crate::domain::{GmcDoctor, GmcNumber, GmcNumberError, GmcStatus, RejectReason};
+use crate::retry::RetryPolicy;
 use numbers::numeric_key;
 
 /// The latest recommendation outcome per doctor.
@@ -68,6 +69,9 @@ pub struct DoctorRead {
     pub rows: u64,
     /// Rows whose id is no usable number, by reject key.
     pub rejects: Vec<(&'static str, u64)>,
+    /// Times the cursor was left (a stall, MongoDB gone away) and the read
+    /// resumed after the last id.
+    pub resumes: u64,
 }
 
 /// One document of `doctorsForDB`: a doctor, or why it cannot be one.
@@ -85,6 +89,8 @@ pub struct GmcSource {
     recommendations: Collection<Document>,
     batch_size: u32,
     numeric_ids: bool,
+    /// How a read that loses the server waits for it (see `pages`).
+    retry: RetryPolicy,
 }
 
 /// GMC numbers per `$in` query (see [`GmcSource::doctors_by_number`]).
@@ -100,7 +106,14 @@ impl GmcSource {
             recommendations: db.collection(&settings.recommendation_collection),
             batch_size: settings.batch_size.max(1),
             numeric_ids: false,
+            retry: RetryPolicy::default(),
         }
+    }
+
+    /// Waits for a server gone away mid-read with this policy (the run's).
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
     }
 
     /// The latest outcome of every doctor, from one aggregation: the
@@ -307,7 +320,12 @@ impl GmcSource {
 
     /// [`pages`](Self::pages) with another stall guard (tests use a short one).
     pub fn pages_with_guard(&self, stall_guard: Duration) -> DoctorPages {
-        DoctorPages::start(self.doctors.clone(), self.batch_size as usize, stall_guard)
+        DoctorPages::start(
+            self.doctors.clone(),
+            self.batch_size as usize,
+            stall_guard,
+            self.retry,
+        )
     }
 
     /// Reads every doctor of `doctorsForDB` once, through one cursor in
@@ -339,6 +357,7 @@ impl GmcSource {
         }
         read.rejects = rejects.into_iter().collect();
         read.rejects.sort_unstable();
+        read.resumes = pages.resumes();
         debug!(
             doctors = read.doctors.len(),
             distinct_values = read.doctors.distinct_values(),

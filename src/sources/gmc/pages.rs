@@ -3,7 +3,8 @@
 //! waiting longer than [`CURSOR_STALL_GUARD`], the task closes the cursor
 //! and, once the page is taken, opens a new one after the last `_id` it
 //! read, so no cursor idles into the server's ten-minute timeout (see the
-//! notes of the `gmc` module).
+//! notes of the `gmc` module). A server that goes away mid-read is waited
+//! for the same way: a new cursor after the last `_id`, nothing read twice.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use tracing::{warn, Instrument};
 
 use super::{projection, DoctorRow};
 use crate::domain::GmcDoctor;
+use crate::retry::{mongo_is_transient, RetryPolicy};
 use crate::sources::SourceError;
 
 /// How long the reader of `doctorsForDB` lets its cursor wait for a slow
@@ -47,11 +49,13 @@ impl DoctorPages {
         doctors: Collection<Document>,
         page_size: usize,
         stall_guard: Duration,
+        retry: RetryPolicy,
     ) -> Self {
         let (tx, pages) = mpsc::channel(2);
         let resumes = Arc::new(AtomicU64::new(0));
         let reader = tokio::spawn(
-            read_doctors(doctors, page_size, stall_guard, tx, resumes.clone()).in_current_span(),
+            read_doctors(doctors, page_size, stall_guard, retry, tx, resumes.clone())
+                .in_current_span(),
         );
         Self {
             pages,
@@ -65,7 +69,8 @@ impl DoctorPages {
         self.pages.recv().await.transpose()
     }
 
-    /// How many times the reader closed its cursor during a stall and resumed.
+    /// How many times the reader left a cursor (a stall, a server gone away)
+    /// and resumed after the last id.
     pub fn resumes(&self) -> u64 {
         self.resumes.load(Ordering::Relaxed)
     }
@@ -77,71 +82,126 @@ impl Drop for DoctorPages {
     }
 }
 
+/// Why a cursor was left before its end.
+enum Interrupted {
+    /// The consumer kept this page waiting past the stall guard.
+    Stalled(DoctorPage),
+    /// The server went away (a restart, a failover, a network cut).
+    Lost(mongodb::error::Error),
+}
+
 /// Reads every doctor through one cursor sorted by `_id`, in pages. When the
 /// consumer keeps a page waiting longer than `stall_guard`, the cursor is
 /// dropped (the driver kills it on the server) and, once the page is taken,
-/// a new one starts after the last `_id` read.
+/// a new one starts after the last `_id` read. When MongoDB goes away mid-read
+/// (a transient error), the rows read so far are kept and a new cursor
+/// starts after the last `_id` once the server answers again, with the
+/// retry policy's backoff; a read that still fails when the policy is spent,
+/// or fails for good, ends with the error.
 async fn read_doctors(
     doctors: Collection<Document>,
     page_size: usize,
     stall_guard: Duration,
+    retry: RetryPolicy,
     pages: mpsc::Sender<Result<DoctorPage, SourceError>>,
     resumes: Arc<AtomicU64>,
 ) {
     let mut after: Option<Bson> = None;
+    let mut failures = 0usize;
     loop {
-        let filter = after.as_ref().map(resume_filter).unwrap_or_default();
-        let cursor = doctors
-            .find(filter)
-            .sort(doc! {"_id": 1})
-            .projection(projection())
-            .batch_size(page_size as u32)
-            .await;
-        let mut cursor = match cursor {
-            Ok(c) => c,
-            Err(e) => {
-                let _ = pages.send(Err(e.into())).await;
-                return;
-            }
-        };
-        let mut rows = Vec::with_capacity(page_size);
-        let stalled = loop {
-            let doc = match cursor.try_next().await {
-                Ok(Some(doc)) => doc,
-                Ok(None) => {
-                    if !rows.is_empty() {
-                        let _ = pages.send(Ok(DoctorPage { rows })).await;
-                    }
+        let interrupted =
+            match read_from(&doctors, page_size, stall_guard, &pages, &mut after).await {
+                None => return,
+                Some(interrupted) => interrupted,
+            };
+        resumes.fetch_add(1, Ordering::Relaxed);
+        match interrupted {
+            Interrupted::Stalled(page) => {
+                failures = 0;
+                warn!(
+                    stall_secs = stall_guard.as_secs(),
+                    after = ?after,
+                    "The writer stalled; closed the doctorsForDB cursor and will resume after the last id."
+                );
+                if pages.send(Ok(page)).await.is_err() {
                     return;
                 }
-                Err(e) => {
+            }
+            Interrupted::Lost(e) => {
+                failures += 1;
+                if !mongo_is_transient(&e) || failures > retry.max_retries {
                     let _ = pages.send(Err(e.into())).await;
                     return;
                 }
-            };
-            after = doc.get("_id").cloned();
-            rows.push(GmcDoctor::from_document(&doc));
-            if rows.len() < page_size {
-                continue;
+                let delay = retry
+                    .initial_backoff
+                    .saturating_mul(2u32.saturating_pow(failures.min(16) as u32 - 1))
+                    .min(retry.max_backoff);
+                warn!(
+                    error = %e,
+                    after = ?after,
+                    retry_in_ms = delay.as_millis() as u64,
+                    "MongoDB went away mid-read of doctorsForDB; resuming after the last id read."
+                );
+                tokio::time::sleep(delay).await;
             }
-            let page = DoctorPage {
-                rows: std::mem::replace(&mut rows, Vec::with_capacity(page_size)),
-            };
-            match pages.send_timeout(Ok(page), stall_guard).await {
-                Ok(()) => {}
-                Err(SendTimeoutError::Timeout(page)) => break page,
-                Err(SendTimeoutError::Closed(_)) => return,
+        }
+    }
+}
+
+/// One cursor from after `after` to the end (`None`: every doctor sent) or
+/// until it is interrupted. The rows read before an interruption by the
+/// server are sent first, so nothing read is read twice.
+async fn read_from(
+    doctors: &Collection<Document>,
+    page_size: usize,
+    stall_guard: Duration,
+    pages: &mpsc::Sender<Result<DoctorPage, SourceError>>,
+    after: &mut Option<Bson>,
+) -> Option<Interrupted> {
+    let filter = after.as_ref().map(resume_filter).unwrap_or_default();
+    let cursor = doctors
+        .find(filter)
+        .sort(doc! {"_id": 1})
+        .projection(projection())
+        .batch_size(page_size as u32)
+        .await;
+    let mut cursor = match cursor {
+        Ok(c) => c,
+        Err(e) => return Some(Interrupted::Lost(e)),
+    };
+    let mut rows = Vec::with_capacity(page_size);
+    loop {
+        let doc = match cursor.try_next().await {
+            Ok(Some(doc)) => doc,
+            Ok(None) => {
+                if !rows.is_empty() {
+                    let _ = pages.send(Ok(DoctorPage { rows })).await;
+                }
+                return None;
+            }
+            Err(e) => {
+                if !rows.is_empty() && pages.send(Ok(DoctorPage { rows })).await.is_err() {
+                    return None;
+                }
+                return Some(Interrupted::Lost(e));
             }
         };
-        drop(cursor);
-        resumes.fetch_add(1, Ordering::Relaxed);
-        warn!(
-            stall_secs = stall_guard.as_secs(),
-            after = ?after,
-            "The writer stalled; closed the doctorsForDB cursor and will resume after the last id."
-        );
-        if pages.send(stalled).await.is_err() {
-            return;
+        *after = doc.get("_id").cloned();
+        rows.push(GmcDoctor::from_document(&doc));
+        if rows.len() < page_size {
+            continue;
+        }
+        let page = DoctorPage {
+            rows: std::mem::replace(&mut rows, Vec::with_capacity(page_size)),
+        };
+        match pages.send_timeout(Ok(page), stall_guard).await {
+            // The fault suite cuts MongoDB here, with the cursor open.
+            Ok(()) => crate::failpoint::hit("gmc_page").await,
+            Err(SendTimeoutError::Timeout(page)) => {
+                return Some(Interrupted::Stalled(page.expect("an Ok page was sent")))
+            }
+            Err(SendTimeoutError::Closed(_)) => return None,
         }
     }
 }

@@ -101,6 +101,18 @@ impl TcsAcks {
         self.state.lock().await.epoch
     }
 
+    /// Deliveries of the current connection up to `last_tag` not settled
+    /// yet: when they fill the prefetch window, the broker sends nothing
+    /// more until the run settles some, so a silent queue is not a silent
+    /// TCS.
+    pub async fn unsettled(&self, last_tag: u64) -> u64 {
+        let state = self.state.lock().await;
+        let window = &state.window;
+        last_tag
+            .saturating_sub(window.next - 1)
+            .saturating_sub(window.settled.len() as u64)
+    }
+
     /// The consumer reconnected: settle on these channels from now on.
     /// Returns the new epoch; tickets of earlier ones are ignored.
     pub async fn replace(&self, consume: Channel, dead_letters: Channel) -> u32 {
@@ -233,6 +245,15 @@ impl TcsAcks {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_is_unsettled_is_delivered_minus_acked_minus_settled_above_the_prefix() {
+        let mut w = AckWindow::new();
+        w.settle([1, 2, 5]);
+        // Delivered 1..=6: 1 and 2 acked, 5 settled, 3, 4 and 6 unsettled.
+        let unsettled = 6u64 - (w.next - 1) - w.settled.len() as u64;
+        assert_eq!(unsettled, 3);
+    }
 
     #[test]
     fn acks_cover_only_the_settled_prefix() {

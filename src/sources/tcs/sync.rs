@@ -74,6 +74,8 @@ pub struct TcsSync {
     acks: TcsAcks,
     /// The connection the deliveries come from (0 first, +1 a reconnect).
     epoch: u32,
+    /// The delivery tag of the last message of this connection.
+    last_tag: u64,
     /// Times the connection was lost and opened again.
     pub reconnects: u64,
     /// Messages the broker marked as given before (after a reconnect).
@@ -135,6 +137,7 @@ impl TcsSync {
             consumer,
             acks: TcsAcks::new(consume, dead_letters, &settings.dead_letter_queue),
             epoch: 0,
+            last_tag: 0,
             idle_timeout: Duration::from_secs(settings.idle_timeout_secs),
             waited: Duration::ZERO,
             received: 0,
@@ -181,6 +184,7 @@ impl TcsSync {
                 Ok((connection, consume, consumer, dead_letters)) => {
                     self.consumer = consumer;
                     self.epoch = self.acks.replace(consume, dead_letters).await;
+                    self.last_tag = 0;
                     self.reconnects += 1;
                     self.waited = Duration::ZERO;
                     info!(
@@ -224,7 +228,13 @@ impl TcsSync {
         let started = Instant::now();
         let delivery = match tokio::time::timeout(wait, self.consumer.next()).await {
             Err(_) => {
-                self.waited += started.elapsed();
+                // With the prefetch window full of messages the run has not
+                // settled (OpenSearch slow or away, retries waiting), the
+                // broker holds the rest back: that silence is the run's own,
+                // not TCS's, and does not count towards the idle timeout.
+                if self.acks.unsettled(self.last_tag).await < u64::from(self.settings.prefetch) {
+                    self.waited += started.elapsed();
+                }
                 return if self.waited >= self.idle_timeout {
                     Err(self.idle_error())
                 } else {
@@ -250,6 +260,7 @@ impl TcsSync {
         };
         self.waited = Duration::ZERO;
         self.received += 1;
+        self.last_tag = delivery.delivery_tag;
         if delivery.redelivered {
             self.redelivered += 1;
         }
