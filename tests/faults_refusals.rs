@@ -40,6 +40,10 @@ use rebuilder_dev::simulator::SimulatorOptions;
 use run_helpers::*;
 use serde_json::{json, Value};
 
+/// The second node is shared by the test that throttles it and the one that
+/// fills its disk: one at a time.
+static NODE_429: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Every alias of the test and the index holding it.
 async fn alias_holders(client: &SearchClient, env: &TestEnv) -> BTreeMap<String, Vec<String>> {
     let engine = engine(env).await;
@@ -278,6 +282,7 @@ impl Drop for FloodStage {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_makes_the_run_fail_naming_the_flood_stage_watermark() {
+    let _node = NODE_429.lock().await;
     logs();
     let mut env = TestEnv::new("refuse_flood");
     env.settings.opensearch.url = throttled_opensearch_url();
@@ -414,5 +419,64 @@ async fn a_run_whose_lease_is_stolen_stops_before_promotion_and_says_so() {
     let next = rebuild(&env).await.expect("the next run");
     assert_eq!(next.outcome, RunOutcome::Succeeded, "{:?}", next.error);
     tcs.abort();
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_on_a_throttling_node_backs_off_and_loses_no_document() {
+    let _node = NODE_429.lock().await;
+    logs();
+    let mut env = TestEnv::new("refuse_429");
+    // The second node has one write thread and a queue of one: the run's
+    // own load gets real 429s.
+    env.settings.opensearch.url = throttled_opensearch_url();
+    // Batches of 100: enough answers for the limiter to back off and to
+    // climb again after a run of clean ones.
+    env.settings.bulk.max_batch_docs = 100;
+    // Eight requests in flight against one write thread: throttled for sure.
+    env.settings.bulk.concurrency = 8;
+    let spec = DatasetSpec::new(84, 9_000);
+    seed(&env, &spec).await;
+    let tcs = simulator_once(&env, spec);
+    let started = Instant::now();
+    let run = rebuild(&env).await.expect("the run");
+    let secs = started.elapsed().as_secs_f64();
+    tcs.await.unwrap().unwrap();
+    assert_eq!(run.outcome, RunOutcome::Succeeded, "{:?}", run.error);
+    let client = env.search().await;
+    assert_documents_match(&client, &env.name("masterdoctorindex"), &spec).await;
+    let bulk = &run.bulk;
+    eprintln!(
+        "fault: a throttling node (write pool 1, queue 1): {} docs in {secs:.1} s, {} requests, {} answers with 429s ({} items), {} items retried, concurrency {} -> min {} -> final {} ({} decreases, {} increases), {} failed",
+        bulk.docs,
+        bulk.requests,
+        bulk.throttled_responses,
+        bulk.throttled_429,
+        bulk.retried_items,
+        bulk.max_concurrency,
+        bulk.min_concurrency_seen,
+        bulk.final_concurrency,
+        bulk.concurrency_decreases,
+        bulk.concurrency_increases,
+        bulk.failed
+    );
+    assert!(bulk.throttled_429 > 0, "the node throttled: {bulk:?}");
+    assert!(
+        bulk.concurrency_decreases > 0 && bulk.min_concurrency_seen < bulk.max_concurrency,
+        "concurrency backed off: {bulk:?}"
+    );
+    assert!(
+        bulk.concurrency_increases > 0,
+        "concurrency climbed again after clean answers: {bulk:?}"
+    );
+    assert_eq!(bulk.failed, 0, "no document failed: {bulk:?}");
+    assert_eq!(
+        take_dead_letters(&env)
+            .await
+            .iter()
+            .filter(|(reason, _)| reason == "indexing_failed")
+            .count(),
+        0
+    );
     env.cleanup().await;
 }

@@ -1,6 +1,9 @@
 //! The concurrency limiter of the bulk writer: grants permits for requests
 //! in flight, up to a limit that sustained throttling halves (down to one)
-//! and a run of clean answers raises by one again (AIMD). The rule itself
+//! and a run of clean answers raises by one again (AIMD). Sustained means
+//! two throttled answers among the last five: a lone 429 is noise, but a
+//! node that turns away one answer in eight was, with a rule of two in a
+//! row, never relieved at all (measured on the throttled test node). The rule itself
 //! (`LimitState::on_answer`) is a pure function of the answers.
 
 use std::sync::{Arc, Mutex};
@@ -8,8 +11,11 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
-/// Throttled answers in a row that lower the concurrency.
-const THROTTLED_STREAK_TO_DECREASE: u32 = 2;
+/// Throttled answers among the last [`THROTTLED_WINDOW`] that lower the
+/// concurrency.
+const THROTTLED_TO_DECREASE: u32 = 2;
+/// How many of the latest answers are looked at.
+const THROTTLED_WINDOW: u32 = 5;
 /// Clean answers in a row that raise the concurrency by one.
 const CLEAN_STREAK_TO_INCREASE: u32 = 10;
 
@@ -29,7 +35,9 @@ struct LimitState {
     /// in, so that answers to requests sent before a decrease do not count
     /// towards the next one.
     epoch: u64,
-    throttled_streak: u32,
+    /// The latest answers of this epoch, newest in the lowest bit (1 =
+    /// throttled), [`THROTTLED_WINDOW`] of them.
+    recent: u32,
     clean_streak: u32,
     min_seen: usize,
     decreases: u64,
@@ -51,7 +59,7 @@ impl LimitState {
             limit: max,
             in_flight: 0,
             epoch: 0,
-            throttled_streak: 0,
+            recent: 0,
             clean_streak: 0,
             min_seen: max,
             decreases: 0,
@@ -61,22 +69,23 @@ impl LimitState {
 
     /// The AIMD rule, applied to one answer of a request granted in `epoch`.
     fn on_answer(&mut self, epoch: u64, throttled: bool) -> Adjustment {
+        let window = (1u32 << THROTTLED_WINDOW) - 1;
         if throttled {
             self.clean_streak = 0;
             if epoch < self.epoch {
                 return Adjustment::None;
             }
-            self.throttled_streak += 1;
-            if self.throttled_streak >= THROTTLED_STREAK_TO_DECREASE && self.limit > 1 {
+            self.recent = ((self.recent << 1) | 1) & window;
+            if self.recent.count_ones() >= THROTTLED_TO_DECREASE && self.limit > 1 {
                 self.limit = (self.limit / 2).max(1);
                 self.min_seen = self.min_seen.min(self.limit);
                 self.epoch += 1;
-                self.throttled_streak = 0;
+                self.recent = 0;
                 self.decreases += 1;
                 return Adjustment::Decreased(self.limit);
             }
         } else {
-            self.throttled_streak = 0;
+            self.recent = (self.recent << 1) & window;
             self.clean_streak += 1;
             if self.clean_streak >= CLEAN_STREAK_TO_INCREASE && self.limit < self.max {
                 self.limit += 1;
@@ -203,13 +212,24 @@ mod tests {
     }
 
     #[test]
-    fn a_single_throttled_answer_between_clean_ones_changes_nothing() {
+    fn a_lone_throttled_answer_among_clean_ones_changes_nothing() {
         let mut s = LimitState::new(4);
         for _ in 0..5 {
             assert_eq!(s.on_answer(0, true), Adjustment::None);
-            assert_eq!(s.on_answer(0, false), Adjustment::None);
+            for _ in 0..THROTTLED_WINDOW - 1 {
+                assert_eq!(s.on_answer(0, false), Adjustment::None);
+            }
         }
         assert_eq!(s.limit, 4);
+    }
+
+    #[test]
+    fn two_throttled_answers_among_the_last_five_lower_the_limit() {
+        let mut s = LimitState::new(4);
+        assert_eq!(s.on_answer(0, true), Adjustment::None);
+        assert_eq!(s.on_answer(0, false), Adjustment::None);
+        assert_eq!(s.on_answer(0, false), Adjustment::None);
+        assert_eq!(s.on_answer(0, true), Adjustment::Decreased(2));
     }
 
     #[tokio::test]
