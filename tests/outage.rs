@@ -482,3 +482,73 @@ async fn a_mongodb_restart_while_applying_gmc_changes_resumes_the_streams_and_lo
     applier.stop().await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_opensearch_outage_longer_than_the_retries_fails_the_run_cleanly() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    logs();
+    let env = TestEnv::new("outage_os_long");
+    let spec = DatasetSpec::new(97, 3_000);
+    seed(&env, &spec).await;
+    let tcs = simulator(
+        &env,
+        spec,
+        rebuilder_dev::simulator::SimulatorOptions::default(),
+    );
+    rebuild(&env).await.expect("the baseline run");
+    take_dead_letters(&env).await;
+    let before = holders(&env).await;
+
+    // Two retries (100 ms, 200 ms): the outage outlasts them by far.
+    let mut run = PausedRun::start_with(
+        &env,
+        "tcs_merge",
+        &[
+            SMALL_STEPS[0],
+            SMALL_STEPS[1],
+            SMALL_STEPS[2],
+            ("REBUILDER_RETRY__MAX_RETRIES", "2"),
+        ],
+    );
+    run.wait_for("Failpoint reached", 120).await;
+    let outage = Outage::of("opensearch");
+    let cut = Instant::now();
+    run.release();
+    let (status, log) = run.finish(180).await;
+    let failed_after = cut.elapsed();
+    let away = outage.end();
+    assert!(!status.success(), "the run must fail:\n{log}");
+    assert!(
+        log.contains("did not take the writes through every retry"),
+        "the run names the cause:\n{}",
+        log.lines().rev().take(15).collect::<Vec<_>>().join("\n")
+    );
+    let record = history(&env)
+        .await
+        .current_or_last()
+        .await
+        .unwrap()
+        .expect("recorded");
+    assert_eq!(record.outcome, RunOutcome::Failed);
+    assert_eq!(holders(&env).await, before, "no alias moved");
+    let blamed = take_dead_letters(&env)
+        .await
+        .into_iter()
+        .filter(|(reason, _)| reason == "indexing_failed")
+        .count();
+    assert_eq!(blamed, 0, "no record dead-lettered for the outage");
+    // The next run deletes what the failed one could not (OpenSearch was
+    // away when it tried) and is whole.
+    let next = rebuild(&env).await.expect("the next run");
+    assert_eq!(next.outcome, RunOutcome::Succeeded, "{:?}", next.error);
+    assert_documents_match(&env.search().await, &env.name("masterdoctorindex"), &spec).await;
+    eprintln!(
+        "fault: OpenSearch away {:.1} s, longer than the run's retries: failed cleanly {:.1} s after the cut ({}); the next run deleted {} leftover generation(s) and promoted",
+        away.as_secs_f64(),
+        failed_after.as_secs_f64(),
+        record.error.unwrap_or_default().chars().take(160).collect::<String>(),
+        next.orphans_deleted.len()
+    );
+    tcs.abort();
+    env.cleanup().await;
+}

@@ -72,21 +72,21 @@ pub(super) enum SettleError {
 fn index_refusal(status: u16, reason: &str) -> Option<String> {
     let cause = if reason.contains(BLOCKED) {
         if reason.contains("flood-stage") {
-            "the node's disk passed the flood-stage watermark and OpenSearch made the index read-only (free disk space; OpenSearch lifts the block itself)"
+            "OpenSearch made the new generation read-only: the node's disk passed the flood-stage watermark (free disk space; OpenSearch lifts the block itself)"
         } else if reason.contains("index write") {
-            "a write block is set on the index (index.blocks.write)"
+            "OpenSearch refuses writes to the new generation: a write block is set on the index (index.blocks.write)"
         } else {
-            "the index or the cluster is blocked for writes"
+            "OpenSearch refuses writes to the new generation: the index or the cluster is blocked"
         }
     } else if reason.contains("index_not_found_exception") {
-        "the index is gone (deleted while the run wrote into it)"
+        "the new generation is gone (deleted while the run wrote into it)"
     } else if reason.starts_with("retries exhausted") {
         "OpenSearch did not take the writes through every retry (down, or overloaded for longer than the retry policy lasts)"
     } else {
         return None;
     };
     Some(format!(
-        "OpenSearch refused writes to the new generation: {cause}; it answered {status} {}",
+        "the load stopped: {cause}; the last answer: {status} {}",
         crate::text::clip(reason, 300)
     ))
 }
@@ -250,7 +250,7 @@ mod tests {
         let cases = [
             (403, "cluster_block_exception: index [m] blocked by: [FORBIDDEN/8/index write (api)];", "index.blocks.write"),
             (429, "cluster_block_exception: index [m] blocked by: [TOO_MANY_REQUESTS/12/disk usage exceeded flood-stage watermark, index has read-only-allow-delete block];", "flood-stage"),
-            (404, "index_not_found_exception: no such index [m]", "the index is gone"),
+            (404, "index_not_found_exception: no such index [m]", "is gone"),
             (0, "retries exhausted: request failed: connection refused", "every retry"),
         ];
         for (status, reason, named) in cases {
