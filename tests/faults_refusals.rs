@@ -18,6 +18,8 @@
 mod common;
 #[path = "common/engine_helpers.rs"]
 mod engine_helpers;
+#[path = "common/live_helpers.rs"]
+mod live_helpers;
 #[path = "common/paused_run.rs"]
 mod paused_run;
 #[path = "common/run_helpers.rs"]
@@ -478,5 +480,74 @@ async fn a_run_on_a_throttling_node_backs_off_and_loses_no_document() {
             .count(),
         0
     );
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_block_on_the_live_index_holds_live_updates_until_it_is_lifted() {
+    logs();
+    let env = TestEnv::new("refuse_live_block");
+    let spec = DatasetSpec::new(85, 300);
+    seed(&env, &spec).await;
+    let tcs = simulator_once(&env, spec);
+    rebuild(&env).await.expect("the baseline run");
+    tcs.await.unwrap().unwrap();
+    take_dead_letters(&env).await;
+    let client = env.search().await;
+    let alias = env.name("masterdoctorindex");
+    let live = alias_targets(&client, &alias).await.remove(0);
+    let trainee = spec
+        .doctors()
+        .find(|d| !d.tcs_messages.is_empty())
+        .expect("a trainee");
+
+    let applier = live_helpers::Applier::start(&env).await;
+    put(
+        &client,
+        &format!("/{live}/_settings"),
+        json!({"index.blocks.write": true}),
+    )
+    .await;
+    let publisher = live_helpers::TcsPublisher::new(&env).await;
+    let mut update = trainee.tcs_messages[0].clone();
+    update["programmeName"] = json!("Held by the block");
+    publisher.publish(update.to_string().as_bytes()).await;
+    publisher.close().await;
+    // The applier tries, is refused, waits and tries again: meanwhile the
+    // update is neither applied nor dead-lettered.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let held = live_helpers::doc_of(&client, &alias, &trainee.gmc_number)
+        .await
+        .expect("the doctor's document");
+    assert_ne!(held["programmeName"], "Held by the block");
+    let dead = take_dead_letters(&env).await;
+    assert!(
+        dead.is_empty(),
+        "nothing dead-lettered: {:?}",
+        dead.iter().map(|(r, _)| r).collect::<Vec<_>>()
+    );
+    let (_, consumers) = queue_state(&env, &env.settings.rabbitmq.update_queue).await;
+    assert_eq!(consumers, 1, "the applier still consumes");
+
+    put(
+        &client,
+        &format!("/{live}/_settings"),
+        json!({"index.blocks.write": null}),
+    )
+    .await;
+    let latency = live_helpers::wait_for_doc(
+        &client,
+        &alias,
+        &trainee.gmc_number,
+        Duration::from_secs(60),
+        |d| d.is_some_and(|d| d["programmeName"] == "Held by the block"),
+    )
+    .await;
+    eprintln!(
+        "fault: write block on the live index: the update waited unsettled, nothing dead-lettered; applied {:.1} s after the block was lifted",
+        latency.as_secs_f64()
+    );
+    assert!(take_dead_letters(&env).await.is_empty());
+    applier.stop().await;
     env.cleanup().await;
 }

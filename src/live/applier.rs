@@ -449,15 +449,27 @@ impl Active<'_> {
                     resolve(&self.gmc, &changes, &updated_at)
                 })
                 .await?;
+            // A batch the live index itself refuses (a write block, a full
+            // disk) waits, unsettled, and is tried again until the index
+            // takes it: dead-lettering it would drop live changes for a
+            // state of the cluster that an operator will mend.
             let report = self
-                .until_done(stop, "applying live changes", || {
-                    apply_updates(
+                .until_done(stop, "applying live changes", || async {
+                    let report = apply_updates(
                         &self.search,
                         Target::Alias(&self.write_alias),
                         &items,
                         &updated_at,
                         &self.retry,
                     )
+                    .await
+                    .map_err(anyhow::Error::from)?;
+                    match report.index_refusal() {
+                        Some(reason) => Err(anyhow!(
+                            "the live index refuses writes ({reason}); the changes wait, unsettled"
+                        )),
+                        None => Ok(report),
+                    }
                 })
                 .await?;
             for (result, i) in report.results.into_iter().zip(&at) {

@@ -16,7 +16,11 @@ use super::client::{SearchClient, SearchError};
 use crate::domain::change::leave_gmc_script;
 use crate::domain::DocUpdate;
 use crate::retry::RetryPolicy;
+use crate::search::bulk::classify::BLOCKED;
 use crate::text::clip;
+
+/// The reason of an update OpenSearch did not take through every retry.
+pub const RETRIES_EXHAUSTED: &str = "retries exhausted";
 
 /// One document update to send.
 #[derive(Clone, Debug, PartialEq)]
@@ -56,6 +60,21 @@ impl UpdateReport {
                 _ => 0,
             })
             .sum()
+    }
+
+    /// The reason of the first failure that is the index's and not the
+    /// change's: a block on the index or the cluster (a write block, the
+    /// flood stage's read-only block), or OpenSearch not answering through
+    /// every retry. Such a batch must wait, not be dead-lettered.
+    pub fn index_refusal(&self) -> Option<&str> {
+        self.results.iter().find_map(|r| match r {
+            UpdateResult::Failed(reason)
+                if reason.contains(BLOCKED) || reason == RETRIES_EXHAUSTED =>
+            {
+                Some(reason.as_str())
+            }
+            _ => None,
+        })
     }
 
     pub fn failed(&self) -> usize {
@@ -107,6 +126,11 @@ pub fn classify_update(item: &Value) -> Option<UpdateResult> {
             _ => UpdateResult::Updated,
         }),
         404 if kind == "document_missing_exception" => Some(UpdateResult::Unchanged),
+        // A block answers 429 under the flood stage: not load, no retry here.
+        _ if kind == BLOCKED => Some(UpdateResult::Failed(format!(
+            "{status} {kind}: {}",
+            clip(op["error"]["reason"].as_str().unwrap_or(""), 300)
+        ))),
         429 | 500.. | 0 => None,
         _ => Some(UpdateResult::Failed(format!(
             "{status} {kind}: {}",
@@ -187,7 +211,7 @@ pub async fn apply_updates(
                         warn!(id = %item.id, "A live update failed after every retry.");
                         report
                             .results
-                            .push(UpdateResult::Failed("retries exhausted".into()));
+                            .push(UpdateResult::Failed(RETRIES_EXHAUSTED.into()));
                     }
                     break;
                 };
@@ -237,6 +261,37 @@ mod tests {
         );
         assert_eq!(lines[3], json!({"doc": {"c": null}}));
         assert_eq!(lines[5]["script"]["lang"], "painless");
+    }
+
+    #[test]
+    fn a_blocked_index_is_a_refusal_of_the_index_not_of_the_change() {
+        let flood = json!({"update": {"_id": "1", "status": 429, "error": {"type": "cluster_block_exception", "reason": "index [m] blocked by: [TOO_MANY_REQUESTS/12/disk usage exceeded flood-stage watermark, index has read-only-allow-delete block];"}}});
+        let write = json!({"update": {"_id": "2", "status": 403, "error": {"type": "cluster_block_exception", "reason": "index [m] blocked by: [FORBIDDEN/8/index write (api)];"}}});
+        let mapping = json!({"update": {"_id": "3", "status": 400, "error": {"type": "mapper_parsing_exception", "reason": "failed to parse"}}});
+        let results: Vec<UpdateResult> = [&flood, &write, &mapping]
+            .into_iter()
+            .map(|i| classify_update(i).expect("final, not retried"))
+            .collect();
+        let refused = |results: Vec<UpdateResult>| {
+            UpdateReport {
+                results,
+                requests: 1,
+            }
+            .index_refusal()
+            .map(str::to_string)
+        };
+        assert!(refused(vec![results[0].clone()])
+            .unwrap()
+            .contains("flood-stage"));
+        assert!(refused(vec![results[1].clone()])
+            .unwrap()
+            .contains("index write"));
+        assert_eq!(
+            refused(vec![results[2].clone()]),
+            None,
+            "the change's own fault"
+        );
+        assert!(refused(vec![UpdateResult::Failed(RETRIES_EXHAUSTED.into())]).is_some());
     }
 
     #[test]
