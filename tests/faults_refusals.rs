@@ -154,16 +154,10 @@ async fn assert_failed_cleanly(
             "the run left {generation} half-built or serving: {left:?}"
         );
     }
-    let blamed: Vec<String> = take_dead_letters(env)
-        .await
-        .into_iter()
-        .map(|(reason, _)| reason)
-        .filter(|reason| reason == "indexing_failed")
-        .collect();
-    assert!(
-        blamed.is_empty(),
-        "no TCS record is dead-lettered for the index's fault: {} were",
-        blamed.len()
+    let blamed = dead_lettered_for_indexing(env).await;
+    assert_eq!(
+        blamed, 0,
+        "no TCS record is dead-lettered for the index's fault: {blamed} were"
     );
     record
 }
@@ -472,14 +466,7 @@ async fn a_run_on_a_throttling_node_backs_off_and_loses_no_document() {
         "concurrency climbed again after clean answers: {bulk:?}"
     );
     assert_eq!(bulk.failed, 0, "no document failed: {bulk:?}");
-    assert_eq!(
-        take_dead_letters(&env)
-            .await
-            .iter()
-            .filter(|(reason, _)| reason == "indexing_failed")
-            .count(),
-        0
-    );
+    assert_eq!(dead_lettered_for_indexing(&env).await, 0);
     env.cleanup().await;
 }
 
@@ -488,10 +475,7 @@ async fn a_write_block_on_the_live_index_holds_live_updates_until_it_is_lifted()
     logs();
     let env = TestEnv::new("refuse_live_block");
     let spec = DatasetSpec::new(85, 300);
-    seed(&env, &spec).await;
-    let tcs = simulator_once(&env, spec);
-    rebuild(&env).await.expect("the baseline run");
-    tcs.await.unwrap().unwrap();
+    baseline(&env, &spec).await;
     take_dead_letters(&env).await;
     let client = env.search().await;
     let alias = env.name("masterdoctorindex");

@@ -31,10 +31,7 @@ async fn outside_a_rebuild_each_change_reaches_the_live_index_with_its_own_field
     logs();
     let env = TestEnv::new("live_outside");
     let spec = DatasetSpec::new(41, 600);
-    seed(&env, &spec).await;
-    let tcs = simulator_once(&env, spec);
-    rebuild(&env).await.expect("the baseline run");
-    tcs.await.unwrap().unwrap();
+    baseline(&env, &spec).await;
     let client = env.search().await;
     let alias = env.name("masterdoctorindex");
     let both: Vec<_> = spec
@@ -149,10 +146,7 @@ async fn a_doctor_who_leaves_gmc_is_cleared_when_tcs_knows_them_and_removed_othe
     logs();
     let env = TestEnv::new("live_delete");
     let spec = DatasetSpec::new(42, 600);
-    seed(&env, &spec).await;
-    let tcs = simulator_once(&env, spec);
-    rebuild(&env).await.expect("the baseline run");
-    tcs.await.unwrap().unwrap();
+    baseline(&env, &spec).await;
     let client = env.search().await;
     let alias = env.name("masterdoctorindex");
     let in_both = spec
@@ -204,10 +198,7 @@ async fn no_live_change_made_during_a_rebuild_is_lost_in_the_new_generation() {
     logs();
     let env = TestEnv::new("live_rebuild");
     let spec = DatasetSpec::new(43, 4000);
-    seed(&env, &spec).await;
-    let tcs = simulator_once(&env, spec);
-    rebuild(&env).await.expect("the baseline run");
-    tcs.await.unwrap().unwrap();
+    baseline(&env, &spec).await;
     let client = env.search().await;
     let alias = env.name("masterdoctorindex");
     let applier = Applier::start(&env).await;
@@ -514,10 +505,7 @@ async fn a_service_killed_during_catch_up_and_while_applying_loses_nothing_after
     let mut env = TestEnv::new("live_restart");
     env.settings.run.lease_ttl_secs = 4;
     let spec = DatasetSpec::new(44, 2500);
-    seed(&env, &spec).await;
-    let tcs = simulator_once(&env, spec);
-    rebuild(&env).await.expect("the baseline run");
-    tcs.await.unwrap().unwrap();
+    baseline(&env, &spec).await;
     let client = env.search().await;
     let alias = env.name("masterdoctorindex");
     // The catch-up repeats while changes keep coming: a long window to kill in.

@@ -134,11 +134,7 @@ async fn assert_whole(
         spec.doctors().count() as u64,
         "one document per doctor"
     );
-    let blamed = take_dead_letters(env)
-        .await
-        .into_iter()
-        .filter(|(reason, _)| reason == "indexing_failed")
-        .count();
+    let blamed = dead_lettered_for_indexing(env).await;
     assert_eq!(blamed, 0, "no record dead-lettered for the outage");
     record
 }
@@ -186,10 +182,7 @@ async fn a_broker_restart_while_applying_live_updates_loses_none() {
     env.settings.live.batch_size = 5;
     env.settings.live.prefetch = 5;
     let spec = DatasetSpec::new(93, 600);
-    seed(&env, &spec).await;
-    let tcs = simulator_once(&env, spec);
-    rebuild(&env).await.expect("the baseline run");
-    tcs.await.unwrap().unwrap();
+    baseline(&env, &spec).await;
     take_dead_letters(&env).await;
     let client = env.search().await;
     let alias = env.name("masterdoctorindex");
@@ -237,11 +230,7 @@ async fn a_broker_restart_while_applying_live_updates_loses_none() {
         away.as_secs_f64(),
         back.elapsed().as_secs_f64()
     );
-    let blamed = take_dead_letters(&env)
-        .await
-        .into_iter()
-        .filter(|(reason, _)| reason == "indexing_failed")
-        .count();
+    let blamed = dead_lettered_for_indexing(&env).await;
     assert_eq!(blamed, 0);
     applier.stop().await;
     env.cleanup().await;
@@ -337,10 +326,7 @@ async fn an_opensearch_restart_mid_load_is_ridden_out_by_the_bulk_retries() {
     logs();
     let env = TestEnv::new("outage_os_load");
     let spec = DatasetSpec::new(94, 6_000);
-    seed(&env, &spec).await;
-    let tcs = simulator_once(&env, spec);
-    rebuild(&env).await.expect("the baseline run");
-    tcs.await.unwrap().unwrap();
+    baseline(&env, &spec).await;
     take_dead_letters(&env).await;
     let before = holders(&env).await;
 
@@ -417,10 +403,7 @@ async fn a_mongodb_restart_while_applying_gmc_changes_resumes_the_streams_and_lo
     logs();
     let env = TestEnv::new("outage_streams");
     let spec = DatasetSpec::new(96, 600);
-    seed(&env, &spec).await;
-    let tcs = simulator_once(&env, spec);
-    rebuild(&env).await.expect("the baseline run");
-    tcs.await.unwrap().unwrap();
+    baseline(&env, &spec).await;
     let client = env.search().await;
     let alias = env.name("masterdoctorindex");
     let in_gmc: Vec<String> = spec
@@ -531,11 +514,7 @@ async fn an_opensearch_outage_longer_than_the_retries_fails_the_run_cleanly() {
         .expect("recorded");
     assert_eq!(record.outcome, RunOutcome::Failed);
     assert_eq!(holders(&env).await, before, "no alias moved");
-    let blamed = take_dead_letters(&env)
-        .await
-        .into_iter()
-        .filter(|(reason, _)| reason == "indexing_failed")
-        .count();
+    let blamed = dead_lettered_for_indexing(&env).await;
     assert_eq!(blamed, 0, "no record dead-lettered for the outage");
     // The next run deletes what the failed one could not (OpenSearch was
     // away when it tried) and is whole.

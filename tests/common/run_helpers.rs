@@ -48,6 +48,26 @@ pub fn simulator(
     tokio::spawn(async move { run_simulator(&rabbit, spec, options).await })
 }
 
+/// Seeds the test's database with `spec`, serves one sync and runs one
+/// rebuild: the live generation a test then works against.
+pub async fn baseline(env: &TestEnv, spec: &DatasetSpec) -> RunRecord {
+    seed(env, spec).await;
+    let tcs = simulator_once(env, *spec);
+    let run = rebuild(env).await.expect("the baseline run");
+    tcs.await.unwrap().unwrap();
+    run
+}
+
+/// Takes the dead-letter queue and counts the records blamed on indexing
+/// (`indexing_failed`): what an outage or a block must never cause.
+pub async fn dead_lettered_for_indexing(env: &TestEnv) -> usize {
+    take_dead_letters(env)
+        .await
+        .iter()
+        .filter(|(reason, _)| reason == rebuilder::sources::tcs::REJECT_INDEXING_FAILED)
+        .count()
+}
+
 /// Serves exactly one full sync.
 pub fn simulator_once(
     env: &TestEnv,

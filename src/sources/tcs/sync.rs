@@ -7,16 +7,14 @@
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use lapin::options::{
-    BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
-    QueuePurgeOptions,
-};
-use lapin::types::FieldTable;
+use lapin::options::{BasicCancelOptions, QueuePurgeOptions};
 use lapin::{Channel, Connection, Consumer};
 use tracing::{debug, info, warn};
 
 use super::acks::{TcsAcks, TcsTicket};
-use super::topology::{declare_topology, json_properties, publish_confirmed};
+use super::topology::{
+    consume_with_dead_letters, declare_topology, json_properties, publish_confirmed,
+};
 use crate::config::RabbitSettings;
 use crate::domain::{parse_tcs_message, GmcNumber, TcsMessage, TcsRecord};
 use crate::retry::RetryPolicy;
@@ -40,29 +38,19 @@ pub enum TcsEvent {
     End,
 }
 
-/// A consuming channel on the sync-data queue (prefetch first) and a
-/// channel in confirm mode for dead letters and `syncStart`.
+/// A consuming channel on the sync-data queue and a channel for dead
+/// letters and `syncStart`.
 async fn consume_on(
     connection: &Connection,
     settings: &RabbitSettings,
 ) -> Result<(Channel, Consumer, Channel), SourceError> {
-    let consume = connection.create_channel().await?;
-    consume
-        .basic_qos(settings.prefetch, BasicQosOptions::default())
-        .await?;
-    let consumer = consume
-        .basic_consume(
-            settings.sync_data_queue.as_str().into(),
-            "rebuilder-sync".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    let dead_letters = connection.create_channel().await?;
-    dead_letters
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
-    Ok((consume, consumer, dead_letters))
+    consume_with_dead_letters(
+        connection,
+        &settings.sync_data_queue,
+        "rebuilder-sync",
+        settings.prefetch,
+    )
+    .await
 }
 
 /// One full sync from TCS, from `syncStart` to `syncEnd`.

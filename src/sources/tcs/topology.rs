@@ -4,10 +4,11 @@
 //! for the broker's confirm.
 
 use lapin::options::{
-    BasicPublishOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, ExchangeKind};
+use lapin::{BasicProperties, Channel, Connection, Consumer, ExchangeKind};
 use tracing::info;
 
 use crate::config::RabbitSettings;
@@ -116,6 +117,34 @@ async fn exists(connection: &Connection, what: Declared<'_>) -> Result<bool, Sou
     };
     let _ = channel.close(200, "checked".into()).await;
     Ok(found)
+}
+
+/// A channel consuming `queue` with `prefetch` messages in flight (set
+/// before the consumer starts) and a channel in confirm mode for dead
+/// letters: what the sync and the update consumers both open.
+pub(super) async fn consume_with_dead_letters(
+    connection: &Connection,
+    queue: &str,
+    consumer_tag: &str,
+    prefetch: u16,
+) -> Result<(Channel, Consumer, Channel), SourceError> {
+    let consume = connection.create_channel().await?;
+    consume
+        .basic_qos(prefetch.max(1), BasicQosOptions::default())
+        .await?;
+    let consumer = consume
+        .basic_consume(
+            queue.into(),
+            consumer_tag.into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let dead_letters = connection.create_channel().await?;
+    dead_letters
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    Ok((consume, consumer, dead_letters))
 }
 
 /// Publishes one persistent JSON body to the exchange and waits for the

@@ -5,13 +5,11 @@
 //! reason at once.
 
 use futures::StreamExt;
-use lapin::options::{BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions};
-use lapin::types::FieldTable;
 use lapin::{Connection, Consumer};
 use tracing::debug;
 
 use super::acks::{TcsAcks, TcsTicket};
-use super::topology::declare_topology;
+use super::topology::{consume_with_dead_letters, declare_topology};
 use crate::config::RabbitSettings;
 use crate::domain::{parse_tcs_message, GmcNumber, TcsMessage, TcsRecord};
 use crate::sources::{rabbit_connection, SourceError};
@@ -42,22 +40,13 @@ impl TcsUpdates {
     pub async fn open(settings: &RabbitSettings, prefetch: u16) -> Result<Self, SourceError> {
         let connection = rabbit_connection(settings).await?;
         declare_topology(&connection, settings).await?;
-        let consume = connection.create_channel().await?;
-        consume
-            .basic_qos(prefetch.max(1), BasicQosOptions::default())
-            .await?;
-        let consumer = consume
-            .basic_consume(
-                settings.update_queue.as_str().into(),
-                "rebuilder-live".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        let dead_letters = connection.create_channel().await?;
-        dead_letters
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
+        let (consume, consumer, dead_letters) = consume_with_dead_letters(
+            &connection,
+            &settings.update_queue,
+            "rebuilder-live",
+            prefetch,
+        )
+        .await?;
         Ok(Self {
             connection,
             consumer,
