@@ -316,6 +316,18 @@ async fn the_rollback_endpoint_moves_every_alias_back_while_readers_see_no_gap()
         .into_iter()
         .map(|(a, _)| a)
         .collect();
+    // The listing says beforehand where a rollback without a target goes.
+    let (status, listing) = service.get("/api/generations").await;
+    assert_eq!(status, 200, "{listing}");
+    assert_eq!(
+        listing["rollback"]["master"],
+        promoted_a.as_str(),
+        "{}",
+        listing["rollback"]
+    );
+    assert!(listing["rollback"]["recommendation"].is_string());
+    assert!(listing["rollback"]["refusal"].is_null());
+    let planned_reco = listing["rollback"]["recommendation"].clone();
     let probe = Probe::start(client.clone(), aliases);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (status, moved) = service
@@ -327,6 +339,10 @@ async fn the_rollback_endpoint_moves_every_alias_back_while_readers_see_no_gap()
     assert_eq!(moved["kind"], "rollback");
     assert_eq!(moved["master"]["from"], promoted_b.as_str());
     assert_eq!(moved["master"]["to"], promoted_a.as_str());
+    assert_eq!(
+        moved["recommendation"]["to"], planned_reco,
+        "as listed: {moved}"
+    );
     assert_eq!(moved["aliases"].as_array().unwrap().len(), 5);
     assert!(seen.rounds > 5, "the probe ran ({} rounds)", seen.rounds);
     assert!(

@@ -16,7 +16,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::error::{ApiError, ErrorBody};
 use super::runner::{StartError, StartRequest};
 use super::AppState;
-use crate::rebuild::engine::PromotionReport;
+use crate::rebuild::engine::{rollback_targets, PromotionReport};
 use crate::rebuild::record::{RunOutcome, RunRecord, Trigger};
 use crate::rebuild::{is_refusal, lease_holder, roll_back};
 use crate::search::breakdown::Breakdown;
@@ -318,6 +318,50 @@ pub struct GenerationList {
     pub recommendation: Vec<GenerationInfo>,
     /// Alias name to the generations that hold it.
     pub aliases: BTreeMap<String, Vec<String>>,
+    /// Where `POST /api/rollback` without `to` would move the aliases now.
+    pub rollback: RollbackPlan,
+}
+
+/// The default rollback target, by the service's own rule (the newest
+/// served generation older than the live one, with its paired
+/// recommendation generation): what the page shows before it is asked.
+#[derive(Debug, Default, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RollbackPlan {
+    /// The master generation it would move to; null when there is none.
+    pub master: Option<String>,
+    /// The recommendation generation it would move to.
+    pub recommendation: Option<String>,
+    /// Why a rollback would be refused now; null when it would move.
+    pub refusal: Option<String>,
+}
+
+impl RollbackPlan {
+    fn of(listing: &[GenerationInfo]) -> Self {
+        let live = |family: Family| {
+            listing
+                .iter()
+                .filter(|g| g.family == family && g.holds_alias())
+                .map(|g| g.name.as_str())
+                .max()
+        };
+        match rollback_targets(
+            listing,
+            live(Family::Master),
+            live(Family::Recommendation),
+            None,
+        ) {
+            Ok((master, recommendation)) => Self {
+                master: Some(master),
+                recommendation: Some(recommendation),
+                refusal: None,
+            },
+            Err(e) => Self {
+                refusal: Some(e.to_string()),
+                ..Self::default()
+            },
+        }
+    }
 }
 
 /// The generations of both families.
@@ -343,6 +387,7 @@ pub async fn generations(State(state): State<AppState>) -> Result<Json<Generatio
             aliases.entry(a.clone()).or_default().push(g.name.clone());
         }
     }
+    let rollback = RollbackPlan::of(&listing);
     let (master, recommendation) = listing
         .into_iter()
         .partition(|g| g.family == Family::Master);
@@ -350,6 +395,7 @@ pub async fn generations(State(state): State<AppState>) -> Result<Json<Generatio
         master,
         recommendation,
         aliases,
+        rollback,
     }))
 }
 

@@ -577,22 +577,23 @@
       compareTable("Documents each alias serves", a, b, "byAlias")].filter(Boolean));
   }
 
-  /* ---- Rollback: what would move (the service's own choice, mirrored) ---- */
+  /* ---- Rollback: what would move (the default is the service's own
+     choice, from /api/generations; a chosen generation goes with its pair) ---- */
 
-  const isReady = (g) => Boolean(g.meta && g.meta.state === "ready");
   const wasServed = (g) => g.aliases.length > 0 || Boolean(g.meta && g.meta.served_at);
   const newest = (names) => names.sort().pop();
   const liveOf = (list) => list.filter((g) => g.aliases.length).pop() || null;
 
   function rollbackPlan(to) {
-    const { master, recommendation } = state.gens || { master: [], recommendation: [] };
+    const { master, recommendation, rollback } = state.gens || { master: [], recommendation: [], rollback: {} };
     const liveM = liveOf(master), liveR = liveOf(recommendation);
-    const before = (list, live) => newest(list.filter((g) => isReady(g) && wasServed(g) && !g.aliases.length &&
-      (!live || g.name < live.name)).map((g) => g.name));
-    const paired = (name) => newest(recommendation.filter((g) => isReady(g) && g.meta.built_from === name).map((g) => g.name));
-    const targetM = to || (liveM ? before(master, liveM) : undefined);
-    const targetR = targetM && (paired(targetM) || (to ? undefined : before(recommendation, liveR)));
-    return { liveM, liveR, targetM, targetR };
+    if (!to) {
+      const plan = rollback || {};
+      return { liveM, liveR, targetM: plan.master || undefined, targetR: plan.recommendation || undefined };
+    }
+    const isReady = (g) => Boolean(g.meta && g.meta.state === "ready");
+    const targetR = newest(recommendation.filter((g) => isReady(g) && g.meta.built_from === to).map((g) => g.name));
+    return { liveM, liveR, targetM: to, targetR };
   }
 
   function rollbackText(to) {
