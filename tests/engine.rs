@@ -220,7 +220,7 @@ async fn items_that_fail_permanently_are_reported_with_their_reason() {
     let failed: BTreeMap<String, (u16, String)> = outcomes
         .into_iter()
         .filter_map(|o| match o.outcome {
-            ItemOutcome::Failed { status, reason } => Some((o.id, (status, reason))),
+            ItemOutcome::Failed { status, reason, .. } => Some((o.id, (status, reason))),
             _ => None,
         })
         .collect();

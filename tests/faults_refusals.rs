@@ -162,22 +162,53 @@ async fn assert_failed_cleanly(
     record
 }
 
+/// A test's world with one good run behind it and a second run paused at
+/// `point` (its master generation made): what the refusal tests change.
+struct Paused {
+    /// The simulator, answering every sync (of the paused run and the next).
+    tcs: tokio::task::JoinHandle<
+        Result<Vec<rebuilder_dev::simulator::SyncServed>, rebuilder_dev::simulator::SimulatorError>,
+    >,
+    client: SearchClient,
+    /// The aliases as the first run left them.
+    before: BTreeMap<String, Vec<String>>,
+    run: PausedRun,
+    /// The paused run's master generation.
+    generation: String,
+}
+
+async fn first_run_then_paused_at(env: &TestEnv, spec: DatasetSpec, point: &str) -> Paused {
+    seed(env, &spec).await;
+    let tcs = simulator(env, spec, SimulatorOptions::default());
+    let first = rebuild(env).await.expect("the first run");
+    assert_eq!(first.outcome, RunOutcome::Succeeded, "{:?}", first.error);
+    let _ = take_dead_letters(env).await;
+    let client = env.search().await;
+    let before = alias_holders(&client, env).await;
+    let mut run = PausedRun::start(env, point);
+    run.wait_for("Failpoint reached", 180).await;
+    let generation = building_master(env).await;
+    Paused {
+        tcs,
+        client,
+        before,
+        run,
+        generation,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_block_on_the_new_generation_fails_the_run_naming_the_block() {
     logs();
     let env = TestEnv::new("refuse_block");
     let spec = DatasetSpec::new(81, 600);
-    seed(&env, &spec).await;
-    let tcs = simulator(&env, spec, SimulatorOptions::default());
-    let first = rebuild(&env).await.expect("the first run");
-    assert_eq!(first.outcome, RunOutcome::Succeeded);
-    let _ = take_dead_letters(&env).await;
-    let client = env.search().await;
-    let before = alias_holders(&client, &env).await;
-
-    let mut run = PausedRun::start(&env, "tcs_merge");
-    run.wait_for("Failpoint reached", 120).await;
-    let generation = building_master(&env).await;
+    let Paused {
+        tcs,
+        client,
+        before,
+        run,
+        generation,
+    } = first_run_then_paused_at(&env, spec, "tcs_merge").await;
     put(
         &client,
         &format!("/{generation}/_settings"),
@@ -283,17 +314,13 @@ async fn a_full_disk_makes_the_run_fail_naming_the_flood_stage_watermark() {
     let mut env = TestEnv::new("refuse_flood");
     env.settings.opensearch.url = throttled_opensearch_url();
     let spec = DatasetSpec::new(82, 300);
-    seed(&env, &spec).await;
-    let tcs = simulator(&env, spec, SimulatorOptions::default());
-    let first = rebuild(&env).await.expect("the first run");
-    assert_eq!(first.outcome, RunOutcome::Succeeded, "{:?}", first.error);
-    let _ = take_dead_letters(&env).await;
-    let client = env.search().await;
-    let before = alias_holders(&client, &env).await;
-
-    let mut run = PausedRun::start(&env, "tcs_merge");
-    run.wait_for("Failpoint reached", 120).await;
-    let generation = building_master(&env).await;
+    let Paused {
+        tcs,
+        client,
+        before,
+        run,
+        generation,
+    } = first_run_then_paused_at(&env, spec, "tcs_merge").await;
     let flood = FloodStage::raise(client.clone()).await;
     // OpenSearch's disk monitor marks the indices read-only on its own
     // schedule (every 10 s at the shortest).
@@ -360,17 +387,14 @@ async fn a_run_whose_lease_is_stolen_stops_before_promotion_and_says_so() {
     // Renewed every second: the theft is seen within about one.
     env.settings.run.lease_ttl_secs = 3;
     let spec = DatasetSpec::new(83, 400);
-    seed(&env, &spec).await;
-    let tcs = simulator(&env, spec, SimulatorOptions::default());
-    let first = rebuild(&env).await.expect("the first run");
-    assert_eq!(first.outcome, RunOutcome::Succeeded);
-    let client = env.search().await;
-    let before = alias_holders(&client, &env).await;
-
     // Paused at the start of promotion: everything is built and validated.
-    let mut run = PausedRun::start(&env, "promote");
-    run.wait_for("Failpoint reached", 180).await;
-    let generation = building_master(&env).await;
+    let Paused {
+        tcs,
+        client,
+        before,
+        mut run,
+        generation,
+    } = first_run_then_paused_at(&env, spec, "promote").await;
     // Another process takes the lease over, as one would after this run's
     // renewals stopped for longer than its time to live (a paused VM, a
     // partition): the holder is replaced, valid for a minute.

@@ -561,7 +561,7 @@ impl Active<'_> {
         for (incoming, result) in batch.into_iter().zip(results) {
             match incoming.settle {
                 Settle::Tcs(ticket) => match result {
-                    UpdateResult::Failed(reason) => {
+                    UpdateResult::Failed { reason, .. } => {
                         self.acks
                             .dead_letter(&ticket, REJECT_INDEXING_FAILED, &reason)
                             .await?;
@@ -569,7 +569,7 @@ impl Active<'_> {
                     _ => tags.push(ticket.key()),
                 },
                 Settle::Stream { watched, token } => {
-                    if let UpdateResult::Failed(reason) = &result {
+                    if let UpdateResult::Failed { reason, .. } = &result {
                         warn!(reason = %reason, "A GMC change was refused for good; the next rebuild brings it.");
                     }
                     match tokens.iter_mut().find(|(w, _)| *w == watched) {

@@ -6,7 +6,7 @@
 
 use crate::domain::Change;
 use crate::retry::RetryPolicy;
-use crate::search::updates::{apply_updates, Target, UpdateResult};
+use crate::search::updates::{apply_updates, Target};
 use crate::search::SearchClient;
 use crate::sources::gmc::GmcSource;
 use crate::state::journal::Journal;
@@ -82,11 +82,7 @@ impl Replayer<'_> {
             .await?;
             report.replayed += changes.len() as u64;
             report.net_documents += applied.net_documents();
-            report.failed += applied
-                .results
-                .iter()
-                .filter(|r| matches!(r, UpdateResult::Failed(_)))
-                .count() as u64;
+            report.failed += applied.failed() as u64;
         }
     }
 }

@@ -16,11 +16,8 @@ use super::client::{SearchClient, SearchError};
 use crate::domain::change::leave_gmc_script;
 use crate::domain::DocUpdate;
 use crate::retry::RetryPolicy;
-use crate::search::bulk::classify::BLOCKED;
+use crate::search::bulk::classify::{index_refusal, BLOCKED, RETRIES_EXHAUSTED};
 use crate::text::clip;
-
-/// The reason of an update OpenSearch did not take through every retry.
-pub const RETRIES_EXHAUSTED: &str = "retries exhausted";
 
 /// One document update to send.
 #[derive(Clone, Debug, PartialEq)]
@@ -37,8 +34,12 @@ pub enum UpdateResult {
     Deleted,
     /// Nothing to do (the document was absent, or already as asked).
     Unchanged,
-    /// Refused for good, with the reason.
-    Failed(String),
+    /// Refused for good: the reason's short name (OpenSearch's error type,
+    /// or `retries_exhausted`) and the reason in words.
+    Failed {
+        kind: String,
+        reason: String,
+    },
 }
 
 /// The results of one batch, in order, with what they did to the count of
@@ -62,16 +63,13 @@ impl UpdateReport {
             .sum()
     }
 
-    /// The reason of the first failure that is the index's and not the
-    /// change's: a block on the index or the cluster (a write block, the
-    /// flood stage's read-only block), or OpenSearch not answering through
-    /// every retry. Such a batch must wait, not be dead-lettered.
-    pub fn index_refusal(&self) -> Option<&str> {
+    /// The first failure that is the index's and not the change's (see
+    /// `bulk::classify::index_refusal`), in words: such a batch must wait,
+    /// not be dead-lettered.
+    pub fn index_refusal(&self) -> Option<String> {
         self.results.iter().find_map(|r| match r {
-            UpdateResult::Failed(reason)
-                if reason.contains(BLOCKED) || reason == RETRIES_EXHAUSTED =>
-            {
-                Some(reason.as_str())
+            UpdateResult::Failed { kind, reason } => {
+                index_refusal(kind, reason).map(|cause| format!("{cause}: {reason}"))
             }
             _ => None,
         })
@@ -80,7 +78,7 @@ impl UpdateReport {
     pub fn failed(&self) -> usize {
         self.results
             .iter()
-            .filter(|r| matches!(r, UpdateResult::Failed(_)))
+            .filter(|r| matches!(r, UpdateResult::Failed { .. }))
             .count()
     }
 }
@@ -126,16 +124,19 @@ pub fn classify_update(item: &Value) -> Option<UpdateResult> {
             _ => UpdateResult::Updated,
         }),
         404 if kind == "document_missing_exception" => Some(UpdateResult::Unchanged),
-        // A block answers 429 under the flood stage: not load, no retry here.
-        _ if kind == BLOCKED => Some(UpdateResult::Failed(format!(
-            "{status} {kind}: {}",
-            clip(op["error"]["reason"].as_str().unwrap_or(""), 300)
-        ))),
-        429 | 500.. | 0 => None,
-        _ => Some(UpdateResult::Failed(format!(
-            "{status} {kind}: {}",
-            clip(op["error"]["reason"].as_str().unwrap_or(""), 300)
-        ))),
+        // A block answers 429 under the flood stage: not load, not retried.
+        429 | 500.. | 0 if kind != BLOCKED => None,
+        _ => Some(UpdateResult::Failed {
+            kind: if kind.is_empty() {
+                format!("http_{status}")
+            } else {
+                kind.to_string()
+            },
+            reason: format!(
+                "{status} {kind}: {}",
+                clip(op["error"]["reason"].as_str().unwrap_or(""), 300)
+            ),
+        }),
     }
 }
 
@@ -175,7 +176,7 @@ pub async fn apply_updates(
                 for (i, item) in items[from..].iter().enumerate() {
                     match answered.get(i).and_then(classify_update) {
                         Some(result) if first_retry.is_none() => {
-                            if let UpdateResult::Failed(reason) = &result {
+                            if let UpdateResult::Failed { reason, .. } = &result {
                                 warn!(id = %item.id, reason = %reason, "A live update failed for good.");
                             }
                             report.results.push(result);
@@ -209,9 +210,10 @@ pub async fn apply_updates(
                 let Some(delay) = backoff.next() else {
                     for item in &items[at..] {
                         warn!(id = %item.id, "A live update failed after every retry.");
-                        report
-                            .results
-                            .push(UpdateResult::Failed(RETRIES_EXHAUSTED.into()));
+                        report.results.push(UpdateResult::Failed {
+                            kind: RETRIES_EXHAUSTED.into(),
+                            reason: "retries exhausted".into(),
+                        });
                     }
                     break;
                 };
@@ -278,7 +280,6 @@ mod tests {
                 requests: 1,
             }
             .index_refusal()
-            .map(str::to_string)
         };
         assert!(refused(vec![results[0].clone()])
             .unwrap()
@@ -291,7 +292,11 @@ mod tests {
             None,
             "the change's own fault"
         );
-        assert!(refused(vec![UpdateResult::Failed(RETRIES_EXHAUSTED.into())]).is_some());
+        assert!(refused(vec![UpdateResult::Failed {
+            kind: RETRIES_EXHAUSTED.into(),
+            reason: "retries exhausted".into()
+        }])
+        .is_some());
     }
 
     #[test]
@@ -327,7 +332,7 @@ mod tests {
         );
         assert!(matches!(
             classify_update(&item(400, "", "mapper_parsing_exception")),
-            Some(UpdateResult::Failed(r)) if r.contains("mapper_parsing_exception")
+            Some(UpdateResult::Failed { reason: r, .. }) if r.contains("mapper_parsing_exception")
         ));
         let report = UpdateReport {
             results: vec![

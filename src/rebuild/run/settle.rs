@@ -16,10 +16,11 @@ use std::sync::{Arc, OnceLock};
 
 use tracing::{error, warn};
 
-use crate::search::bulk::classify::BLOCKED;
+use crate::search::bulk::classify::index_refusal;
 use crate::search::{BulkOutcome, BulkOutcomes, ItemOutcome};
 use crate::sources::tcs::{DeliveryKey, TcsAcks, TcsTicket, REJECT_INDEXING_FAILED};
 use crate::sources::SourceError;
+use crate::text::clip;
 
 /// What a document sent to the writer carries back in its outcome.
 #[derive(Debug)]
@@ -67,30 +68,6 @@ pub(super) enum SettleError {
     IndexRefused(String),
 }
 
-/// The cause in words, when a failure is the index's and not the
-/// document's: `None` for a document OpenSearch refused on its own merits.
-fn index_refusal(status: u16, reason: &str) -> Option<String> {
-    let cause = if reason.contains(BLOCKED) {
-        if reason.contains("flood-stage") {
-            "OpenSearch made the new generation read-only: the node's disk passed the flood-stage watermark (free disk space; OpenSearch lifts the block itself)"
-        } else if reason.contains("index write") {
-            "OpenSearch refuses writes to the new generation: a write block is set on the index (index.blocks.write)"
-        } else {
-            "OpenSearch refuses writes to the new generation: the index or the cluster is blocked"
-        }
-    } else if reason.contains("index_not_found_exception") {
-        "the new generation is gone (deleted while the run wrote into it)"
-    } else if reason.starts_with("retries exhausted") {
-        "OpenSearch did not take the writes through every retry (down, or overloaded for longer than the retry policy lasts)"
-    } else {
-        return None;
-    };
-    Some(format!(
-        "the load stopped: {cause}; the last answer: {status} {}",
-        crate::text::clip(reason, 300)
-    ))
-}
-
 /// What to do with one outcome's message.
 #[derive(Debug, PartialEq, Eq)]
 enum Settlement {
@@ -107,9 +84,17 @@ enum Settlement {
 }
 
 fn settlement(outcome: &BulkOutcome<Ticket>) -> Settlement {
-    if let ItemOutcome::Failed { status, reason } = &outcome.outcome {
-        if let Some(cause) = index_refusal(*status, reason) {
-            return Settlement::Halt(cause);
+    if let ItemOutcome::Failed {
+        status,
+        kind,
+        reason,
+    } = &outcome.outcome
+    {
+        if let Some(cause) = index_refusal(kind, reason) {
+            return Settlement::Halt(format!(
+                "the load stopped, the new generation refuses writes: {cause}; the last answer: {status} {}",
+                clip(reason, 300)
+            ));
         }
     }
     match (&outcome.outcome, &outcome.ticket) {
@@ -117,7 +102,7 @@ fn settlement(outcome: &BulkOutcome<Ticket>) -> Settlement {
             Settlement::Ack(t.key())
         }
         (ItemOutcome::Written | ItemOutcome::Superseded, Ticket::Gmc) => Settlement::Nothing,
-        (ItemOutcome::Failed { status, reason }, Ticket::Tcs(_)) => {
+        (ItemOutcome::Failed { status, reason, .. }, Ticket::Tcs(_)) => {
             Settlement::DeadLetter(format!(
                 "OpenSearch refused the document {}: {status} {reason}",
                 outcome.id
@@ -226,6 +211,7 @@ mod tests {
     fn a_record_whose_document_failed_for_good_is_dead_lettered_with_the_reason() {
         let failed = ItemOutcome::Failed {
             status: 400,
+            kind: "mapper_parsing_exception".into(),
             reason: "mapper_parsing_exception: failed to parse [tcsPersonId]".into(),
         };
         match settlement(&outcome(failed.clone(), tcs(9))) {
@@ -248,14 +234,15 @@ mod tests {
     #[test]
     fn a_refusal_of_the_index_itself_stops_the_load_naming_the_cause() {
         let cases = [
-            (403, "cluster_block_exception: index [m] blocked by: [FORBIDDEN/8/index write (api)];", "index.blocks.write"),
-            (429, "cluster_block_exception: index [m] blocked by: [TOO_MANY_REQUESTS/12/disk usage exceeded flood-stage watermark, index has read-only-allow-delete block];", "flood-stage"),
-            (404, "index_not_found_exception: no such index [m]", "is gone"),
-            (0, "retries exhausted: request failed: connection refused", "every retry"),
+            (403, "cluster_block_exception", "cluster_block_exception: index [m] blocked by: [FORBIDDEN/8/index write (api)];", "index.blocks.write"),
+            (429, "cluster_block_exception", "cluster_block_exception: index [m] blocked by: [TOO_MANY_REQUESTS/12/disk usage exceeded flood-stage watermark, index has read-only-allow-delete block];", "flood-stage"),
+            (404, "index_not_found_exception", "index_not_found_exception: no such index [m]", "is gone"),
+            (0, "retries_exhausted", "retries exhausted: request failed: connection refused", "every retry"),
         ];
-        for (status, reason, named) in cases {
+        for (status, kind, reason, named) in cases {
             let failed = ItemOutcome::Failed {
                 status,
+                kind: kind.into(),
                 reason: reason.into(),
             };
             for ticket in [tcs(3), Ticket::Gmc] {

@@ -14,6 +14,31 @@ use crate::text::clip;
 /// flood-stage watermark, a cluster-wide block).
 pub const BLOCKED: &str = "cluster_block_exception";
 
+/// The kind of an item OpenSearch did not take through every retry.
+pub const RETRIES_EXHAUSTED: &str = "retries_exhausted";
+
+/// Why a failure of kind `kind` (an OpenSearch error type, or
+/// [`RETRIES_EXHAUSTED`]) is the index's and not the document's, in words:
+/// a block, the index gone, OpenSearch not answering. `None`: the document
+/// (or change) itself was refused. The bulk load stops on such a failure
+/// and the live applier waits on it; neither dead-letters it.
+pub fn index_refusal(kind: &str, reason: &str) -> Option<&'static str> {
+    Some(match kind {
+        BLOCKED if reason.contains("flood-stage") => {
+            "OpenSearch made the index read-only: the node's disk passed the flood-stage watermark (free disk space; OpenSearch lifts the block itself)"
+        }
+        BLOCKED if reason.contains("index write") => {
+            "a write block is set on the index (index.blocks.write)"
+        }
+        BLOCKED => "the index or the cluster is blocked for writes",
+        "index_not_found_exception" => "the index is gone (deleted while it was written)",
+        RETRIES_EXHAUSTED => {
+            "OpenSearch did not take the writes through every retry (down, or overloaded for longer than the retry policy lasts)"
+        }
+        _ => return None,
+    })
+}
+
 /// What was sent at one position of a request, for the classification.
 #[derive(Clone, Copy, Debug)]
 pub struct SentItem<'a> {
@@ -95,19 +120,13 @@ fn classify_item(sent: &SentItem<'_>, answered: Option<&Value>) -> ItemVerdict {
     let kind = op["error"]["type"].as_str().unwrap_or("");
     match status {
         200..=299 => ItemVerdict::Written,
-        // A block on the index or the cluster (a write block, the
-        // flood-stage watermark's read-only block, which answers 429) is
-        // the index's state, not load: retrying soon does not help, and the
-        // caller must stop rather than blame the document.
-        _ if kind == BLOCKED => ItemVerdict::Failed {
-            status,
-            kind: BLOCKED.into(),
-            reason: error_summary(op),
-        },
         409 if sent.versioned && kind == "version_conflict_engine_exception" => {
             ItemVerdict::Superseded
         }
-        429 | 500.. => ItemVerdict::Retry {
+        // A block on the index or the cluster (the flood stage's read-only
+        // block answers 429) is the index's state, not load: it fails,
+        // and the caller decides (see `index_refusal`).
+        429 | 500.. if kind != BLOCKED => ItemVerdict::Retry {
             status,
             reason: error_summary(op),
         },

@@ -81,6 +81,9 @@ pub enum ItemOutcome {
     /// the item (0 when there was no answer) and the reason.
     Failed {
         status: u16,
+        /// The reason's short name: OpenSearch's error type, or
+        /// `retries_exhausted` (see [`classify::index_refusal`]).
+        kind: String,
         reason: String,
     },
 }

@@ -10,7 +10,9 @@ use opensearch::http::Method;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use super::classify::{classify_response, request_error_verdicts, ItemVerdict, SentItem};
+use super::classify::{
+    classify_response, request_error_verdicts, ItemVerdict, SentItem, RETRIES_EXHAUSTED,
+};
 use super::dispatch::{encode_items, item_bytes};
 use super::limiter::Permit;
 use super::{BulkItem, BulkOutcome, Counters, ItemOutcome};
@@ -141,7 +143,11 @@ async fn send_once<T>(
                 reason,
             } => {
                 counters.fail(&kind);
-                ItemOutcome::Failed { status, reason }
+                ItemOutcome::Failed {
+                    status,
+                    kind,
+                    reason,
+                }
             }
             ItemVerdict::Retry { status, reason } => {
                 retries.status = status;
@@ -166,9 +172,10 @@ async fn give_up<T>(context: &BatchContext<T>, retries: Retries<T>) {
         "Bulk items failed after every retry."
     );
     for item in retries.items {
-        context.counters.fail("retries_exhausted");
+        context.counters.fail(RETRIES_EXHAUSTED);
         let outcome = ItemOutcome::Failed {
             status: retries.status,
+            kind: RETRIES_EXHAUSTED.into(),
             reason: format!("retries exhausted: {}", retries.reason),
         };
         emit(context, item, outcome).await;

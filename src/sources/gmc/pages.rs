@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use backon::BackoffBuilder;
 use bson::{doc, Bson, Document};
 use futures::TryStreamExt;
 use mongodb::Collection;
@@ -107,17 +108,22 @@ async fn read_doctors(
     resumes: Arc<AtomicU64>,
 ) {
     let mut after: Option<Bson> = None;
-    let mut failures = 0usize;
+    let mut backoff = BackoffBuilder::build(retry.backoff());
     loop {
+        let before = after.clone();
         let interrupted =
             match read_from(&doctors, page_size, stall_guard, &pages, &mut after).await {
                 None => return,
                 Some(interrupted) => interrupted,
             };
         resumes.fetch_add(1, Ordering::Relaxed);
+        if after != before {
+            // The read moved on since the last interruption: a new outage
+            // gets the whole retry policy again.
+            backoff = BackoffBuilder::build(retry.backoff());
+        }
         match interrupted {
             Interrupted::Stalled(page) => {
-                failures = 0;
                 warn!(
                     stall_secs = stall_guard.as_secs(),
                     after = ?after,
@@ -128,15 +134,13 @@ async fn read_doctors(
                 }
             }
             Interrupted::Lost(e) => {
-                failures += 1;
-                if !mongo_is_transient(&e) || failures > retry.max_retries {
-                    let _ = pages.send(Err(e.into())).await;
-                    return;
-                }
-                let delay = retry
-                    .initial_backoff
-                    .saturating_mul(2u32.saturating_pow(failures.min(16) as u32 - 1))
-                    .min(retry.max_backoff);
+                let delay = match backoff.next() {
+                    Some(delay) if mongo_is_transient(&e) || cursor_lost(&e) => delay,
+                    _ => {
+                        let _ = pages.send(Err(e.into())).await;
+                        return;
+                    }
+                };
                 warn!(
                     error = %e,
                     after = ?after,
@@ -147,6 +151,13 @@ async fn read_doctors(
             }
         }
     }
+}
+
+/// The server no longer knows the cursor: it restarted (or failed over)
+/// between two batches, or killed it. A new cursor after the last id goes
+/// on, as after a stall. (CursorNotFound 43, CursorKilled 237.)
+fn cursor_lost(e: &mongodb::error::Error) -> bool {
+    matches!(&*e.kind, mongodb::error::ErrorKind::Command(c) if c.code == 43 || c.code == 237)
 }
 
 /// One cursor from after `after` to the end (`None`: every doctor sent) or
