@@ -43,6 +43,17 @@ fn run_copied(dir: &EmptyDir, args: &[&str], env: &[(&str, &str)]) -> Output {
     for (k, v) in env {
         command.env(k, v);
     }
+    // Another test thread forking while this one writes the copy can hold
+    // its file open for a moment (inherited until that child's exec):
+    // exec then answers "text file busy". Wait a little and try again.
+    for _ in 0..50 {
+        match command.output() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            other => return other.expect("the binary runs"),
+        }
+    }
     command.output().expect("the binary runs")
 }
 
