@@ -15,6 +15,7 @@ pub mod commands;
 pub mod config;
 pub mod domain;
 pub mod failpoint;
+pub mod handover;
 pub mod live;
 pub mod rebuild;
 pub mod retry;

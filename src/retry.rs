@@ -57,6 +57,13 @@ impl RetryPolicy {
             .with_max_times(self.max_retries)
             .with_jitter()
     }
+
+    /// The waits of a loop that never gives up (a live batch waits,
+    /// unsettled, until it lands): the backoff, then `max_backoff` for ever.
+    pub fn endless_waits(&self) -> impl Iterator<Item = Duration> {
+        let max = self.max_backoff;
+        backon::BackoffBuilder::build(self.backoff()).chain(std::iter::repeat(max))
+    }
 }
 
 impl Default for RetryPolicy {

@@ -6,7 +6,7 @@
 use bson::{Binary, Bson, Document};
 
 use crate::domain::{parse_tcs_message, Change, GmcDoctor, GmcNumber, TcsMessage};
-use crate::state::journal::{JournalEntry, NewEntry};
+use crate::handover::{JournalEntry, NewEntry};
 
 /// A change in its source form.
 #[derive(Clone, Debug, PartialEq)]

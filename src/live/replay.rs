@@ -1,15 +1,17 @@
-//! Replaying the journal onto a generation: what a rebuild's catch-up does
-//! with the live changes made since it began. Entries are taken in sequence
-//! order, turned back into their changes, resolved with what MongoDB holds
-//! now, and applied by name to the generation being built, so each doctor
-//! ends with its latest change over the base load.
+//! Replaying the journal onto a rebuild's new generations: what its
+//! catch-up does with the live changes made since it began. Entries are
+//! taken in sequence order, turned back into their changes, resolved with
+//! what MongoDB holds now, and applied by name to the master generation
+//! being built and, at the swap, to the recommendation generation too (it
+//! was copied from the master before the last changes came), so each
+//! doctor ends with its latest change over the base load in both.
 
 use crate::domain::Change;
+use crate::handover::MongoHandover;
 use crate::retry::RetryPolicy;
 use crate::search::updates::{apply_updates, Target};
 use crate::search::SearchClient;
 use crate::sources::gmc::GmcSource;
-use crate::state::journal::Journal;
 
 use super::recorded::Recorded;
 use super::resolve::resolve;
@@ -22,7 +24,7 @@ const REPLAY_CHUNK: i64 = 500;
 pub struct ReplayReport {
     /// Changes applied to the generation.
     pub replayed: u64,
-    /// Documents created minus documents deleted.
+    /// Documents created minus documents deleted (in the first generation).
     pub net_documents: i64,
     /// Changes refused for good (each logged).
     pub failed: u64,
@@ -32,26 +34,36 @@ pub struct ReplayReport {
 
 /// Everything a replay reads from and writes to.
 pub struct Replayer<'a> {
-    pub journal: &'a Journal,
+    pub handover: &'a MongoHandover,
     pub gmc: &'a GmcSource,
     pub search: &'a SearchClient,
-    pub generation: &'a str,
+    /// The generations to replay onto, by name; counts are the first's.
+    pub generations: Vec<&'a str>,
     pub retry: &'a RetryPolicy,
 }
 
 impl Replayer<'_> {
-    /// Replays every entry of run `run_id` after `seq`.
-    pub async fn replay(&self, run_id: &str, seq: i64) -> anyhow::Result<ReplayReport> {
+    /// Replays every entry of run `run_id` in `(seq, through]`.
+    pub async fn replay(
+        &self,
+        run_id: &str,
+        seq: i64,
+        through: i64,
+    ) -> anyhow::Result<ReplayReport> {
         let mut report = ReplayReport {
             last_seq: seq,
             ..ReplayReport::default()
         };
         loop {
             let entries = self
-                .journal
-                .after(run_id, report.last_seq, REPLAY_CHUNK)
+                .handover
+                .entries(run_id, report.last_seq, through, REPLAY_CHUNK)
                 .await?;
             let Some(last) = entries.last() else {
+                // Voided numbers at the end are passed over too.
+                if through != i64::MAX {
+                    report.last_seq = report.last_seq.max(through);
+                }
                 return Ok(report);
             };
             report.last_seq = last.seq;
@@ -72,17 +84,21 @@ impl Replayer<'_> {
             let updated_at =
                 chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
             let items = resolve(self.gmc, &changes, &updated_at).await?;
-            let applied = apply_updates(
-                self.search,
-                Target::Generation(self.generation),
-                &items,
-                &updated_at,
-                self.retry,
-            )
-            .await?;
+            for (i, generation) in self.generations.iter().enumerate() {
+                let applied = apply_updates(
+                    self.search,
+                    Target::Generation(generation),
+                    &items,
+                    &updated_at,
+                    self.retry,
+                )
+                .await?;
+                if i == 0 {
+                    report.net_documents += applied.net_documents();
+                    report.failed += applied.failed() as u64;
+                }
+            }
             report.replayed += changes.len() as u64;
-            report.net_documents += applied.net_documents();
-            report.failed += applied.failed() as u64;
         }
     }
 }

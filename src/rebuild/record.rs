@@ -12,7 +12,6 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
-use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use super::engine::PromotionReport;
@@ -237,6 +236,13 @@ pub struct CatchUpReport {
     pub paused_ms: u64,
     /// Replayed changes refused for good.
     pub failed: u64,
+    /// The applier did not say it paused within `live.pause_timeout_secs`;
+    /// the run sealed the journal without it (the seal fences the batch it
+    /// had in hand: that batch is not acked and comes again).
+    pub pause_timed_out: bool,
+    /// Journal entries reserved before the seal that never came, voided
+    /// (their changes are not acked and come again from their sources).
+    pub voided: u64,
 }
 
 /// Documents written (and superseded) by the bulk writer `at_ms` after the
@@ -410,15 +416,7 @@ fn ms_between(from: &str, to: &str) -> u64 {
     }
 }
 
-/// A new run id: the UTC start time then a short random tail, so ids sort
-/// by age and two hosts starting in the same second still differ.
-pub fn new_run_id() -> String {
-    let mut rng = rand::rng();
-    let tail: String = (0..6)
-        .map(|_| char::from_digit(rng.random_range(0..16), 16).unwrap_or('0'))
-        .collect();
-    format!("{}-{tail}", chrono::Utc::now().format("%Y%m%dT%H%M%SZ"))
-}
+pub use crate::handover::new_run_id;
 
 #[cfg(test)]
 mod tests {

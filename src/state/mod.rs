@@ -1,11 +1,10 @@
 //! Run state kept in MongoDB, so that every process and host sees the same:
 //! the leases (one rebuild at a time, one live applier at a time), the
-//! stored history of runs, the journal of live changes during a rebuild and
+//! stored history of runs, and
 //! the change-stream resume tokens, with the `StateError` boundary type. This layer stores what the rebuild
 //! gives it; what a run record means belongs to the rebuild.
 
 pub mod history;
-pub mod journal;
 pub mod lease;
 pub mod streams;
 
@@ -34,6 +33,8 @@ pub enum StateError {
     Decode(#[from] bson::de::Error),
     #[error("a run record cannot be stored: {0}")]
     Encode(#[from] bson::ser::Error),
+    #[error("stored state is unreadable: {0}")]
+    Unreadable(String),
 }
 
 impl Retriable for StateError {
@@ -46,7 +47,8 @@ impl Retriable for StateError {
             StateError::Held { .. }
             | StateError::Lost { .. }
             | StateError::Decode(_)
-            | StateError::Encode(_) => false,
+            | StateError::Encode(_)
+            | StateError::Unreadable(_) => false,
         }
     }
 }

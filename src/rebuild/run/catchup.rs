@@ -1,20 +1,22 @@
 //! The catch-up of live changes: nothing changed while the run built is
-//! lost in the new generation.
+//! lost in the new generations. The run's side of the handover
+//! (`crate::handover` has the protocol and why it holds):
 //!
 //! - At its start (holding the rebuild lease, before reading any source)
-//!   the run sets the journal marker to `recording`: from then on the live
-//!   applier journals every change it applies (after applying it to the
-//!   live generation, before acking it).
-//! - After the base load, the run replays the journal onto the new
+//!   the run begins recording: from then on the live applier journals
+//!   every change it writes, before acking it.
+//! - After the base load, the run replays the journal onto the new master
 //!   generation, round after round, until the backlog is small.
-//! - At the swap, it asks the applier to pause, waits until the applier has
-//!   finished its batch and says so, replays the last changes, moves the
-//!   aliases, and lets the applier resume, now against the new generation.
-//! - When the run ends, whatever its outcome, its marker and entries go.
+//! - At the swap: it asks the applier to pause and waits (at most
+//!   `live.pause_timeout_secs`) until it has, then seals the journal, waits
+//!   for every entry reserved before the seal (voiding those that never
+//!   come), and replays the rest onto both new generations.
+//! - When the run ends, whatever its outcome, the marker goes off and its
+//!   entries go.
 //!
-//! Without an active applier (none runs), nothing is journaled and nothing
-//! is lost either: the changes wait in the update queue and the change
-//! streams, and reach whatever generation is live when an applier starts.
+//! Without an active applier nothing is journaled and nothing is lost
+//! either: the changes wait in the update queue and the change streams,
+//! and reach whatever generation is live when an applier starts.
 
 use std::time::{Duration, Instant};
 
@@ -22,28 +24,39 @@ use anyhow::{anyhow, Context};
 use tracing::{info, warn};
 
 use super::RunContext;
-use crate::live::{Replayer, LIVE_LEASE};
+use crate::handover::{HandoverError, MongoHandover, Phase, LIVE_LEASE};
+use crate::live::Replayer;
 use crate::rebuild::record::RunPhase;
 use crate::rebuild::Refused;
 use crate::search::Generation;
 use crate::sources::gmc::GmcSource;
-use crate::state::journal::{Journal, JournalState};
 use crate::state::lease::{lease_collection, read_lease};
 
 /// How the catch-up stands, kept in the run's context.
 #[derive(Debug)]
 pub(super) struct CatchUp {
-    pub journal: Journal,
+    pub handover: MongoHandover,
     /// The last journal sequence number replayed.
     pub seq: i64,
+}
+
+/// A refusal of the handover in words a reader of the run can act on.
+fn refused(e: HandoverError, what: &str) -> anyhow::Error {
+    if e.is_answer() {
+        anyhow!(Refused(format!(
+            "{what}: {e}; the live applier abandons the journal of a run whose rebuild lease it finds expired, and such a run must not swap. No alias moved; the next run starts afresh"
+        )))
+    } else {
+        anyhow!(e).context(what.to_string())
+    }
 }
 
 /// Starts recording, before any source is read.
 pub(super) async fn begin(context: &mut RunContext<'_>) -> anyhow::Result<()> {
     let run_id = context.run_id();
-    context
+    context.catch_up.seq = context
         .catch_up
-        .journal
+        .handover
         .begin(&run_id)
         .await
         .context("while starting the journal of live changes")?;
@@ -56,22 +69,26 @@ pub(super) async fn begin(context: &mut RunContext<'_>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Whether a live applier holds its lease now.
+/// Whether a live applier holds its lease now (a failed read counts as
+/// yes: the run then waits for the pause, which is the careful side).
 async fn applier_active(context: &RunContext<'_>) -> bool {
     let leases = lease_collection(&context.mongo, &context.settings.mongodb);
-    matches!(read_lease(&leases, LIVE_LEASE).await, Ok(Some(l)) if !l.expired)
+    !matches!(
+        read_lease(&leases, LIVE_LEASE).await,
+        Ok(None) | Ok(Some(crate::state::lease::LeaseRecord { expired: true, .. }))
+    )
 }
 
 fn replayer<'a>(
     context: &'a RunContext<'_>,
     gmc: &'a GmcSource,
-    generation: &'a Generation,
+    generations: Vec<&'a str>,
 ) -> Replayer<'a> {
     Replayer {
-        journal: &context.catch_up.journal,
+        handover: &context.catch_up.handover,
         gmc,
         search: context.engine.client(),
-        generation: &generation.name,
+        generations,
         retry: &context.retry,
     }
 }
@@ -89,8 +106,8 @@ pub(super) async fn rounds(
     let max_rounds = context.settings.live.catch_up_rounds.max(1);
     for _ in 0..max_rounds {
         context.check_continue()?;
-        let report = replayer(context, &gmc, master)
-            .replay(&run_id, context.catch_up.seq)
+        let report = replayer(context, &gmc, vec![&master.name])
+            .replay(&run_id, context.catch_up.seq, i64::MAX)
             .await
             .context("while replaying live changes onto the new generation")?;
         context.catch_up.seq = report.last_seq;
@@ -101,8 +118,8 @@ pub(super) async fn rounds(
         c.failed += report.failed;
         let backlog = context
             .catch_up
-            .journal
-            .count_after(&run_id, context.catch_up.seq)
+            .handover
+            .backlog(&run_id, context.catch_up.seq)
             .await?;
         info!(replayed = report.replayed, backlog, "Catch-up round done.");
         context.tracker.save_now().await;
@@ -118,69 +135,110 @@ pub(super) async fn rounds(
     Ok(net)
 }
 
-/// Pauses the applier for the swap and replays what is left. Fails (the
-/// aliases stay) when an active applier does not pause in time: it could
-/// otherwise write a change to the old generation after the last replay.
+/// Pauses the applier, seals the journal and replays what is left onto
+/// both new generations. Fails (the aliases stay) only when the run may
+/// not swap: its journal abandoned, or the store unreachable.
 pub(super) async fn pause_and_replay(
     context: &mut RunContext<'_>,
     master: &Generation,
+    recommendation: &Generation,
 ) -> anyhow::Result<Instant> {
     let run_id = context.run_id();
-    context.catch_up.journal.request_pause(&run_id).await?;
+    let handover = &context.catch_up.handover;
+    handover
+        .request_pause(&run_id)
+        .await
+        .map_err(|e| refused(e, "while asking the live applier to pause"))?;
     let asked = Instant::now();
-    if applier_active(context).await {
-        let timeout = Duration::from_secs(context.settings.live.pause_timeout_secs.max(1));
-        loop {
-            match context.catch_up.journal.state().await? {
-                JournalState::Paused { run_id: r, .. } if r == run_id => break,
-                _ if asked.elapsed() > timeout => {
-                    return Err(anyhow!(Refused(format!(
-                        "the live applier did not pause within {} s; no alias moved (its changes would be lost to the new generation)",
-                        timeout.as_secs()
-                    ))))
-                }
-                _ if !applier_active(context).await => break,
-                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+    let timeout = Duration::from_secs(context.settings.live.pause_timeout_secs.max(1));
+    let mut timed_out = false;
+    while applier_active(context).await {
+        match handover.marker().await {
+            Ok(m) if m.phase == Phase::Paused && m.run_id == run_id => break,
+            _ if asked.elapsed() > timeout => {
+                timed_out = true;
+                warn!(
+                    timeout_s = timeout.as_secs(),
+                    "The live applier did not say it paused in time; sealing the journal without it (its batch in hand is fenced: not acked, given again)."
+                );
+                break;
             }
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     }
-    let backlog = context
-        .catch_up
-        .journal
-        .count_after(&run_id, context.catch_up.seq)
-        .await?;
-    context.tracker.record.catch_up.backlog_at_pause = backlog;
+    let sealed = handover
+        .seal(&run_id)
+        .await
+        .map_err(|e| refused(e, "while sealing the journal of live changes"))?;
+    let voided = handover
+        .await_entries(&run_id, sealed, timeout)
+        .await
+        .map_err(|e| refused(e, "while waiting for the last journal entries"))?;
+    let backlog = (sealed.through - context.catch_up.seq).max(0) as u64;
+    let c = &mut context.tracker.record.catch_up;
+    c.pause_timed_out = timed_out;
+    c.voided = voided;
+    c.backlog_at_pause = backlog;
     let gmc = GmcSource::new(&context.mongo, &context.settings.mongodb);
-    let report = replayer(context, &gmc, master)
-        .replay(&run_id, context.catch_up.seq)
+    let report = replayer(context, &gmc, vec![&master.name, &recommendation.name])
+        .replay(&run_id, context.catch_up.seq, sealed.through)
         .await
         .context("while replaying the last live changes before the swap")?;
     context.catch_up.seq = report.last_seq;
     let c = &mut context.tracker.record.catch_up;
     c.replayed += report.replayed;
     c.failed += report.failed;
+    for generation in [master, recommendation] {
+        context
+            .engine
+            .refresh(generation)
+            .await
+            .context("while refreshing the new generations after the last replay")?;
+    }
     info!(
         backlog,
         replayed = report.replayed,
-        "Applier paused; last live changes replayed."
+        voided,
+        "Journal sealed; last live changes replayed onto both generations."
     );
     Ok(asked)
 }
 
-/// Lets the applier go on (after the swap, or after a refused one).
-pub(super) async fn resume(context: &mut RunContext<'_>, paused_at: Instant) {
+/// Checks, just before the aliases move, that the journal is still sealed
+/// for this run (an applier that found the run's lease expired abandons
+/// it, and then writes unjournaled: this run must not swap).
+pub(super) async fn confirm_sealed(context: &RunContext<'_>) -> anyhow::Result<()> {
     let run_id = context.run_id();
-    if let Err(e) = context.catch_up.journal.resume(&run_id).await {
-        warn!(error = %e, "Could not resume the live applier; it resumes when the run ends.");
+    let marker = context
+        .catch_up
+        .handover
+        .marker()
+        .await
+        .context("while confirming the journal is sealed before the swap")?;
+    if marker.phase == Phase::Sealed && marker.run_id == run_id {
+        Ok(())
+    } else {
+        Err(anyhow!(Refused(format!(
+            "the journal of live changes is {} for run {:?}, not sealed for this run; no alias moved",
+            marker.phase.as_str(),
+            marker.run_id
+        ))))
     }
+}
+
+/// Records how long the applier waited (it goes on when the run ends).
+pub(super) fn paused_for(context: &mut RunContext<'_>, paused_at: Instant) {
     context.tracker.record.catch_up.paused_ms = paused_at.elapsed().as_millis() as u64;
 }
 
-/// Ends the journal of run `run_id` (its marker and entries go).
-pub(super) async fn end(journal: &Journal, run_id: &str) {
-    match journal.end(run_id).await {
+/// Ends the journal of run `run_id`: the marker goes off (the applier goes
+/// on, against whichever generation the aliases name) and its entries go.
+pub(super) async fn end(handover: &MongoHandover, run_id: &str) {
+    match handover.end(run_id).await {
         Ok(deleted) if deleted > 0 => info!(entries = deleted, "Journal of live changes cleaned."),
         Ok(_) => {}
-        Err(e) => warn!(error = %e, "Could not clean the journal; the next run does."),
+        Err(e) => {
+            warn!(error = %e, "Could not end the journal; the applier abandons it once this run's lease expires.")
+        }
     }
 }

@@ -52,9 +52,9 @@ use super::progress::Progress;
 use super::record::{new_run_id, RunHistory, RunOutcome, RunRecord, Trigger};
 use super::{is_abort, is_refusal, Aborted};
 use crate::config::Settings;
+use crate::handover::{Handover, MongoStore};
 use crate::retry::RetryPolicy;
 use crate::sources::mongo_client;
-use crate::state::journal::Journal;
 use crate::state::lease::Lease;
 pub(crate) use cleanup::take_lease;
 use tracker::Tracker;
@@ -222,14 +222,14 @@ impl StartedRun {
                     retry: RetryPolicy::new(&settings.retry),
                     tracker,
                     catch_up: catchup::CatchUp {
-                        journal: Journal::new(&mongo, &settings.mongodb),
+                        handover: Handover::new(MongoStore::new(&mongo, &settings.mongodb)),
                         seq: 0,
                     },
                     halt: settle::Halt::default(),
                 };
                 let result = execute(&mut context).await;
                 // The journal is bounded by the run, whatever its outcome.
-                catchup::end(&context.catch_up.journal, &run_id).await;
+                catchup::end(&context.catch_up.handover, &run_id).await;
                 if result.is_err() {
                     // Nothing moved; delete what this run half-built, best
                     // effort (the next run would delete it anyway).

@@ -1,7 +1,9 @@
 //! Step 6: promotion and retention. The lease is confirmed (a run that lost
-//! it stops here), the live applier pauses and the last live changes are
-//! replayed, every alias of both families moves in one `_aliases` request,
-//! the applier resumes, and old generations beyond the retention are deleted. A
+//! it stops here), the live applier pauses, the journal is sealed and the
+//! last live changes are replayed onto both generations, the lease and the
+//! seal are confirmed again, every alias of both families moves in one
+//! `_aliases` request, the journal ends (the applier goes on), and old
+//! generations beyond the retention are deleted. A
 //! retention failure does not fail the run: the new generation serves
 //! already, and old ones stay until next time.
 
@@ -27,19 +29,24 @@ pub(super) async fn run(
         .confirm()
         .await
         .context("while confirming the lease before promoting")?;
-    let paused_at = match super::catchup::pause_and_replay(context, master).await {
-        Ok(at) => at,
-        Err(e) => {
-            super::catchup::resume(context, std::time::Instant::now()).await;
-            return Err(e);
-        }
-    };
+    let paused_at = super::catchup::pause_and_replay(context, master, recommendation).await?;
+    // The applier abandons the journal of a run whose lease it finds
+    // expired: renew it now, then check the journal is still sealed for
+    // this run, right before the aliases move.
+    context
+        .lease
+        .confirm()
+        .await
+        .context("while confirming the lease after the last replay")?;
+    super::catchup::confirm_sealed(context).await?;
     let moved = context
         .engine
         .promote_validated(master, recommendation, gates)
         .await;
-    // The applier goes on, against whichever generation the aliases name now.
-    super::catchup::resume(context, paused_at).await;
+    // The applier goes on at once, against whichever generation the
+    // aliases name now (the run's end does this too, later).
+    super::catchup::end(&context.catch_up.handover, &context.run_id()).await;
+    super::catchup::paused_for(context, paused_at);
     let promotion = match moved {
         Ok(p) => p,
         Err(e) if e.is_refusal() => {
