@@ -1,8 +1,10 @@
 //! Named points where a run can be told to stop and wait, so the fault
 //! suite can act at an exact moment: at the start of each phase (the
 //! phase's name), just before the `_aliases` call (`before_aliases`), just
-//! after it (`after_aliases`), and after each page of the `doctorsForDB`
-//! read (`gmc_page`, the cursor open). `FAILPOINTS` (as the `fail` crate names
+//! after it (`after_aliases`), after each page of the `doctorsForDB`
+//! read (`gmc_page`, the cursor open), right after the run asks the live
+//! applier to pause (`pause_requested`), and in the live applier after a
+//! batch is written and before it is journaled and acked (`live_written`). `FAILPOINTS` (as the `fail` crate names
 //! it; not `REBUILDER_*`, which is configuration) lists them,
 //! comma-separated, each with what to do there:
 //!

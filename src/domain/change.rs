@@ -10,13 +10,24 @@
 //! as in the merge. A TCS change writes the merged value of them (GMC's when
 //! GMC has one, else TCS's); a GMC change writes GMC's values where it has
 //! them and leaves the others as they are (the index keeps TCS's).
+//!
+//! Two TCS trainees with one GMC number: the live update keeps the
+//! rebuild's winner ([`TcsRecord::precedence`]: the latest programme
+//! membership start, then the greater `tcsPersonId`). A TCS change is a
+//! script update ([`DocUpdate::MergeTcs`]) that does nothing when the stored
+//! document holds another trainee who ranks higher, so a late update of
+//! the losing trainee never overwrites the winner; an update of the
+//! trainee the document holds always applies. One gap is known: when the
+//! winner later moves to an earlier programme and so ranks below the
+//! loser, the loser's record is not sent again, and the document keeps the
+//! winner until the next rebuild settles it (or the loser's next update).
 
 use serde_json::{json, Map, Value};
 
 use super::gmc::{GmcDoctor, GmcStatus};
 use super::gmc_number::GmcNumber;
 use super::master::{merge, MasterDoctor};
-use super::tcs::TcsRecord;
+use super::tcs::{precedence_of, TcsRecord};
 
 /// One live change, normalized from its source.
 #[derive(Clone, Debug, PartialEq)]
@@ -73,6 +84,17 @@ pub struct Known {
 pub enum DocUpdate {
     /// Set these fields (null clears one); create `upsert` when absent.
     Merge { doc: Value, upsert: Value },
+    /// A TCS trainee's fields: like `Merge`, unless the document holds
+    /// another trainee (another `tcsPersonId`) who ranks higher by
+    /// [`precedence_of`] than this one, whose programme membership starts
+    /// at `start` and whose id is `person`; then nothing changes (see
+    /// [`merge_tcs_script`]).
+    MergeTcs {
+        doc: Value,
+        upsert: Value,
+        start: Option<String>,
+        person: Option<i64>,
+    },
     /// Set these fields when the document exists; nothing otherwise.
     MergeIfPresent { doc: Value },
     /// The doctor left GMC: clear the GMC fields and mark it not in GMC when
@@ -119,9 +141,12 @@ pub fn update_for(change: &Change, known: &Known, updated_at: &str) -> DocUpdate
             let mut doc = pick(&all, TCS_FIELDS, true);
             doc.extend(pick(&all, SHARED_FIELDS, true));
             doc.insert("updatedAt".into(), json!(updated_at));
-            DocUpdate::Merge {
+            // Ranked by the fields the script ranks the stored document by.
+            DocUpdate::MergeTcs {
                 doc: Value::Object(doc),
                 upsert: Value::Object(all),
+                start: full.membership_start_date,
+                person: full.tcs_person_id,
             }
         }
         Change::Doctor { number, doctor } => {
@@ -155,6 +180,56 @@ pub fn leave_gmc_script(updated_at: &str) -> Value {
         "params": {
             "fields": ["designatedBody", "tisStatus", "underNotice", "admin", "lastUpdatedDate"],
             "updatedAt": updated_at,
+        }
+    })
+}
+
+/// The painless source of [`DocUpdate::MergeTcs`]. `rank` is
+/// [`precedence_of`] in painless, applied to the stored document's
+/// `membershipStartDate` and `tcsPersonId` (the fields the merge fills from
+/// the trainee's programme membership start and person id); what the index
+/// stores there passed the mapping (`yyyy-MM-dd` or an ISO date-time), where
+/// Java's ISO date and chrono's `%Y-%m-%d` read the first ten characters
+/// alike. A null in `doc` sets the field to null, as a partial `doc` merge
+/// does.
+pub const MERGE_TCS_SCRIPT: &str = "\
+def person(def v) { \
+  if (v instanceof Number) { return ((Number) v).longValue(); } \
+  if (v instanceof String) { try { return Long.parseLong(((String) v).trim()); } catch (NumberFormatException e) { return null; } } \
+  return null; \
+} \
+long rank(def start, def id) { \
+  long days = 0L; \
+  if (start instanceof String && ((String) start).length() >= 10) { \
+    try { days = LocalDate.parse(((String) start).substring(0, 10)).toEpochDay(); } catch (Exception e) { days = 0L; } \
+  } \
+  if (days < 0L) { days = 0L; } \
+  if (days > 1048576L) { days = 1048576L; } \
+  long p = id == null ? 0L : ((Number) id).longValue(); \
+  if (p < 0L) { p = 0L; } \
+  if (p > 4294967295L) { p = 4294967295L; } \
+  return ((days << 32) | p) + 1L; \
+} \
+def stored = person(ctx._source.tcsPersonId); \
+def mine = person(params.person); \
+boolean same = stored == null ? mine == null : mine != null && ((Number) stored).longValue() == ((Number) mine).longValue(); \
+if (!same && rank(ctx._source.membershipStartDate, stored) > ((Number) params.rank).longValue()) { \
+  ctx.op = 'noop'; \
+} else { \
+  for (entry in params.doc.entrySet()) { ctx._source[entry.getKey()] = entry.getValue(); } \
+}";
+
+/// The script of [`DocUpdate::MergeTcs`]. A condition in a script, because
+/// the `_update` API takes no external version, and a document's version
+/// is no rank anyway: every live change of it (a GMC one too) moves it.
+pub fn merge_tcs_script(doc: &Value, start: Option<&str>, person: Option<i64>) -> Value {
+    json!({
+        "lang": "painless",
+        "source": MERGE_TCS_SCRIPT,
+        "params": {
+            "doc": doc,
+            "person": person,
+            "rank": precedence_of(start, person),
         }
     })
 }
@@ -197,6 +272,7 @@ mod tests {
             doctor_first_name: Some("Tcs-First".into()),
             programme_name: Some("Cardiology".into()),
             tcs_designated_body: Some("1-AIIDR8".into()),
+            programme_membership_start_date: Some("2023-08-01".into()),
             ..TcsRecord::default()
         }
     }
@@ -221,9 +297,17 @@ mod tests {
             doctor: Some(gmc()),
             outcome: Some(GmcStatus::Approved),
         };
-        let DocUpdate::Merge { doc, upsert } = update_for(&change, &known, "t1") else {
-            panic!("a merge")
+        let DocUpdate::MergeTcs {
+            doc,
+            upsert,
+            start,
+            person,
+        } = update_for(&change, &known, "t1")
+        else {
+            panic!("a TCS merge")
         };
+        assert_eq!(start.as_deref(), Some("2023-08-01"));
+        assert_eq!(person, Some(5));
         assert_eq!(doc["programmeName"], "Cardiology");
         assert_eq!(
             doc["membershipType"],
@@ -316,5 +400,41 @@ mod tests {
         for f in GMC_FIELDS.iter().filter(|f| **f != "existsInGmc") {
             assert!(cleared.contains(f), "{f} is cleared");
         }
+    }
+
+    #[test]
+    fn a_tcs_change_carries_its_rank_to_a_script_that_merges_its_fields() {
+        let doc = json!({"programmeName": "Cardiology", "membershipType": null});
+        let script = merge_tcs_script(&doc, Some("2024-08-01"), Some(42));
+        assert_eq!(script["lang"], "painless");
+        assert_eq!(
+            script["params"]["doc"], doc,
+            "null clears, as in a doc merge"
+        );
+        assert_eq!(script["params"]["person"], 42);
+        let rank = TcsRecord {
+            programme_membership_start_date: Some("2024-08-01".into()),
+            tcs_person_id: Some(42),
+            ..TcsRecord::default()
+        }
+        .precedence();
+        assert_eq!(script["params"]["rank"], rank, "the bulk load's version");
+        let source = script["source"].as_str().unwrap();
+        for field in ["ctx._source.tcsPersonId", "ctx._source.membershipStartDate"] {
+            assert!(source.contains(field), "the stored {field} is ranked");
+        }
+        assert!(source.contains("ctx.op = 'noop'"));
+        // The painless rank is the Rust one: days since 1970 over the id,
+        // both clamped, plus one.
+        assert!(source.contains("1048576L") && source.contains("4294967295L"));
+        assert_eq!(precedence_of(None, None), 1);
+        assert_eq!(
+            precedence_of(Some("1970-01-02T09:00:00Z"), Some(3)),
+            (1 << 32 | 3) + 1
+        );
+
+        let unknown = merge_tcs_script(&doc, None, None);
+        assert_eq!(unknown["params"]["person"], Value::Null);
+        assert_eq!(unknown["params"]["rank"], 1, "ranks lowest");
     }
 }

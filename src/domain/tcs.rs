@@ -51,20 +51,30 @@ impl TcsRecord {
     /// writes cannot change the winner: the bulk writer sends it as an
     /// external version and OpenSearch keeps the highest.
     pub fn precedence(&self) -> u64 {
-        let days = self
-            .programme_membership_start_date
-            .as_deref()
-            .and_then(|d| chrono::NaiveDate::parse_from_str(d.get(..10)?, "%Y-%m-%d").ok())
-            .map(|d| {
-                (d - chrono::NaiveDate::default())
-                    .num_days()
-                    .clamp(0, 1 << 20) as u64
-            })
-            .unwrap_or(0);
-        let person = self.tcs_person_id.unwrap_or(0).clamp(0, u32::MAX as i64) as u64;
-        // Version 0 is not allowed for external versions, hence the + 1.
-        ((days << 32) | person) + 1
+        precedence_of(
+            self.programme_membership_start_date.as_deref(),
+            self.tcs_person_id,
+        )
     }
+}
+
+/// The rank of [`TcsRecord::precedence`] from a programme membership start
+/// and a `tcsPersonId`, as a master document holds them: days since 1970 of
+/// the start's first ten characters (`yyyy-MM-dd`; a missing or unparseable
+/// start ranks lowest) above the person id. The live TCS update's script
+/// (`change::MERGE_TCS_SCRIPT`) ranks a stored document by the same rule.
+pub fn precedence_of(start: Option<&str>, person: Option<i64>) -> u64 {
+    let days = start
+        .and_then(|d| chrono::NaiveDate::parse_from_str(d.get(..10)?, "%Y-%m-%d").ok())
+        .map(|d| {
+            (d - chrono::NaiveDate::default())
+                .num_days()
+                .clamp(0, 1 << 20) as u64
+        })
+        .unwrap_or(0);
+    let person = person.unwrap_or(0).clamp(0, u32::MAX as i64) as u64;
+    // Version 0 is not allowed for external versions, hence the + 1.
+    ((days << 32) | person) + 1
 }
 
 /// What one message on the sync-data queue means.

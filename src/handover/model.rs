@@ -14,6 +14,10 @@
 //! and keep it here, and the exhaustive search finds a counterexample in
 //! the legacy protocol (so the checker can fail).
 
+// Each arm of the run's steps reads as "try this; if it answered, move on":
+// folding the tries into match guards would hide them.
+#![allow(clippy::collapsible_match)]
+
 use std::collections::HashSet;
 
 use futures::executor::block_on;
@@ -57,7 +61,7 @@ enum Step {
     Collect(u8),
     Apply,
     StopApplier,
-    RunStep(u8),
+    Advance(u8),
     Blip,
     LoseAnswer,
     ExpireRunLease,
@@ -70,8 +74,8 @@ const STEPS: &[Step] = &[
     Step::Collect(2),
     Step::Apply,
     Step::StopApplier,
-    Step::RunStep(0),
-    Step::RunStep(1),
+    Step::Advance(0),
+    Step::Advance(1),
     Step::Blip,
     Step::LoseAnswer,
     Step::ExpireRunLease,
@@ -220,7 +224,7 @@ impl World {
                     _ => self.restart_applier(),
                 }
             }
-            Step::RunStep(choice) => self.run_step(choice),
+            Step::Advance(choice) => self.run_step(choice),
             Step::Blip if self.blips > 0 && !self.store.fail_next => {
                 self.blips -= 1;
                 self.store.fail_next = true;
@@ -531,7 +535,7 @@ fn play(legacy: bool, steps: &[Step]) -> Option<String> {
 
 use Step::*;
 
-const BEGIN: Step = RunStep(0);
+const BEGIN: Step = Advance(0);
 
 #[test]
 fn every_interleaving_keeps_every_acked_change() {
@@ -558,19 +562,19 @@ fn the_checker_finds_the_legacy_protocol_losing_changes() {
 fn case_1_an_applier_stopped_while_paused_writes_nothing() {
     let steps = [
         BEGIN,
-        RunStep(0),
+        Advance(0),
         Occur,
-        RunStep(0),
+        Advance(0),
         Collect(1),
         Apply, // gate: acknowledge the pause
         StopApplier,
         Apply,
         Apply,
         Apply, // legacy: write, skip the journal, ack
-        RunStep(0),
-        RunStep(0),
-        RunStep(0),
-        RunStep(0), // seal, await, replay, swap
+        Advance(0),
+        Advance(0),
+        Advance(0),
+        Advance(0), // seal, await, replay, swap
     ];
     assert!(play(true, &steps).is_some(), "the legacy protocol loses it");
     assert_eq!(play(false, &steps), None);
@@ -580,7 +584,7 @@ fn case_1_an_applier_stopped_while_paused_writes_nothing() {
 fn case_2_a_mongodb_blip_at_the_lease_does_not_skip_the_journal() {
     let steps = [
         BEGIN,
-        RunStep(0),
+        Advance(0),
         Occur,
         Collect(1),
         Apply,
@@ -588,11 +592,11 @@ fn case_2_a_mongodb_blip_at_the_lease_does_not_skip_the_journal() {
         Blip,
         Apply,
         Apply, // legacy: the lease unreadable, no journal, ack
-        RunStep(0),
-        RunStep(0),
-        RunStep(0),
-        RunStep(0),
-        RunStep(0), // pause, seal, await, replay, swap
+        Advance(0),
+        Advance(0),
+        Advance(0),
+        Advance(0),
+        Advance(0), // pause, seal, await, replay, swap
     ];
     assert!(play(true, &steps).is_some(), "the legacy protocol loses it");
     assert_eq!(play(false, &steps), None);
@@ -602,18 +606,18 @@ fn case_2_a_mongodb_blip_at_the_lease_does_not_skip_the_journal() {
 fn case_3_a_batch_in_flight_when_the_run_seals_is_not_acked() {
     let steps = [
         BEGIN,
-        RunStep(0),
+        Advance(0),
         Occur,
         Collect(1),
         Apply, // gate: write, journal for r1
-        RunStep(0),
-        RunStep(0),
-        RunStep(0),
-        RunStep(0), // pause, seal (no wait), await, replay
+        Advance(0),
+        Advance(0),
+        Advance(0),
+        Advance(0), // pause, seal (no wait), await, replay
         Apply,
         Apply,
         Apply,      // write to the old generation, journal, ack
-        RunStep(0), // swap
+        Advance(0), // swap
     ];
     assert!(play(true, &steps).is_some(), "the legacy protocol loses it");
     assert_eq!(play(false, &steps), None);
@@ -624,7 +628,7 @@ fn a_lost_answer_to_a_reservation_reserves_nothing_twice() {
     let mut world = World::new(false);
     for step in [
         BEGIN,
-        RunStep(0),
+        Advance(0),
         Occur,
         Collect(1),
         Apply,

@@ -7,13 +7,22 @@
 //! item on, so no later change of a doctor is overtaken by an earlier one.
 //! A missing document for an update that only applies to present ones (or
 //! a delete of one already gone) is not a failure.
+//!
+//! The count of documents a batch changed is kept apart from the results:
+//! an item after the first retriable one may already have been applied
+//! (another shard took it) and is sent again only for order, when an upsert
+//! that created its document answers `updated` or `noop`. So every
+//! `created` and `deleted` of every answer counts, whichever attempt it
+//! came in, while each item's result is its last attempt's. A request
+//! whose answer is lost (a dropped connection, a timeout) may have applied
+//! items that no answer reports; that is beyond what the answers can count.
 
 use opensearch::http::Method;
 use serde_json::{json, Value};
 use tracing::warn;
 
 use super::client::{SearchClient, SearchError};
-use crate::domain::change::leave_gmc_script;
+use crate::domain::change::{leave_gmc_script, merge_tcs_script};
 use crate::domain::DocUpdate;
 use crate::retry::RetryPolicy;
 use crate::search::bulk::classify::{index_refusal, BLOCKED, RETRIES_EXHAUSTED};
@@ -46,21 +55,85 @@ pub enum UpdateResult {
 /// documents.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct UpdateReport {
+    /// Each item's final result (its last attempt's), in order.
     pub results: Vec<UpdateResult>,
+    /// Documents created minus documents deleted by every operation any
+    /// answer reports applied, in every attempt: not derivable from
+    /// `results`, where a re-sent upsert that created its document in an
+    /// earlier attempt answers `updated`.
+    pub net: i64,
     pub requests: u64,
 }
 
 impl UpdateReport {
     /// Documents created minus documents deleted.
     pub fn net_documents(&self) -> i64 {
-        self.results
-            .iter()
-            .map(|r| match r {
-                UpdateResult::Created => 1,
-                UpdateResult::Deleted => -1,
+        self.net
+    }
+
+    /// Takes the answer to a request that carried `items[from..]`
+    /// (`answered`, one classified answer per item, `None` when it must be
+    /// retried; see [`classify_answer`]): the results before the first item
+    /// to retry are final; every applied item counts towards `net`, also
+    /// those after the first retry, which are sent again (for order) and
+    /// then find their own earlier work. Returns the index in `items` to
+    /// send again from, if any.
+    pub fn take_answer(
+        &mut self,
+        items: &[UpdateItem],
+        from: usize,
+        answered: &[Option<UpdateResult>],
+    ) -> Option<usize> {
+        debug_assert_eq!(self.results.len(), from, "results are kept in order");
+        let mut first_retry = None;
+        for (i, item) in items[from..].iter().enumerate() {
+            let result = answered.get(i).cloned().flatten();
+            self.net += match result {
+                Some(UpdateResult::Created) => 1,
+                Some(UpdateResult::Deleted) => -1,
                 _ => 0,
-            })
-            .sum()
+            };
+            match result {
+                Some(result) if first_retry.is_none() => {
+                    if let UpdateResult::Failed { reason, .. } = &result {
+                        warn!(id = %item.id, reason = %reason, "A live update failed for good.");
+                    }
+                    self.results.push(result);
+                }
+                // Settled by a later attempt: it is sent again after the retry.
+                Some(_) => {}
+                None => {
+                    first_retry.get_or_insert(from + i);
+                }
+            }
+        }
+        first_retry
+    }
+
+    /// Ends a batch whose retries are spent at item `at`: each item from
+    /// there on keeps what the last answer (`answered`, for `items[from..]`)
+    /// said of it when that was final (it was applied, and counted), and
+    /// fails with `retries_exhausted` otherwise.
+    pub fn give_up(
+        &mut self,
+        items: &[UpdateItem],
+        from: usize,
+        at: usize,
+        answered: &[Option<UpdateResult>],
+    ) {
+        debug_assert_eq!(self.results.len(), at, "results are kept in order");
+        for (i, item) in items.iter().enumerate().skip(at) {
+            match answered.get(i - from).cloned().flatten() {
+                Some(result) => self.results.push(result),
+                None => {
+                    warn!(id = %item.id, "A live update failed after every retry.");
+                    self.results.push(UpdateResult::Failed {
+                        kind: RETRIES_EXHAUSTED.into(),
+                        reason: "retries exhausted".into(),
+                    });
+                }
+            }
+        }
     }
 
     /// The first failure that is the index's and not the change's (see
@@ -99,6 +172,17 @@ pub fn encode_updates(items: &[UpdateItem], updated_at: &str) -> Vec<u8> {
         let action = json!({"update": {"_id": item.id, "retry_on_conflict": 3}});
         let body = match &item.update {
             DocUpdate::Merge { doc, upsert } => json!({"doc": doc, "upsert": upsert}),
+            // An absent document is created from `upsert` and the script,
+            // the precedence check, runs only against a present one.
+            DocUpdate::MergeTcs {
+                doc,
+                upsert,
+                start,
+                person,
+            } => json!({
+                "script": merge_tcs_script(doc, start.as_deref(), *person),
+                "upsert": upsert,
+            }),
             DocUpdate::MergeIfPresent { doc } => json!({"doc": doc}),
             DocUpdate::LeaveGmc => json!({"script": leave_gmc_script(updated_at)}),
         };
@@ -109,6 +193,14 @@ pub fn encode_updates(items: &[UpdateItem], updated_at: &str) -> Vec<u8> {
         out.push(b'\n');
     }
     out
+}
+
+/// The result of each of `sent` items from the `items` of a `_bulk` answer,
+/// in order; `None` for one that must be retried (or that the answer lacks).
+pub fn classify_answer(sent: usize, answer: &[Value]) -> Vec<Option<UpdateResult>> {
+    (0..sent)
+        .map(|i| answer.get(i).and_then(classify_update))
+        .collect()
 }
 
 /// The result of one answered item; `None` when it must be retried.
@@ -158,6 +250,9 @@ pub async fn apply_updates(
     let mut backoff = backon::BackoffBuilder::build(retry.backoff());
     let mut from = 0;
     while from < items.len() {
+        // What the last answer said of each item sent; nothing when the
+        // whole request failed.
+        let mut answered = Vec::new();
         let body = encode_updates(&items[from..], updated_at);
         report.requests += 1;
         let answer = client
@@ -171,23 +266,9 @@ pub async fn apply_updates(
             .await;
         let retry_at = match answer {
             Ok((status, value)) if (200..300).contains(&status) => {
-                let answered = value["items"].as_array().cloned().unwrap_or_default();
-                let mut first_retry = None;
-                for (i, item) in items[from..].iter().enumerate() {
-                    match answered.get(i).and_then(classify_update) {
-                        Some(result) if first_retry.is_none() => {
-                            if let UpdateResult::Failed { reason, .. } = &result {
-                                warn!(id = %item.id, reason = %reason, "A live update failed for good.");
-                            }
-                            report.results.push(result);
-                        }
-                        Some(_) => {}
-                        None => {
-                            first_retry.get_or_insert(from + i);
-                        }
-                    }
-                }
-                first_retry
+                let per_item = value["items"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+                answered = classify_answer(items.len() - from, per_item);
+                report.take_answer(items, from, &answered)
             }
             Ok((status, value)) if status == 429 || status >= 500 => {
                 warn!(status, answer = %clip(&value.to_string(), 300), "Update batch answered with a retriable status.");
@@ -208,13 +289,7 @@ pub async fn apply_updates(
             None => break,
             Some(at) => {
                 let Some(delay) = backoff.next() else {
-                    for item in &items[at..] {
-                        warn!(id = %item.id, "A live update failed after every retry.");
-                        report.results.push(UpdateResult::Failed {
-                            kind: RETRIES_EXHAUSTED.into(),
-                            reason: "retries exhausted".into(),
-                        });
-                    }
+                    report.give_up(items, from, at, &answered);
                     break;
                 };
                 tokio::time::sleep(delay).await;
@@ -249,13 +324,22 @@ mod tests {
                 id: "3".into(),
                 update: DocUpdate::LeaveGmc,
             },
+            UpdateItem {
+                id: "4".into(),
+                update: DocUpdate::MergeTcs {
+                    doc: json!({"tcsPersonId": 7, "membershipType": null}),
+                    upsert: json!({"tcsPersonId": 7}),
+                    start: Some("2024-08-01".into()),
+                    person: Some(7),
+                },
+            },
         ];
         let text = String::from_utf8(encode_updates(&items, "t")).unwrap();
         let lines: Vec<Value> = text
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
-        assert_eq!(lines.len(), 6);
+        assert_eq!(lines.len(), 8);
         assert_eq!(lines[0]["update"]["_id"], "1");
         assert_eq!(
             lines[1],
@@ -263,6 +347,21 @@ mod tests {
         );
         assert_eq!(lines[3], json!({"doc": {"c": null}}));
         assert_eq!(lines[5]["script"]["lang"], "painless");
+        assert_eq!(lines[6]["update"]["_id"], "4");
+        assert_eq!(
+            lines[7],
+            json!({
+                "script": merge_tcs_script(
+                    &json!({"tcsPersonId": 7, "membershipType": null}),
+                    Some("2024-08-01"),
+                    Some(7)
+                ),
+                "upsert": {"tcsPersonId": 7},
+            }),
+            "a TCS change is a conditional script with its upsert"
+        );
+        assert!(lines[7].get("doc").is_none(), "no unconditional doc merge");
+        assert_eq!(lines[7]["script"]["params"]["person"], 7);
     }
 
     #[test]
@@ -277,7 +376,7 @@ mod tests {
         let refused = |results: Vec<UpdateResult>| {
             UpdateReport {
                 results,
-                requests: 1,
+                ..UpdateReport::default()
             }
             .index_refusal()
         };
@@ -334,14 +433,130 @@ mod tests {
             classify_update(&item(400, "", "mapper_parsing_exception")),
             Some(UpdateResult::Failed { reason: r, .. }) if r.contains("mapper_parsing_exception")
         ));
-        let report = UpdateReport {
-            results: vec![
+    }
+
+    fn upserts(ids: &[&str]) -> Vec<UpdateItem> {
+        ids.iter()
+            .map(|id| UpdateItem {
+                id: (*id).into(),
+                update: DocUpdate::Merge {
+                    doc: json!({"a": 1}),
+                    upsert: json!({"a": 1}),
+                },
+            })
+            .collect()
+    }
+
+    /// One item of a `_bulk` answer: a result, or an error with its status.
+    fn answered(result: &str) -> Value {
+        match result {
+            "429" => {
+                json!({"update": {"status": 429, "error": {"type": "es_rejected_execution_exception", "reason": "rejected execution"}}})
+            }
+            "missing" => {
+                json!({"update": {"status": 404, "error": {"type": "document_missing_exception", "reason": "missing"}}})
+            }
+            "created" => json!({"update": {"status": 201, "result": "created"}}),
+            other => json!({"update": {"status": 200, "result": other}}),
+        }
+    }
+
+    fn answer(results: &[&str]) -> Vec<Option<UpdateResult>> {
+        let items: Vec<Value> = results.iter().map(|r| answered(r)).collect();
+        classify_answer(results.len(), &items)
+    }
+
+    #[test]
+    fn a_document_created_before_its_item_is_sent_again_counts_once() {
+        let items = upserts(&["a", "b", "c", "d", "e"]);
+        let mut report = UpdateReport::default();
+        // Another shard took c and d though b was refused: both are sent
+        // again after b, for order, and then find their documents.
+        let retry = report.take_answer(
+            &items,
+            0,
+            &answer(&["created", "429", "created", "created", "429"]),
+        );
+        assert_eq!(retry, Some(1));
+        assert_eq!(report.results, vec![UpdateResult::Created]);
+        assert_eq!(report.net, 3, "a, c and d were created");
+        let retry = report.take_answer(&items, 1, &answer(&["created", "noop", "updated", "429"]));
+        assert_eq!(retry, Some(4));
+        let retry = report.take_answer(&items, 4, &answer(&["created"]));
+        assert_eq!(retry, None);
+        assert_eq!(
+            report.results,
+            vec![
                 UpdateResult::Created,
-                UpdateResult::Deleted,
+                UpdateResult::Created,
+                UpdateResult::Unchanged,
+                UpdateResult::Updated,
                 UpdateResult::Created,
             ],
-            requests: 1,
-        };
+            "each item's last answer"
+        );
+        assert_eq!(report.net_documents(), 5, "five new documents");
+    }
+
+    #[test]
+    fn deletes_count_in_whichever_attempt_applied_them() {
+        let items = upserts(&["a", "b", "c"]);
+        let mut report = UpdateReport::default();
+        let retry = report.take_answer(&items, 0, &answer(&["deleted", "429", "deleted"]));
+        assert_eq!(retry, Some(1));
+        // c is gone already when it is sent again.
+        let retry = report.take_answer(&items, 1, &answer(&["created", "missing"]));
+        assert_eq!(retry, None);
+        assert_eq!(
+            report.results,
+            vec![
+                UpdateResult::Deleted,
+                UpdateResult::Created,
+                UpdateResult::Unchanged
+            ]
+        );
+        assert_eq!(report.net_documents(), -1);
+    }
+
+    #[test]
+    fn an_item_the_answer_lacks_is_sent_again() {
+        let items = upserts(&["a", "b", "c"]);
+        let mut report = UpdateReport::default();
+        let short = [answered("created")];
+        assert_eq!(
+            report.take_answer(&items, 0, &classify_answer(3, &short)),
+            Some(1)
+        );
         assert_eq!(report.net_documents(), 1);
+    }
+
+    #[test]
+    fn spent_retries_fail_only_the_items_never_applied() {
+        let items = upserts(&["a", "b", "c", "d"]);
+        let exhausted = UpdateResult::Failed {
+            kind: RETRIES_EXHAUSTED.into(),
+            reason: "retries exhausted".into(),
+        };
+        let mut report = UpdateReport::default();
+        let last = answer(&["created", "429", "created", "429"]);
+        let at = report.take_answer(&items, 0, &last).unwrap();
+        report.give_up(&items, 0, at, &last);
+        assert_eq!(
+            report.results,
+            vec![
+                UpdateResult::Created,
+                exhausted.clone(),
+                UpdateResult::Created,
+                exhausted.clone()
+            ]
+        );
+        assert_eq!(report.net_documents(), 2);
+        assert!(report.index_refusal().is_some(), "the batch waits");
+
+        // A whole request refused: nothing is known of any item.
+        let mut report = UpdateReport::default();
+        report.give_up(&items, 0, 0, &[]);
+        assert_eq!(report.results, vec![exhausted; 4]);
+        assert_eq!(report.net_documents(), 0);
     }
 }

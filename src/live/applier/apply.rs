@@ -64,6 +64,7 @@ impl Active<'_> {
         }
         let started = Instant::now();
         let results = self.write(&batch, stop).await?;
+        crate::failpoint::hit("live_written").await;
         if let Some(run_id) = journal_for {
             self.journal(&run_id, &batch, stop).await?;
         }

@@ -3,9 +3,9 @@
 //! live generation through the write alias, in bulk batches, as a partial
 //! update of that source's fields (`domain::change`).
 //!
-//! Its rooms: [`readers`] (the sources into one channel, each change parsed
-//! once), [`batching`] (the channel cut into batches), [`apply`] (the
-//! handover's gate, the write, the journal) and [`settle`] (acks, dead
+//! Its rooms: `readers` (the sources into one channel, each change parsed
+//! once), `batching` (the channel cut into batches), `apply` (the
+//! handover's gate, the write, the journal) and `settle` (acks, dead
 //! letters, stream positions). A crash anywhere before the settling makes
 //! the sources deliver the changes again, and applying a change twice is
 //! harmless (an update sets fields to their current values).

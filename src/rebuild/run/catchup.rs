@@ -149,6 +149,7 @@ pub(super) async fn pause_and_replay(
         .request_pause(&run_id)
         .await
         .map_err(|e| refused(e, "while asking the live applier to pause"))?;
+    crate::failpoint::hit("pause_requested").await;
     let asked = Instant::now();
     let timeout = Duration::from_secs(context.settings.live.pause_timeout_secs.max(1));
     let mut timed_out = false;
