@@ -10,12 +10,12 @@
 //! - case 3: the applier's lease expired while it was mid-batch (written
 //!   to the old generation, not yet journaled) and the run sealed and
 //!   swapped meanwhile;
+//! - case 4: live creations replayed during the catch-up while other
+//!   writers flood the throttled node (real 429s): the exact-count gate
+//!   passes and the run promotes (`tests/live_precedence.rs` checks the
+//!   counts across retried answers themselves);
 //! - case 5: two trainees with one GMC number updated live, during a
 //!   rebuild, in the losing order.
-//!
-//! Case 4 (429s during the catch-up) is in `tests/live_precedence.rs`
-//! (exact counts across retries on the throttled node) and in the test
-//! below that runs a whole rebuild with live creations on that node.
 //!
 //! Needs the local stack (`scripts/stack start`).
 
@@ -32,7 +32,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bson::doc;
-use common::{alias_targets, TestEnv};
+use common::{alias_targets, count, throttled_opensearch_url, TestEnv};
 use live_helpers::{doc_of, wait_for_doc, Applier, TcsPublisher};
 use paused_run::PausedRun;
 use rebuilder::config::Secret;
@@ -468,6 +468,123 @@ async fn case_5_the_losing_trainee_updated_live_during_a_rebuild_does_not_overwr
     // the winner on purpose: the queue is empty.
     let (ready, _) = queue_state(&env, &env.settings.rabbitmq.update_queue).await;
     assert_eq!(ready, 0);
+    applier.stop().await;
+    env.cleanup().await;
+}
+
+/// Bulk writes of filler into a scratch index of the throttled node until
+/// `stop`, so that the run's own requests meet real 429s.
+async fn flood(
+    url: String,
+    index: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> u64 {
+    let client = reqwest::Client::new();
+    let mut body = String::new();
+    for i in 0..500 {
+        body.push_str(&format!(
+            "{{\"index\":{{}}}}\n{{\"n\":{i},\"pad\":\"{}\"}}\n",
+            "x".repeat(200)
+        ));
+    }
+    let mut throttled = 0;
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        if let Ok(answer) = client
+            .post(format!("{url}/{index}/_bulk"))
+            .header("content-type", "application/x-ndjson")
+            .body(body.clone())
+            .send()
+            .await
+        {
+            let whole = answer.status().as_u16() == 429;
+            let text = answer.text().await.unwrap_or_default();
+            throttled += if whole {
+                500
+            } else {
+                text.matches("\"status\":429").count() as u64
+            };
+        }
+    }
+    throttled
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn case_4_live_creations_replayed_through_429s_keep_the_exact_count_and_promote() {
+    logs();
+    let mut env = TestEnv::new("handover_429");
+    env.settings.opensearch.url = throttled_opensearch_url();
+    let spec = DatasetSpec::new(74, 600);
+    baseline(&env, &spec).await;
+    let client = env.search().await;
+    let alias = env.name("masterdoctorindex");
+    let before = alias_targets(&client, &alias).await;
+    let served_before = count(&client, &alias).await;
+    let applier = Applier::start(&env).await;
+
+    let tcs = simulator_once(&env, spec);
+    let mut run = PausedRun::start(&env, "catch_up");
+    run.wait_for("Failpoint reached", 180).await;
+    tcs.await.unwrap().unwrap();
+    // Trainees TCS did not have at the sync: each update creates a document.
+    let created: Vec<String> = (0..300).map(|i| format!("98{i:05}")).collect();
+    let publisher = TcsPublisher::new(&env).await;
+    for (i, number) in created.iter().enumerate() {
+        let body = json!({
+            "tcsPersonId": 90_000_000 + i,
+            "gmcReferenceNumber": number,
+            "doctorFirstName": "New",
+            "doctorLastName": "Trainee",
+            "programmeName": "Created live",
+            "programmeMembershipStartDate": "2025-08-01",
+        });
+        publisher.publish(body.to_string().as_bytes()).await;
+    }
+    publisher.close().await;
+    for number in &created {
+        wait_for_doc(&client, &alias, number, Duration::from_secs(60), |d| {
+            d.is_some()
+        })
+        .await;
+    }
+    // The replay meets a node busy with other writers.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let floods: Vec<_> = (0..3)
+        .map(|_| {
+            tokio::spawn(flood(
+                env.settings.opensearch.url.clone(),
+                env.name("flood"),
+                stop.clone(),
+            ))
+        })
+        .collect();
+    run.release();
+    let ended = run.finish(300).await;
+    let copied_again = ended.1.matches("copying again").count();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut throttled = 0;
+    for f in floods {
+        throttled += f.await.unwrap();
+    }
+    assert_promoted(&env, ended, &before).await;
+    let record = history(&env)
+        .await
+        .current_or_last()
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        record.catch_up.replayed, 300,
+        "every live creation replayed"
+    );
+    let served = count(&client, &alias).await;
+    assert_eq!(
+        served,
+        served_before + 300,
+        "the exact count: the base plus the creations"
+    );
+    eprintln!(
+        "case 4: 300 live creations replayed onto the new generation while 3 writers flooded the node ({throttled} of their documents turned away with 429; the recommendation copy made again {copied_again} times): promoted, {served} documents"
+    );
     applier.stop().await;
     env.cleanup().await;
 }

@@ -247,7 +247,7 @@ enum Fault {
 async fn live_changes_through_three_rebuilds_with_a_fault_each_are_all_served() {
     logs();
     let env = TestEnv::new("soak");
-    let spec = DatasetSpec::new(81, 1000);
+    let spec = DatasetSpec::new(81, 2000);
     seed(&env, &spec).await;
     let state: TcsState = Arc::new(Mutex::new(
         spec.doctors()
@@ -302,7 +302,7 @@ async fn live_changes_through_three_rebuilds_with_a_fault_each_are_all_served() 
     for fault in faults {
         let mut run = PausedRun::start(&env, "no_such_point");
         run.wait_for("Recording live changes", 180).await;
-        let after = Duration::from_millis(rng.random_range(300..3000));
+        let after = Duration::from_millis(rng.random_range(300..4000));
         tokio::time::sleep(after).await;
         match fault {
             Fault::KillApplier => {

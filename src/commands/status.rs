@@ -36,10 +36,7 @@ pub async fn run(settings: &Settings, args: &StatusArgs) -> anyhow::Result<ExitC
     }
     print!("{}", render(&record));
     if record.outcome == RunOutcome::Running {
-        let alive = lease
-            .as_ref()
-            .is_some_and(|l| l.holder.run_id == record.id && !l.expired);
-        if !alive {
+        if !record.is_running(lease.as_ref()) {
             println!("  note: this run no longer holds the lease; its process has died (the next run marks it abandoned)");
         }
     }

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::engine::PromotionReport;
 use super::gates::GateVerdict;
 use crate::search::BulkStats;
+use crate::state::lease::LeaseRecord;
 use crate::state::now_text;
 
 /// The stored history of runs (see `state::history`).
@@ -303,6 +304,15 @@ pub struct RunRecord {
 }
 
 impl RunRecord {
+    /// Whether this run is running now: recorded as running, and holding
+    /// the rebuild lease unexpired (a run whose process died still reads
+    /// "running" in the history until the next run marks it abandoned).
+    /// The one rule behind `status`, `/api/status` and `/metrics`.
+    pub fn is_running(&self, rebuild_lease: Option<&LeaseRecord>) -> bool {
+        self.outcome == RunOutcome::Running
+            && rebuild_lease.is_some_and(|l| !l.expired && l.holder.run_id == self.id)
+    }
+
     /// A new running record for `id`.
     pub fn start(id: &str, trigger: Trigger, dry_run: bool, force: bool) -> Self {
         let now = now_text();

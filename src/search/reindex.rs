@@ -10,7 +10,7 @@ use opensearch::http::Method;
 use serde::Serialize;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::client::{SearchClient, SearchError};
 use crate::retry::{with_retry, RetryPolicy};
@@ -57,9 +57,12 @@ impl Default for ReindexOptions {
 }
 
 /// Copies every document of `source` into `dest` and waits for the task.
-/// Fails if the task reports an error or any failed document. When `stop`
-/// is cancelled, the task is cancelled on the server and waited for (so
-/// that nothing writes into `dest` afterwards), then this fails.
+/// Fails if the task reports an error or any failed document. A copy whose
+/// only failures are the node turning writes away (429: its write queue
+/// full) is made again, whole, with the retry policy's backoff: it
+/// overwrites by id, so a second copy is the same copy. When `stop` is
+/// cancelled, the task is cancelled on the server and waited for (so that
+/// nothing writes into `dest` afterwards), then this fails.
 pub async fn reindex(
     client: &SearchClient,
     source: &str,
@@ -67,6 +70,37 @@ pub async fn reindex(
     options: ReindexOptions,
     stop: &CancellationToken,
 ) -> Result<ReindexReport, SearchError> {
+    let mut waits = backon::BackoffBuilder::build(options.retry.backoff());
+    loop {
+        let why = match reindex_once(client, source, dest, options, stop).await? {
+            Ok(report) => return Ok(report),
+            Err(why) => why,
+        };
+        let Some(delay) = waits.next() else {
+            return Err(SearchError::Invalid(format!(
+                "{why}; still throttled after every retry"
+            )));
+        };
+        warn!(reason = %why, delay_ms = delay.as_millis() as u64, "The reindex was throttled; copying again.");
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.cancelled() => {
+                return Err(SearchError::Invalid(format!(
+                    "reindex {source} -> {dest} was cancelled on request"
+                )))
+            }
+        }
+    }
+}
+
+/// One copy; `Ok(Err(why))` when its only failures were throttling.
+async fn reindex_once(
+    client: &SearchClient,
+    source: &str,
+    dest: &str,
+    options: ReindexOptions,
+    stop: &CancellationToken,
+) -> Result<Result<ReindexReport, String>, SearchError> {
     let started = Instant::now();
     let body = json!({
         "conflicts": "abort",
@@ -135,6 +169,12 @@ pub async fn reindex(
             )));
         }
     };
+    if only_throttled(&finished) {
+        return Ok(Err(format!(
+            "reindex {source} -> {dest} (task {task}) had {} documents turned away by a busy node (429)",
+            finished["response"]["failures"].as_array().map_or(0, Vec::len)
+        )));
+    }
     check_finished(source, dest, &task, &finished)?;
     let response = &finished["response"];
     let report = ReindexReport {
@@ -157,7 +197,21 @@ pub async fn reindex(
         took_ms = report.took_ms,
         "Reindex finished."
     );
-    Ok(report)
+    Ok(Ok(report))
+}
+
+/// Whether a finished task failed only because the node turned writes
+/// away (every failure a 429 that is not a block).
+pub fn only_throttled(finished: &Value) -> bool {
+    let Some(failures) = finished["response"]["failures"].as_array() else {
+        return false;
+    };
+    finished.get("error").is_none_or(Value::is_null)
+        && !failures.is_empty()
+        && failures.iter().all(|f| {
+            f["status"].as_u64() == Some(429)
+                && f["cause"]["type"].as_str() != Some(crate::search::bulk::classify::BLOCKED)
+        })
 }
 
 /// Turns an error or failures in a finished task into an error.
@@ -204,6 +258,24 @@ mod tests {
         let done =
             json!({"completed": true, "response": {"total": 3, "created": 3, "failures": []}});
         assert!(check_finished("a", "b", "n:1", &done).is_ok());
+    }
+
+    #[test]
+    fn a_copy_turned_away_only_by_a_busy_node_is_made_again_and_a_block_is_not() {
+        let busy = json!({"completed": true, "response": {"failures": [
+            {"id": "1", "status": 429, "cause": {"type": "rejected_execution_exception"}},
+            {"id": "2", "status": 429, "cause": {"type": "es_rejected_execution_exception"}}]}});
+        assert!(only_throttled(&busy));
+        let blocked = json!({"completed": true, "response": {"failures": [
+            {"id": "1", "status": 429, "cause": {"type": "cluster_block_exception"}}]}});
+        assert!(!only_throttled(&blocked));
+        let mixed = json!({"completed": true, "response": {"failures": [
+            {"id": "1", "status": 429, "cause": {"type": "rejected_execution_exception"}},
+            {"id": "2", "status": 400, "cause": {"type": "mapper_parsing_exception"}}]}});
+        assert!(!only_throttled(&mixed));
+        assert!(!only_throttled(
+            &json!({"completed": true, "response": {"failures": []}})
+        ));
     }
 
     #[test]

@@ -168,12 +168,8 @@ pub async fn status(State(state): State<AppState>) -> Result<Json<SyncStatus>, A
         .current_or_last()
         .await
         .map_err(|e| ApiError::unavailable(format!("cannot read the run history: {e}")))?;
-    // Running means recorded as running by the run that holds the lease (a
-    // run whose process died still reads "running" until the next run).
-    let holder = lease_holder_now(&state).await;
-    let running = run.as_ref().is_some_and(|r| {
-        r.outcome == RunOutcome::Running && holder.as_deref() == Some(r.id.as_str())
-    });
+    let lease = rebuild_lease_now(&state).await;
+    let running = run.as_ref().is_some_and(|r| r.is_running(lease.as_ref()));
     let seconds = run
         .as_ref()
         .map_or(0.0, |r| r.duration_ms() as f64 / 1000.0);
@@ -542,12 +538,7 @@ pub async fn rollback(
 }
 
 /// Whether the lease is held now, and by which run.
-pub async fn lease_holder_now(state: &AppState) -> Option<String> {
+pub async fn rebuild_lease_now(state: &AppState) -> Option<crate::state::lease::LeaseRecord> {
     let leases = lease_collection(&state.mongo, &state.settings.mongodb);
-    read_lease(&leases, REBUILD_LEASE)
-        .await
-        .ok()
-        .flatten()
-        .filter(|l| !l.expired)
-        .map(|l| l.holder.run_id)
+    read_lease(&leases, REBUILD_LEASE).await.ok().flatten()
 }

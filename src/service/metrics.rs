@@ -103,15 +103,21 @@ pub async fn render(
 ) -> String {
     let timeout = Duration::from_millis(settings.service.ready_timeout_ms.max(100));
     let leases = lease_collection(mongo, &settings.mongodb);
-    match tokio::time::timeout(timeout, read_lease(&leases, REBUILD_LEASE)).await {
-        Ok(Ok(lease)) => {
-            let held = lease.is_some_and(|l| !l.expired);
-            metrics::gauge!(metric::RUN_IN_PROGRESS).set(if held { 1.0 } else { 0.0 });
+    let lease = match tokio::time::timeout(timeout, read_lease(&leases, REBUILD_LEASE)).await {
+        Ok(Ok(lease)) => Some(lease),
+        _ => {
+            warn!("Could not read the lease for /metrics.");
+            None
         }
-        _ => warn!("Could not read the lease for /metrics."),
-    }
+    };
     match tokio::time::timeout(timeout, history.recent(20)).await {
-        Ok(Ok(runs)) => record_runs(&runs),
+        Ok(Ok(runs)) => {
+            if let Some(lease) = lease {
+                let running = runs.first().is_some_and(|r| r.is_running(lease.as_ref()));
+                metrics::gauge!(metric::RUN_IN_PROGRESS).set(if running { 1.0 } else { 0.0 });
+            }
+            record_runs(&runs);
+        }
         _ => warn!("Could not read the run history for /metrics."),
     }
     match tokio::time::timeout(timeout, engine.live_generations()).await {
