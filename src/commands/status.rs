@@ -35,10 +35,8 @@ pub async fn run(settings: &Settings, args: &StatusArgs) -> anyhow::Result<ExitC
         return Ok(ExitCode::SUCCESS);
     }
     print!("{}", render(&record));
-    if record.outcome == RunOutcome::Running {
-        if !record.is_running(lease.as_ref()) {
-            println!("  note: this run no longer holds the lease; its process has died (the next run marks it abandoned)");
-        }
+    if record.outcome == RunOutcome::Running && !record.is_running(lease.as_ref()) {
+        println!("  note: this run no longer holds the lease; its process has died (the next run marks it abandoned)");
     }
     Ok(ExitCode::SUCCESS)
 }
