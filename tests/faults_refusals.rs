@@ -506,7 +506,7 @@ async fn a_write_block_on_the_live_index_holds_live_updates_until_it_is_lifted()
     let live = alias_targets(&client, &alias).await.remove(0);
     let trainee = spec
         .doctors()
-        .find(|d| !d.tcs_messages.is_empty())
+        .find(|d| d.tcs_messages.len() == 1)
         .expect("a trainee");
 
     let applier = live_helpers::Applier::start(&env).await;

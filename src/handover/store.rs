@@ -120,13 +120,27 @@ impl MongoStore {
 }
 
 fn marker_of(doc: &Document) -> Result<Versioned, StateError> {
-    // A marker of the protocol before versions (no `version`) is read as
-    // none: the next run replaces it.
+    // A marker of the protocol before versions (no `version`): one naming a
+    // run reads as that run's pause, so this applier writes nothing while
+    // that run lives (the older run never sees its pause acknowledged and
+    // refuses to swap; nothing is lost), and abandons it once the run is
+    // gone; otherwise it reads as none. Either way the next run replaces it.
     let Ok(version) = doc.get_i64("version") else {
-        return Ok(Versioned {
-            marker: Marker::default(),
-            version: 0,
-        });
+        let run_id = doc.get_str("runId").unwrap_or_default();
+        let active = matches!(
+            doc.get_str("state").unwrap_or_default(),
+            "recording" | "pause_requested" | "paused"
+        );
+        let marker = if active && !run_id.is_empty() {
+            Marker {
+                phase: Phase::Paused,
+                run_id: run_id.to_string(),
+                ..Marker::default()
+            }
+        } else {
+            Marker::default()
+        };
+        return Ok(Versioned { marker, version: 0 });
     };
     let word = doc.get_str("phase").unwrap_or_default();
     let phase = Phase::parse(word).ok_or_else(|| {
@@ -351,7 +365,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_marker_reads_back_as_written_and_an_unversioned_one_as_none() {
+    fn a_marker_reads_back_as_written_and_an_older_versions_by_its_run() {
         let (m, _) = Marker::default().begin("r1").reserve("r1", 3, "t").unwrap();
         let back = marker_of(&fields_of(&m, 7)).unwrap();
         assert_eq!(
@@ -361,8 +375,16 @@ mod tests {
                 version: 7
             }
         );
-        let legacy = doc! {"_id": MARKER, "runId": "r0", "state": "paused", "lastSeq": 4_i64};
-        assert_eq!(marker_of(&legacy).unwrap().version, 0);
+        let legacy = doc! {"_id": MARKER, "runId": "r0", "state": "recording"};
+        let read = marker_of(&legacy).unwrap();
+        assert_eq!(read.version, 0);
+        assert_eq!(
+            (read.marker.phase, read.marker.run_id.as_str()),
+            (Phase::Paused, "r0"),
+            "an older version's run is waited for, never written past"
+        );
+        let ended = doc! {"_id": MARKER, "runId": "r0", "state": "off"};
+        assert_eq!(marker_of(&ended).unwrap().marker, Marker::default());
         let odd = doc! {"_id": MARKER, "phase": "sleeping", "version": 2_i64};
         assert!(marker_of(&odd).is_err(), "an unknown phase fails closed");
     }
