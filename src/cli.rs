@@ -47,6 +47,23 @@ pub enum Command {
     /// Convert the legacy layout (concrete masterdoctorindex and
     /// recommendationindex) into generations with every alias.
     Adopt(AdoptArgs),
+    /// The MongoDB indexes rebuilder relies on.
+    #[command(subcommand)]
+    Mongo(MongoCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MongoCommand {
+    /// List the indexes rebuilder relies on that are missing, and create
+    /// them with --yes (for deployments that own the database).
+    EnsureIndexes(EnsureIndexesArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct EnsureIndexesArgs {
+    /// Create them; without it, only what is missing is printed.
+    #[arg(long)]
+    pub yes: bool,
 }
 
 #[derive(Debug, Args)]

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use rebuilder::cli::{Cli, Command, ConfigCommand};
+use rebuilder::cli::{Cli, Command, ConfigCommand, MongoCommand};
 use rebuilder::config::Settings;
 use rebuilder::{commands, telemetry};
 
@@ -44,5 +44,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => commands::serve::run(settings, &args).await,
         Command::Live => commands::live::run(settings).await,
         Command::Adopt(args) => commands::adopt::run(&settings, &args).await,
+        Command::Mongo(MongoCommand::EnsureIndexes(args)) => {
+            commands::mongo::ensure_indexes(&settings, &args).await
+        }
     }
 }

@@ -17,10 +17,22 @@ static BARS: AtomicBool = AtomicBool::new(false);
 
 /// Installs the global subscriber once. `RUST_LOG` overrides the default
 /// level (`info`). Logs go to stderr so that stdout stays for reports.
+///
+/// lapin logs every channel the broker closes at ERROR, the passive
+/// declares included with which the topology asks whether an exchange or a
+/// queue exists (a 404 is the answer "no", on a fresh broker every time):
+/// its channel log is off unless `RUST_LOG` names lapin. Nothing is lost by
+/// it: every failure that matters reaches our code as an error and is
+/// logged there, with its context.
 pub fn init() {
     let filter = || {
-        EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| EnvFilter::new("info,lapin=warn,mongodb=warn,opensearch=warn"))
+        let named = std::env::var("RUST_LOG").is_ok_and(|v| v.contains("lapin"));
+        let filter = EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| EnvFilter::new("info,lapin=warn,mongodb=warn,opensearch=warn"));
+        match "lapin::channel=off".parse() {
+            Ok(quiet) if !named => filter.add_directive(quiet),
+            _ => filter,
+        }
     };
     let result = if std::io::stderr().is_terminal() {
         let bars = IndicatifLayer::new()

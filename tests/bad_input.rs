@@ -8,11 +8,14 @@
 
 use bson::doc;
 use rebuilder::config::Settings;
-use rebuilder::domain::{parse_tcs_message, GmcDoctor, TcsMessage};
+use rebuilder::domain::{parse_tcs_message, parse_tcs_message_within, GmcDoctor, TcsMessage};
 use rebuilder_dev::datagen::DatasetSpec;
 
+/// The reason as the sync and the update queue give it (with the default
+/// `rabbitmq.max_message_bytes`).
 fn reason(body: &[u8]) -> String {
-    match parse_tcs_message(body) {
+    let limit = Settings::default().rabbitmq.max_message_bytes;
+    match parse_tcs_message_within(body, limit) {
         Ok(TcsMessage::Record(n, _)) => format!("record {}", n.as_str()),
         Ok(TcsMessage::SyncEnd) => "syncEnd".into(),
         Err(e) => e.as_str().to_string(),

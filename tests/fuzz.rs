@@ -6,6 +6,10 @@
 //! schema, headers), and no request without the token may change anything:
 //! no run starts and no alias moves.
 //!
+//! `negative_data_rejection` holds the server to the document's limits:
+//! a request the document calls invalid (a `limit` of 0 or 101, a body
+//! that is not an object) must be refused.
+//!
 //! The checks are named, not `all`: `positive_data_acceptance` and
 //! `ignored_auth` judge an API whose every mutating call needs a token as
 //! failing when it refuses one without it, which is the behaviour wanted.
@@ -27,7 +31,7 @@ use rebuilder_dev::datagen::DatasetSpec;
 use run_helpers::*;
 use service_helpers::{Service, TOKEN};
 
-const CHECKS: &str = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance";
+const CHECKS: &str = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance,negative_data_rejection";
 
 fn schemathesis() -> PathBuf {
     let cache = std::env::var_os("REBUILDER_CACHE")

@@ -137,13 +137,14 @@ impl DatasetSpec {
     /// the reason it must be counted under: bytes that are not UTF-8, an
     /// empty body, JSON nested deeper than the parser's limit, JSON that is
     /// not an object, a GMC number that is blank, an object or a
-    /// placeholder, a `tcsPersonId` of the wrong type, and a 10 MB message.
+    /// placeholder, a `tcsPersonId` of the wrong type, and a 10 MB message
+    /// with a usable GMC number (over `rabbitmq.max_message_bytes`).
     pub fn bad_input_matrix() -> Vec<(Vec<u8>, &'static str)> {
         let mut nested = vec![b'['; 100_000];
         nested.extend(vec![b']'; 100_000]);
         let big = json!({
             "tcsPersonId": 990_001,
-            "gmcReferenceNumber": "   ",
+            "gmcReferenceNumber": "7000006",
             "notes": "x".repeat(10 * 1024 * 1024),
         });
         vec![
@@ -179,7 +180,7 @@ impl DatasetSpec {
                     .into_bytes(),
                 "not_a_record",
             ),
-            (big.to_string().into_bytes(), "missing_gmc_number"),
+            (big.to_string().into_bytes(), "too_large"),
         ]
     }
 

@@ -228,13 +228,17 @@ async fn seed(settings: &Settings, args: &SeedArgs) -> anyhow::Result<()> {
     let summary = seed_mongo(&client, &settings.mongodb, &spec)
         .await
         .context("while seeding MongoDB")?;
+    let generated = spec.doctors as u64;
     println!(
-        "Seeded {}.{}: {} doctors, {} recommendations; the TCS simulator will publish {} messages (seed {}, variant {}).",
+        "Seeded {}.{}: {} of the {} generated doctors (the other {} are TCS-only trainees, in TCS and not in GMC), {} recommendations; the TCS simulator will publish {} messages; a rebuild makes {} documents (seed {}, variant {}).",
         settings.mongodb.database,
         settings.mongodb.doctors_collection,
         summary.doctors,
+        generated,
+        generated.saturating_sub(summary.doctors),
         summary.recommendations,
         summary.tcs_messages,
+        generated,
         spec.seed,
         spec.variant
     );

@@ -5,6 +5,7 @@ pub mod adopt;
 pub mod config;
 pub mod generations;
 pub mod live;
+pub mod mongo;
 pub mod rollback;
 pub mod run;
 pub mod serve;

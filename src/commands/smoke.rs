@@ -1,4 +1,5 @@
-//! `rebuilder smoke`: connects to all three servers and reports what it finds.
+//! `rebuilder smoke`: connects to all three servers and reports what it
+//! finds, with a warning for each MongoDB index it relies on that is missing.
 
 use std::process::ExitCode;
 
@@ -7,6 +8,7 @@ use opensearch::http::Method;
 
 use crate::config::Settings;
 use crate::search::SearchClient;
+use crate::sources::gmc::indexes;
 use crate::sources::{mongo_client, rabbit_connection};
 
 pub async fn run(settings: &Settings) -> anyhow::Result<ExitCode> {
@@ -76,5 +78,12 @@ pub async fn run(settings: &Settings) -> anyhow::Result<ExitCode> {
         settings.mongodb.doctors_collection,
         settings.mongodb.recommendation_collection
     );
+    // Silent when every index is there.
+    let missing = indexes::missing(&mongo, &settings.mongodb)
+        .await
+        .context("while listing the MongoDB indexes")?;
+    for line in indexes::describe(&missing, &settings.mongodb.database) {
+        println!("warning: {line}");
+    }
     Ok(ExitCode::SUCCESS)
 }

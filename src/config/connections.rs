@@ -85,6 +85,9 @@ pub struct RabbitSettings {
     pub prefetch: u16,
     /// A sync that stays silent this long fails the run.
     pub idle_timeout_secs: u64,
+    /// A TCS message larger than this is dead-lettered `too_large`, unread
+    /// (a trainee record is about a kilobyte).
+    pub max_message_bytes: usize,
 }
 
 impl Default for RabbitSettings {
@@ -103,6 +106,7 @@ impl Default for RabbitSettings {
             dead_letter_queue: "reval.queue.connection.syncdata.dlq".into(),
             prefetch: 2000,
             idle_timeout_secs: 60,
+            max_message_bytes: 1024 * 1024,
         }
     }
 }

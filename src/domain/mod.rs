@@ -12,4 +12,4 @@ pub use change::{update_for, Change, DocUpdate, Known};
 pub use gmc::{GmcDoctor, GmcStatus};
 pub use gmc_number::{GmcNumber, GmcNumberError};
 pub use master::{merge, MasterDoctor};
-pub use tcs::{parse_tcs_message, RejectReason, TcsMessage, TcsRecord};
+pub use tcs::{parse_tcs_message, parse_tcs_message_within, RejectReason, TcsMessage, TcsRecord};

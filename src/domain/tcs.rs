@@ -93,6 +93,8 @@ pub enum RejectReason {
     NotARecord(String),
     #[error("{0}")]
     BadGmcNumber(#[from] GmcNumberError),
+    #[error("the body is {bytes} bytes, over the limit of {limit} (rabbitmq.max_message_bytes)")]
+    TooLarge { bytes: usize, limit: usize },
 }
 
 impl RejectReason {
@@ -103,8 +105,22 @@ impl RejectReason {
             RejectReason::NotARecord(_) => "not_a_record",
             RejectReason::BadGmcNumber(GmcNumberError::Missing) => "missing_gmc_number",
             RejectReason::BadGmcNumber(_) => "unusable_gmc_number",
+            RejectReason::TooLarge { .. } => "too_large",
         }
     }
+}
+
+/// Parses one message body of at most `limit` bytes (a larger one is
+/// refused unread: no trainee record comes near it, and a flood of them
+/// must not cost memory); see [`parse_tcs_message`].
+pub fn parse_tcs_message_within(body: &[u8], limit: usize) -> Result<TcsMessage, RejectReason> {
+    if body.len() > limit {
+        return Err(RejectReason::TooLarge {
+            bytes: body.len(),
+            limit,
+        });
+    }
+    parse_tcs_message(body)
 }
 
 /// Parses one message body. `"syncStart"` never appears on this queue; a

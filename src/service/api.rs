@@ -47,14 +47,24 @@ fn query_error(e: QueryRejection) -> ApiError {
     ApiError::bad_request(format!("bad query: {}", e.body_text()))
 }
 
+/// A JSON body that must be an object, as the document says: serde would
+/// also read a struct from an array (`[true, false]`), which nobody means.
+fn json_object<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("bad JSON body: {e}")))?;
+    if !value.is_object() {
+        return Err(ApiError::bad_request("bad JSON body: expected an object"));
+    }
+    serde_json::from_value(value).map_err(|e| ApiError::bad_request(format!("bad JSON body: {e}")))
+}
+
 fn options_of(
     query: Result<Query<SyncOptions>, QueryRejection>,
     body: &Bytes,
 ) -> Result<SyncOptions, ApiError> {
     let Query(mut options) = query.map_err(query_error)?;
     if !body.iter().all(u8::is_ascii_whitespace) {
-        let from_body: SyncOptions = serde_json::from_slice(body)
-            .map_err(|e| ApiError::bad_request(format!("bad JSON body: {e}")))?;
+        let from_body: SyncOptions = json_object(body)?;
         options.dry_run = from_body.dry_run.or(options.dry_run);
         options.force = from_body.force.or(options.force);
     }
@@ -228,7 +238,8 @@ fn recent_rate(points: &[crate::rebuild::record::ProgressPoint]) -> Option<f64> 
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct RunPage {
-    /// How many runs, newest first (1 to 100, default 20).
+    /// How many runs, newest first (1 to 100, default 20; outside that: 400).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
     /// Only runs older than this run id (the `next` of the previous page).
     pub before: Option<String>,
@@ -519,8 +530,7 @@ pub async fn rollback(
     let request: RollbackRequest = if body.iter().all(u8::is_ascii_whitespace) {
         RollbackRequest::default()
     } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::bad_request(format!("bad JSON body: {e}")))?
+        json_object(&body)?
     };
     match roll_back(&state.settings, request.to.as_deref()).await {
         Ok(report) => Ok(Json(report)),

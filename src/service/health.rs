@@ -2,7 +2,8 @@
 //! `/readyz` asks OpenSearch, RabbitMQ and MongoDB at once (each bounded by
 //! `service.ready_timeout_ms`), and looks whether a change stream lost its
 //! history, and answers 503 naming each one that is not ready, 200 when
-//! all are.
+//! all are. A MongoDB index the live path relies on that is missing is a
+//! warning in either answer, never a reason to be unready.
 
 use std::time::Duration;
 
@@ -66,6 +67,10 @@ pub struct Ready {
     /// `ready`.
     pub status: String,
     pub checks: Readiness,
+    /// What works but should be mended (a MongoDB index the live path
+    /// relies on is missing, with the command that creates it). Never a
+    /// reason to be unready.
+    pub warnings: Vec<String>,
 }
 
 /// Not ready: the error body and the checks.
@@ -74,6 +79,8 @@ pub struct NotReady {
     #[serde(flatten)]
     pub error: ErrorBody,
     pub checks: Readiness,
+    /// As in [`Ready`].
+    pub warnings: Vec<String>,
 }
 
 /// Readiness: OpenSearch, RabbitMQ and MongoDB all answer.
@@ -138,7 +145,18 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
             Err(_) => Ok(()),
         }
     });
-    let (o, r, m, l) = tokio::join!(opensearch, rabbitmq, mongodb, live);
+    let indexes = tokio::time::timeout(timeout, async {
+        crate::sources::gmc::indexes::missing(&state.mongo, &state.settings.mongodb).await
+    });
+    let (o, r, m, l, i) = tokio::join!(opensearch, rabbitmq, mongodb, live, indexes);
+    // MongoDB itself is judged by its own check; an index list that does not
+    // come is no warning.
+    let warnings = match i {
+        Ok(Ok(missing)) => {
+            crate::sources::gmc::indexes::describe(&missing, &state.settings.mongodb.database)
+        }
+        _ => Vec::new(),
+    };
     let checks = Readiness {
         opensearch: bounded("OpenSearch")(o),
         rabbitmq: bounded("RabbitMQ")(r),
@@ -164,6 +182,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
             Json(Ready {
                 status: "ready".into(),
                 checks,
+                warnings,
             }),
         )
             .into_response();
@@ -178,6 +197,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         Json(NotReady {
             error: error.body(),
             checks,
+            warnings,
         }),
     )
         .into_response()

@@ -111,6 +111,7 @@ pub async fn serve(
     let engine = Engine::with_client(search, &settings).context("while loading the templates")?;
     let runner = Runner::new(settings.clone(), shutdown.clone());
     let next_start = NextStart::default();
+    let state_mongo = mongo.clone();
     let state = AppState {
         history: RunHistory::new(&mongo, &settings.mongodb),
         settings: settings.clone(),
@@ -129,6 +130,26 @@ pub async fn serve(
     info!(address = %address, "Listening.");
     on_listening(address);
 
+    // The indexes the live path relies on: a warning at start, not a failure
+    // (the service serves without them, the live updates only slower).
+    {
+        let mongo = state_mongo.clone();
+        let settings = settings.clone();
+        tokio::spawn(async move {
+            match crate::sources::gmc::indexes::missing(&mongo, &settings.mongodb).await {
+                Ok(missing) => {
+                    for line in
+                        crate::sources::gmc::indexes::describe(&missing, &settings.mongodb.database)
+                    {
+                        warn!("{line}");
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e, "Could not list the MongoDB indexes at start; /readyz and `rebuilder smoke` check them.")
+                }
+            }
+        });
+    }
     let scheduler = tokio::spawn(schedule::run(
         settings.schedule.clone(),
         runner.clone(),

@@ -23,6 +23,7 @@
 //! with a collection scan, so paging there costs a full scan per page:
 //! measured 4 s per page of 1,000 over 47,000 doctors, 240 doctors/s.
 
+pub mod indexes;
 pub mod numbers;
 pub mod pages;
 pub mod store;

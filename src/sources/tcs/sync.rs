@@ -16,7 +16,7 @@ use super::topology::{
     consume_with_dead_letters, declare_topology, json_properties, publish_confirmed,
 };
 use crate::config::RabbitSettings;
-use crate::domain::{parse_tcs_message, GmcNumber, TcsMessage, TcsRecord};
+use crate::domain::{parse_tcs_message_within, GmcNumber, TcsMessage, TcsRecord};
 use crate::retry::RetryPolicy;
 use crate::sources::{rabbit_connection, SourceError};
 
@@ -258,7 +258,7 @@ impl TcsSync {
             epoch: self.epoch,
             body: delivery.data,
         };
-        match parse_tcs_message(&ticket.body) {
+        match parse_tcs_message_within(&ticket.body, self.settings.max_message_bytes) {
             Ok(TcsMessage::Record(number, record)) => Ok(Some(TcsEvent::Record {
                 number,
                 record,

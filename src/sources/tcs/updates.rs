@@ -11,7 +11,7 @@ use tracing::debug;
 use super::acks::{TcsAcks, TcsTicket};
 use super::topology::{consume_with_dead_letters, declare_topology};
 use crate::config::RabbitSettings;
-use crate::domain::{parse_tcs_message, GmcNumber, TcsMessage, TcsRecord};
+use crate::domain::{parse_tcs_message_within, GmcNumber, TcsMessage, TcsRecord};
 use crate::sources::{rabbit_connection, SourceError};
 
 /// What one message of the update queue is.
@@ -32,6 +32,7 @@ pub struct TcsUpdates {
     connection: Connection,
     consumer: Consumer,
     acks: TcsAcks,
+    max_message_bytes: usize,
 }
 
 impl TcsUpdates {
@@ -51,6 +52,7 @@ impl TcsUpdates {
             connection,
             consumer,
             acks: TcsAcks::new(consume, dead_letters, &settings.dead_letter_queue),
+            max_message_bytes: settings.max_message_bytes,
         })
     }
 
@@ -80,7 +82,7 @@ impl TcsUpdates {
             epoch: 0,
             body: delivery.data,
         };
-        match parse_tcs_message(&ticket.body) {
+        match parse_tcs_message_within(&ticket.body, self.max_message_bytes) {
             Ok(TcsMessage::Record(number, record)) => Ok(UpdateEvent::Record {
                 number,
                 record,
