@@ -102,6 +102,9 @@ pub mod metric {
     pub const LIVE_APPLIER_ACTIVE: &str = "rebuilder_live_applier_active";
     /// Counter: live changes applied, by source.
     pub const LIVE_APPLIED: &str = "rebuilder_live_changes_applied_total";
+    /// Counter: live changes superseded within their batch by a later change
+    /// of the same doctor and source (settled, not written), by source.
+    pub const LIVE_COALESCED: &str = "rebuilder_live_changes_coalesced_total";
     /// Counter: live changes that could not be one (dead-lettered), by reason.
     pub const LIVE_REJECTED: &str = "rebuilder_live_changes_rejected_total";
     /// Counter: change-stream events with nothing to apply, by reason.

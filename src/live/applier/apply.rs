@@ -11,6 +11,7 @@ use anyhow::anyhow;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::coalesce::survivors;
 use super::readers::Incoming;
 use super::settle::settle;
 use crate::config::Settings;
@@ -140,11 +141,14 @@ impl Active<'_> {
         stop: &CancellationToken,
     ) -> anyhow::Result<Vec<UpdateResult>> {
         let mut results = vec![UpdateResult::Unchanged; batch.len()];
-        let (at, changes): (Vec<usize>, Vec<Change>) = batch
-            .iter()
-            .enumerate()
-            .filter_map(|(i, b)| b.applied.as_ref().map(|a| (i, a.change.clone())))
+        let (at, changes): (Vec<usize>, Vec<Change>) = survivors(batch)
+            .into_iter()
+            .filter_map(|i| batch[i].applied.as_ref().map(|a| (i, a.change.clone())))
             .unzip();
+        let superseded = batch.iter().filter(|b| b.applied.is_some()).count() - changes.len();
+        if superseded > 0 {
+            metrics::counter!(metric::LIVE_COALESCED).increment(superseded as u64);
+        }
         if changes.is_empty() {
             return Ok(results);
         }
@@ -198,9 +202,11 @@ impl Active<'_> {
         batch: &[Incoming],
         stop: &CancellationToken,
     ) -> anyhow::Result<()> {
-        let entries: Vec<NewEntry> = batch
-            .iter()
-            .filter_map(|b| b.applied.as_ref().map(|a| a.entry.clone()))
+        // Coalesced as the write was: the survivor of each doctor and
+        // source is its latest state, which is what a replay needs.
+        let entries: Vec<NewEntry> = survivors(batch)
+            .into_iter()
+            .filter_map(|i| batch[i].applied.as_ref().map(|a| a.entry.clone()))
             .collect();
         if entries.is_empty() {
             return Ok(());

@@ -16,6 +16,7 @@
 
 mod apply;
 mod batching;
+mod coalesce;
 mod readers;
 mod settle;
 

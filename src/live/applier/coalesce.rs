@@ -1,0 +1,141 @@
+//! Coalescing a batch by doctor: under a flood (GMC's nightly refresh
+//! rewrites every doctor) one doctor's changes pile up, and only the latest
+//! of each source matters, because a change is resolved against what its
+//! source holds now: a `doctorsForDB` event carries the document as it
+//! stands (its last event wins, a delete included), a recommendation change
+//! is recomputed from MongoDB, and a TCS message carries the trainee's
+//! whole current record (keyed by trainee too, so two trainees of one GMC
+//! number each keep their latest, and the precedence rule picks between
+//! them). The survivors keep batch order; every message and token of the
+//! batch is still settled, after the write. The window is the batch:
+//! at most `live.batch_size` changes.
+
+use std::collections::HashMap;
+
+use super::readers::Incoming;
+use crate::domain::Change;
+
+/// What a later change supersedes an earlier one under.
+#[derive(Debug, PartialEq, Eq, Hash)]
+enum Key<'a> {
+    Trainee(&'a str, Option<i64>),
+    Doctor(&'a str),
+    Recommendation(&'a str),
+}
+
+fn key_of(change: &Change) -> Key<'_> {
+    match change {
+        Change::Tcs { number, record } => Key::Trainee(number.as_str(), record.tcs_person_id),
+        Change::Doctor { number, .. } | Change::DoctorLeft { number } => {
+            Key::Doctor(number.as_str())
+        }
+        Change::Recommendation { number } => Key::Recommendation(number.as_str()),
+    }
+}
+
+/// The batch positions whose change is written: the last of each doctor
+/// and source, in batch order. The others are superseded.
+pub(super) fn survivors(batch: &[Incoming]) -> Vec<usize> {
+    let mut last: HashMap<Key<'_>, usize> = HashMap::new();
+    for (i, incoming) in batch.iter().enumerate() {
+        if let Some(applied) = &incoming.applied {
+            last.insert(key_of(&applied.change), i);
+        }
+    }
+    let mut keep: Vec<usize> = last.into_values().collect();
+    keep.sort_unstable();
+    keep
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{GmcDoctor, GmcNumber, TcsRecord};
+    use crate::handover::NewEntry;
+    use crate::live::applier::readers::{Applied, Settle};
+    use crate::live::applier::settle::plan;
+    use crate::search::updates::UpdateResult;
+    use crate::sources::changes::Watched;
+
+    fn n(s: &str) -> GmcNumber {
+        GmcNumber::parse(s).unwrap()
+    }
+
+    fn incoming(change: Change) -> Incoming {
+        let entry = NewEntry {
+            kind: change.kind(),
+            number: change.number().as_str().to_string(),
+            payload: bson::Bson::Null,
+        };
+        Incoming {
+            applied: Some(Applied { change, entry }),
+            settle: Settle::Stream {
+                watched: Watched::Doctors,
+                token: bson::Bson::Null,
+            },
+        }
+    }
+
+    fn doctor(number: &str) -> Change {
+        Change::Doctor {
+            number: n(number),
+            doctor: Box::new(GmcDoctor::default()),
+        }
+    }
+
+    fn trainee(number: &str, person: i64) -> Change {
+        Change::Tcs {
+            number: n(number),
+            record: Box::new(TcsRecord {
+                tcs_person_id: Some(person),
+                ..TcsRecord::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn many_changes_of_one_doctor_make_one_write_per_source_and_all_are_settled() {
+        let mut batch = Vec::new();
+        for _ in 0..10 {
+            batch.push(incoming(doctor("7000001")));
+        }
+        batch.push(incoming(trainee("7000001", 5)));
+        batch.push(incoming(Change::Recommendation {
+            number: n("7000001"),
+        }));
+        batch.push(incoming(trainee("7000001", 5)));
+        batch.push(incoming(trainee("7000001", 6)));
+        batch.push(incoming(Change::DoctorLeft {
+            number: n("7000001"),
+        }));
+        batch.push(incoming(doctor("7000002")));
+        let keep = survivors(&batch);
+        assert_eq!(
+            keep,
+            vec![11, 12, 13, 14, 15],
+            "the recommendation, each trainee's last, the doctor's last event (its leaving), the other doctor"
+        );
+        // Everything else is settled as done: its position moves.
+        let mut results = vec![UpdateResult::Unchanged; batch.len()];
+        for i in &keep {
+            results[*i] = UpdateResult::Updated;
+        }
+        let plan = plan(&batch, &results);
+        assert_eq!(
+            plan.tokens,
+            vec![(Watched::Doctors, 15)],
+            "the stream moves past every event"
+        );
+    }
+
+    #[test]
+    fn a_doctor_back_after_leaving_is_written_as_back() {
+        let batch = vec![
+            incoming(Change::DoctorLeft {
+                number: n("7000003"),
+            }),
+            incoming(doctor("7000003")),
+        ];
+        assert_eq!(survivors(&batch), vec![1]);
+    }
+}
