@@ -90,6 +90,8 @@ impl GmcStream {
             .watch()
             .full_document(FullDocumentType::UpdateLookup)
             .max_await_time(Duration::from_millis(500))
+            // A flood comes in big answers, not the server's default 101.
+            .batch_size(1000)
             .resume_after(resume)
             .await?;
         Ok(Self { watched, stream })
