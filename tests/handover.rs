@@ -38,7 +38,6 @@ use paused_run::PausedRun;
 use rebuilder::config::Secret;
 use rebuilder::domain::{parse_tcs_message, TcsMessage};
 use rebuilder::handover::{Handover, Marker, MongoStore, Phase};
-use rebuilder::rebuild::record::RunOutcome;
 use rebuilder_dev::datagen::{Category, DatasetSpec, GeneratedDoctor};
 use run_helpers::*;
 use serde_json::{json, Value};
@@ -114,16 +113,7 @@ async fn assert_promoted(
     ended: (std::process::ExitStatus, String),
     before: &[String],
 ) {
-    let (status, log) = ended;
-    let tail: String = log.lines().rev().take(25).collect::<Vec<_>>().join("\n");
-    assert!(status.success(), "the run must succeed ({status}):\n{tail}");
-    let record = history(env)
-        .await
-        .current_or_last()
-        .await
-        .unwrap()
-        .expect("the run is recorded");
-    assert_eq!(record.outcome, RunOutcome::Succeeded, "{:?}", record.error);
+    assert_run_succeeded(env, ended).await;
     let client = env.search().await;
     let now = alias_targets(&client, &env.name("masterdoctorindex")).await;
     assert_ne!(now, before, "the aliases moved to the new generation");

@@ -116,16 +116,7 @@ async fn assert_whole(
     spec: &DatasetSpec,
     ended: (std::process::ExitStatus, String),
 ) -> RunRecord {
-    let (status, log) = ended;
-    let tail: String = log.lines().rev().take(20).collect::<Vec<_>>().join("\n");
-    assert!(status.success(), "the run must succeed ({status}):\n{tail}");
-    let record = history(env)
-        .await
-        .current_or_last()
-        .await
-        .unwrap()
-        .expect("the run is recorded");
-    assert_eq!(record.outcome, RunOutcome::Succeeded, "{:?}", record.error);
+    let record = assert_run_succeeded(env, ended).await;
     let client = env.search().await;
     let alias = env.name("masterdoctorindex");
     assert_documents_match(&client, &alias, spec).await;

@@ -285,3 +285,27 @@ pub fn expected_ids(spec: &DatasetSpec, keep: impl Fn(&MasterDoctor) -> bool) ->
 pub fn text(v: &Value) -> String {
     v.to_string().chars().take(300).collect()
 }
+
+/// A child run ended (its exit status and log) with success, and is
+/// recorded as succeeded; its record.
+pub async fn assert_run_succeeded(
+    env: &TestEnv,
+    ended: (std::process::ExitStatus, String),
+) -> RunRecord {
+    let (status, log) = ended;
+    let tail: String = log.lines().rev().take(25).collect::<Vec<_>>().join("\n");
+    assert!(status.success(), "the run must succeed ({status}):\n{tail}");
+    let record = history(env)
+        .await
+        .current_or_last()
+        .await
+        .unwrap()
+        .expect("the run is recorded");
+    assert_eq!(
+        record.outcome,
+        rebuilder::rebuild::record::RunOutcome::Succeeded,
+        "{:?}",
+        record.error
+    );
+    record
+}
