@@ -14,7 +14,6 @@ mod run_helpers;
 #[path = "common/service_helpers.rs"]
 mod service_helpers;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{count, TestEnv};
@@ -27,16 +26,6 @@ use serde_json::json;
 use service_helpers::Service;
 
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// `scripts/stack ARGS`, which must succeed.
-fn stack(args: &[&str]) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/stack");
-    let status = Command::new(script)
-        .args(args)
-        .status()
-        .unwrap_or_else(|e| panic!("{script} {args:?}: {e}"));
-    assert!(status.success(), "scripts/stack {args:?} failed");
-}
 
 /// A server stopped until dropped (or [`Outage::end`]ed).
 struct Outage(&'static str, Instant);

@@ -41,16 +41,6 @@ use serde_json::{json, Value};
 /// What TCS holds now: every trainee's record(s), by GMC number.
 type TcsState = Arc<Mutex<BTreeMap<String, Vec<Value>>>>;
 
-/// `scripts/stack restart SERVER`.
-fn restart(server: &str) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/stack");
-    let status = Command::new(script)
-        .args(["restart", server])
-        .status()
-        .unwrap_or_else(|e| panic!("{script}: {e}"));
-    assert!(status.success(), "scripts/stack restart {server} failed");
-}
-
 /// `rebuilder live` as a child (SIGKILLed by the test, or on drop).
 fn live_child(env: &TestEnv, n: usize) -> Child {
     let log = std::env::temp_dir().join(format!("{}-live-{n}.log", env.id));
@@ -311,8 +301,8 @@ async fn live_changes_through_three_rebuilds_with_a_fault_each_are_all_served() 
                 appliers += 1;
                 applier = live_child(&env, appliers);
             }
-            Fault::RestartBroker => restart("rabbitmq"),
-            Fault::RestartMongo => restart("mongo"),
+            Fault::RestartBroker => stack(&["restart", "rabbitmq"]),
+            Fault::RestartMongo => stack(&["restart", "mongo"]),
         }
         let (status, log) = run.finish(300).await;
         let last = log

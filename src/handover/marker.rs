@@ -147,42 +147,48 @@ impl Marker {
         }
     }
 
+    /// Run `run_id`'s marker moved to `to`, allowed from `to` itself or
+    /// one of `from`.
+    fn advance(
+        &self,
+        run_id: &str,
+        from: &[Phase],
+        to: Phase,
+        what: &'static str,
+    ) -> Result<Marker, Refusal> {
+        if !(self.names(run_id) && (self.phase == to || from.contains(&self.phase))) {
+            return Err(self.refuse(run_id, what));
+        }
+        Ok(Marker {
+            phase: to,
+            ..self.clone()
+        })
+    }
+
     /// The run asks the applier to stop after its batch.
     pub fn request_pause(&self, run_id: &str) -> Result<Marker, Refusal> {
-        match self.phase {
-            Phase::Recording | Phase::PauseRequested if self.names(run_id) => Ok(Marker {
-                phase: Phase::PauseRequested,
-                ..self.clone()
-            }),
-            _ => Err(self.refuse(run_id, "a pause request")),
-        }
+        let from = [Phase::Recording];
+        self.advance(run_id, &from, Phase::PauseRequested, "a pause request")
     }
 
     /// The applier says it has stopped.
     pub fn acknowledge_pause(&self, run_id: &str) -> Result<Marker, Refusal> {
-        match self.phase {
-            Phase::PauseRequested | Phase::Paused if self.names(run_id) => Ok(Marker {
-                phase: Phase::Paused,
-                ..self.clone()
-            }),
-            _ => Err(self.refuse(run_id, "a pause acknowledgement")),
-        }
+        let from = [Phase::PauseRequested];
+        self.advance(run_id, &from, Phase::Paused, "a pause acknowledgement")
     }
 
     /// The run closes its journal: nothing more can be reserved in it, and
-    /// the entries it must replay are those up to `through`.
+    /// the entries it must replay are those up to `through` (set once).
     pub fn seal(&self, run_id: &str) -> Result<Marker, Refusal> {
-        match self.phase {
-            Phase::Recording | Phase::PauseRequested | Phase::Paused if self.names(run_id) => {
-                Ok(Marker {
-                    phase: Phase::Sealed,
-                    through: self.seq,
-                    ..self.clone()
-                })
-            }
-            Phase::Sealed if self.names(run_id) => Ok(self.clone()),
-            _ => Err(self.refuse(run_id, "sealing")),
+        if self.phase == Phase::Sealed && self.names(run_id) {
+            return Ok(self.clone());
         }
+        let from = [Phase::Recording, Phase::PauseRequested, Phase::Paused];
+        let sealed = self.advance(run_id, &from, Phase::Sealed, "sealing")?;
+        Ok(Marker {
+            through: self.seq,
+            ..sealed
+        })
     }
 
     /// The applier reserves `count` sequence numbers in run `run_id`'s

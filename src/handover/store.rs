@@ -14,7 +14,7 @@ use super::gate::LeaseView;
 use super::marker::{Marker, Phase, Reservation};
 use crate::config::MongoSettings;
 use crate::state::lease::{lease_collection, read_lease};
-use crate::state::{now_text, state_collection, StateError};
+use crate::state::{is_duplicate_key, now_text, state_collection, StateError};
 
 const MARKER: &str = "journal";
 
@@ -181,19 +181,6 @@ fn fields_of(marker: &Marker, version: i64) -> Document {
     }
 }
 
-fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
-    use mongodb::error::{ErrorKind, WriteFailure};
-    match e.kind.as_ref() {
-        ErrorKind::Write(WriteFailure::WriteError(w)) => w.code == 11000,
-        ErrorKind::InsertMany(m) => m
-            .write_errors
-            .as_ref()
-            .is_some_and(|errs| errs.iter().all(|w| w.code == 11000)),
-        ErrorKind::Command(c) => c.code == 11000,
-        _ => e.to_string().contains("E11000"),
-    }
-}
-
 impl HandoverStore for MongoStore {
     async fn load(&self) -> Result<Versioned, StateError> {
         match self.live.find_one(doc! {"_id": MARKER}).await? {
@@ -285,7 +272,7 @@ impl HandoverStore for MongoStore {
         after: i64,
         through: i64,
     ) -> Result<u64, StateError> {
-        let present: Vec<i64> = self
+        let present: std::collections::HashSet<i64> = self
             .entries
             .find(doc! {"_id": {"$gt": after, "$lte": through}})
             .projection(doc! {"_id": 1})

@@ -26,7 +26,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use super::{state_collection, time_text, StateError};
+use super::{is_duplicate_key, state_collection, time_text, StateError};
 use crate::config::MongoSettings;
 
 /// The lease every rebuild takes.
@@ -283,15 +283,6 @@ async fn renew_loop(shared: Arc<Shared>, lost: watch::Sender<Option<String>>) {
                 }
             }
         }
-    }
-}
-
-fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
-    use mongodb::error::{ErrorKind, WriteFailure};
-    match &*e.kind {
-        ErrorKind::Command(c) => c.code == 11000,
-        ErrorKind::Write(WriteFailure::WriteError(w)) => w.code == 11000,
-        _ => e.to_string().contains("E11000"),
     }
 }
 

@@ -53,6 +53,21 @@ impl Retriable for StateError {
     }
 }
 
+/// Whether a write failed only on duplicate keys (an insert of many
+/// documents: every one of its write errors).
+pub(crate) fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
+    use mongodb::error::{ErrorKind, WriteFailure};
+    match e.kind.as_ref() {
+        ErrorKind::Write(WriteFailure::WriteError(w)) => w.code == 11000,
+        ErrorKind::InsertMany(m) => m
+            .write_errors
+            .as_ref()
+            .is_some_and(|errs| errs.iter().all(|w| w.code == 11000)),
+        ErrorKind::Command(c) => c.code == 11000,
+        _ => e.to_string().contains("E11000"),
+    }
+}
+
 /// A collection of the state database.
 pub(crate) fn state_collection(
     client: &Client,

@@ -309,3 +309,13 @@ pub async fn assert_run_succeeded(
     );
     record
 }
+
+/// `scripts/stack ARGS`, which must succeed.
+pub fn stack(args: &[&str]) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/stack");
+    let status = std::process::Command::new(script)
+        .args(args)
+        .status()
+        .unwrap_or_else(|e| panic!("{script} {args:?}: {e}"));
+    assert!(status.success(), "scripts/stack {args:?} failed");
+}

@@ -64,10 +64,11 @@ impl Active<'_> {
             return Ok(());
         }
         let started = Instant::now();
-        let results = self.write(&batch, stop).await?;
+        let keep = survivors(&batch);
+        let results = self.write(&batch, &keep, stop).await?;
         crate::failpoint::hit("live_written").await;
         if let Some(run_id) = journal_for {
-            self.journal(&run_id, &batch, stop).await?;
+            self.journal(&run_id, &batch, &keep, stop).await?;
         }
         settle(
             &self.acks,
@@ -138,12 +139,13 @@ impl Active<'_> {
     async fn write(
         &self,
         batch: &[Incoming],
+        keep: &[usize],
         stop: &CancellationToken,
     ) -> anyhow::Result<Vec<UpdateResult>> {
         let mut results = vec![UpdateResult::Unchanged; batch.len()];
-        let (at, changes): (Vec<usize>, Vec<Change>) = survivors(batch)
-            .into_iter()
-            .filter_map(|i| batch[i].applied.as_ref().map(|a| (i, a.change.clone())))
+        let (at, changes): (Vec<usize>, Vec<Change>) = keep
+            .iter()
+            .filter_map(|&i| batch[i].applied.as_ref().map(|a| (i, a.change.clone())))
             .unzip();
         let superseded = batch.iter().filter(|b| b.applied.is_some()).count() - changes.len();
         if superseded > 0 {
@@ -200,13 +202,14 @@ impl Active<'_> {
         &mut self,
         run_id: &str,
         batch: &[Incoming],
+        keep: &[usize],
         stop: &CancellationToken,
     ) -> anyhow::Result<()> {
         // Coalesced as the write was: the survivor of each doctor and
         // source is its latest state, which is what a replay needs.
-        let entries: Vec<NewEntry> = survivors(batch)
-            .into_iter()
-            .filter_map(|i| batch[i].applied.as_ref().map(|a| a.entry.clone()))
+        let entries: Vec<NewEntry> = keep
+            .iter()
+            .filter_map(|&i| batch[i].applied.as_ref().map(|a| a.entry.clone()))
             .collect();
         if entries.is_empty() {
             return Ok(());

@@ -24,13 +24,12 @@ use anyhow::{anyhow, Context};
 use tracing::{info, warn};
 
 use super::RunContext;
-use crate::handover::{HandoverError, MongoHandover, Phase, LIVE_LEASE};
+use crate::handover::{HandoverError, HandoverStore, LeaseView, MongoHandover, Phase, LIVE_LEASE};
 use crate::live::Replayer;
 use crate::rebuild::record::RunPhase;
 use crate::rebuild::Refused;
 use crate::search::Generation;
 use crate::sources::gmc::GmcSource;
-use crate::state::lease::{lease_collection, read_lease};
 
 /// How the catch-up stands, kept in the run's context.
 #[derive(Debug)]
@@ -72,11 +71,8 @@ pub(super) async fn begin(context: &mut RunContext<'_>) -> anyhow::Result<()> {
 /// Whether a live applier holds its lease now (a failed read counts as
 /// yes: the run then waits for the pause, which is the careful side).
 async fn applier_active(context: &RunContext<'_>) -> bool {
-    let leases = lease_collection(&context.mongo, &context.settings.mongodb);
-    !matches!(
-        read_lease(&leases, LIVE_LEASE).await,
-        Ok(None) | Ok(Some(crate::state::lease::LeaseRecord { expired: true, .. }))
-    )
+    let lease = context.catch_up.handover.store().lease(LIVE_LEASE).await;
+    !matches!(lease, Ok(None) | Ok(Some(LeaseView { expired: true, .. })))
 }
 
 fn replayer<'a>(
