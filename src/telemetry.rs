@@ -109,6 +109,11 @@ pub mod metric {
     pub const LIVE_REJECTED: &str = "rebuilder_live_changes_rejected_total";
     /// Counter: change-stream events with nothing to apply, by reason.
     pub const LIVE_SKIPPED: &str = "rebuilder_live_events_skipped_total";
+    /// Gauge: messages waiting in the TCS update queue (the active applier).
+    pub const LIVE_QUEUE_DEPTH: &str = "rebuilder_live_queue_depth";
+    /// Gauge: seconds between the server making the change-stream event
+    /// applied last and its being applied; 0 when caught up.
+    pub const LIVE_STREAM_LAG_SECONDS: &str = "rebuilder_live_stream_lag_seconds";
     /// Histogram: seconds per applied batch.
     pub const LIVE_BATCH_SECONDS: &str = "rebuilder_live_batch_duration_seconds";
     /// Counter: seconds the applier was paused for swaps.

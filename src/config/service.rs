@@ -60,6 +60,14 @@ pub struct LiveSettings {
     pub catch_up_backlog: u64,
     /// The lease that keeps one applier active across replicas.
     pub lease_ttl_secs: u64,
+    /// How long the change streams' history is kept by the server
+    /// (DocumentDB's `change_stream_log_retention_duration`, 3 h by
+    /// default): a lag past half of it is warned of, since a lag past all
+    /// of it loses changes.
+    pub stream_retention_secs: u64,
+    /// `/readyz` and `/api/sync/status` say the live updates are behind
+    /// when the backlog is older than this.
+    pub max_lag_secs: u64,
 }
 
 impl Default for LiveSettings {
@@ -73,6 +81,8 @@ impl Default for LiveSettings {
             catch_up_rounds: 5,
             catch_up_backlog: 100,
             lease_ttl_secs: 15,
+            stream_retention_secs: 3 * 3600,
+            max_lag_secs: 300,
         }
     }
 }

@@ -5,6 +5,7 @@
 //!   `doctorsForDB` and `recommendation`, applies each change to the live
 //!   generation through the write alias, journals it while a rebuild
 //!   records, pauses while a rebuild swaps (the protocol is `handover`'s);
+//! - [`backlog`]: how far behind the applier is (queue depth, stream lag);
 //! - [`resolve`]: a batch of changes into document updates (`domain::change`);
 //! - [`recorded`]: a change in its source form, as the journal keeps it;
 //! - [`replay`]: the journal onto a generation (a rebuild's catch-up);
@@ -12,6 +13,7 @@
 //!   sources open.
 
 pub mod applier;
+pub mod backlog;
 pub mod recorded;
 pub mod replay;
 pub mod resolve;

@@ -4,26 +4,33 @@
 //! what MongoDB holds now, and applied by name to the master generation
 //! being built and, at the swap, to the recommendation generation too (it
 //! was copied from the master before the last changes came), so each
-//! doctor ends with its latest change over the base load in both.
+//! doctor ends with its latest change over the base load in both. Each
+//! chunk is coalesced by doctor as the applier's batches are (only the
+//! latest change of a doctor and source is resolved and written), and
+//! written in concurrent lanes by document.
 
 use crate::domain::Change;
 use crate::handover::MongoHandover;
 use crate::retry::RetryPolicy;
-use crate::search::updates::{apply_updates, Target};
+use crate::search::updates::{apply_updates_in_lanes, Target};
 use crate::search::SearchClient;
 use crate::sources::gmc::GmcSource;
 
+use super::applier::coalesce::latest;
 use super::recorded::Recorded;
 use super::resolve::resolve;
 
-/// Entries replayed per bulk request.
-const REPLAY_CHUNK: i64 = 500;
+/// Entries read, coalesced and replayed at a time.
+const REPLAY_CHUNK: i64 = 2000;
 
 /// What one replay did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ReplayReport {
     /// Changes applied to the generation.
     pub replayed: u64,
+    /// Journaled changes passed over for a later one of the same doctor
+    /// and source in the same chunk.
+    pub coalesced: u64,
     /// Documents created minus documents deleted (in the first generation).
     pub net_documents: i64,
     /// Changes refused for good (each logged).
@@ -40,6 +47,8 @@ pub struct Replayer<'a> {
     /// The generations to replay onto, by name; counts are the first's.
     pub generations: Vec<&'a str>,
     pub retry: &'a RetryPolicy,
+    /// Concurrent requests per chunk (`bulk.concurrency`).
+    pub lanes: usize,
 }
 
 impl Replayer<'_> {
@@ -81,16 +90,20 @@ impl Replayer<'_> {
                     }
                 })
                 .collect();
+            let keep = latest(changes.iter().enumerate());
+            let superseded = changes.len() - keep.len();
+            let changes: Vec<Change> = keep.into_iter().map(|i| changes[i].clone()).collect();
             let updated_at =
                 chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
             let items = resolve(self.gmc, &changes, &updated_at).await?;
             for (i, generation) in self.generations.iter().enumerate() {
-                let applied = apply_updates(
+                let applied = apply_updates_in_lanes(
                     self.search,
                     Target::Generation(generation),
                     &items,
                     &updated_at,
                     self.retry,
+                    self.lanes,
                 )
                 .await?;
                 if i == 0 {
@@ -99,6 +112,7 @@ impl Replayer<'_> {
                 }
             }
             report.replayed += changes.len() as u64;
+            report.coalesced += superseded as u64;
         }
     }
 }

@@ -229,6 +229,9 @@ pub struct CatchUpReport {
     pub applier_active: bool,
     /// Live changes replayed onto the new generation, in all.
     pub replayed: u64,
+    /// Journaled changes passed over for a later change of the same doctor
+    /// and source (coalesced, not written).
+    pub coalesced: u64,
     /// Catch-up rounds before validation.
     pub rounds: u32,
     /// Changes left in the journal when the applier paused for the swap.

@@ -300,9 +300,91 @@ pub async fn apply_updates(
     Ok(report)
 }
 
+/// [`apply_updates`] in up to `lanes` concurrent requests: the items are
+/// dealt into lanes by document id, so every update of one document stays
+/// in one lane, in its order; documents apart have no order to keep. The
+/// report holds every item's result in `items`' order.
+pub async fn apply_updates_in_lanes(
+    client: &SearchClient,
+    target: Target<'_>,
+    items: &[UpdateItem],
+    updated_at: &str,
+    retry: &RetryPolicy,
+    lanes: usize,
+) -> Result<UpdateReport, SearchError> {
+    let dealt = deal_into_lanes(items, lanes);
+    if dealt.len() <= 1 {
+        return apply_updates(client, target, items, updated_at, retry).await;
+    }
+    let sent: Vec<Vec<UpdateItem>> = dealt
+        .iter()
+        .map(|lane| lane.iter().map(|&i| items[i].clone()).collect())
+        .collect();
+    let answers = futures::future::try_join_all(
+        sent.iter()
+            .map(|lane| apply_updates(client, target, lane, updated_at, retry)),
+    )
+    .await?;
+    let mut results = vec![UpdateResult::Unchanged; items.len()];
+    let mut report = UpdateReport::default();
+    for (lane, answer) in dealt.iter().zip(answers) {
+        report.net += answer.net;
+        report.requests += answer.requests;
+        for (&i, result) in lane.iter().zip(answer.results) {
+            results[i] = result;
+        }
+    }
+    report.results = results;
+    Ok(report)
+}
+
+/// The positions of `items` dealt into at most `lanes` non-empty lanes by
+/// document id, each lane in `items`' order.
+pub fn deal_into_lanes(items: &[UpdateItem], lanes: usize) -> Vec<Vec<usize>> {
+    use std::hash::{Hash, Hasher};
+    let lanes = lanes.clamp(1, items.len().max(1));
+    let mut dealt = vec![Vec::new(); lanes];
+    for (i, item) in items.iter().enumerate() {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        item.id.hash(&mut hasher);
+        dealt[(hasher.finish() % lanes as u64) as usize].push(i);
+    }
+    dealt.retain(|lane| !lane.is_empty());
+    dealt
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lanes_keep_each_documents_updates_together_and_in_order() {
+        let items: Vec<UpdateItem> = (0..200)
+            .map(|i| UpdateItem {
+                id: format!("{}", 7_000_000 + i % 37),
+                update: DocUpdate::MergeIfPresent {
+                    doc: json!({ "n": i }),
+                },
+            })
+            .collect();
+        let dealt = deal_into_lanes(&items, 4);
+        assert_eq!(dealt.len(), 4, "37 ids spread over every lane");
+        let mut seen: Vec<usize> = dealt.iter().flatten().copied().collect();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..200).collect::<Vec<_>>(), "every item once");
+        for lane in &dealt {
+            assert!(lane.windows(2).all(|w| w[0] < w[1]), "in order");
+        }
+        for id in items.iter().map(|i| &i.id) {
+            let holding = dealt
+                .iter()
+                .filter(|lane| lane.iter().any(|&i| &items[i].id == id))
+                .count();
+            assert_eq!(holding, 1, "document {id} in one lane only");
+        }
+        assert_eq!(deal_into_lanes(&items[..1], 4).len(), 1);
+        assert!(deal_into_lanes(&[], 4).is_empty());
+    }
 
     #[test]
     fn updates_encode_as_update_actions_with_their_bodies() {

@@ -159,6 +159,9 @@ pub struct SyncStatus {
     pub eta_secs: Option<f64>,
     /// The next start of the schedule (UTC), if it is on.
     pub next_scheduled: Option<String>,
+    /// How far behind the live updates are, as the active applier last
+    /// reported it (any replica's); none before any applier reported.
+    pub live: Option<crate::live::backlog::BacklogReport>,
 }
 
 /// What is happening now, and what happens next.
@@ -207,11 +210,16 @@ pub async fn status(State(state): State<AppState>) -> Result<Json<SyncStatus>, A
     } else {
         None
     };
+    // The backlog is a report beside the run: its absence fails nothing.
+    let live = crate::live::backlog::read(&state.mongo, &state.settings)
+        .await
+        .unwrap_or_default();
     Ok(Json(SyncStatus {
         running,
         run,
         docs_per_sec,
         eta_secs,
+        live,
         next_scheduled: state
             .next_start
             .get()

@@ -68,8 +68,9 @@ pub struct Ready {
     pub status: String,
     pub checks: Readiness,
     /// What works but should be mended (a MongoDB index the live path
-    /// relies on is missing, with the command that creates it). Never a
-    /// reason to be unready.
+    /// relies on is missing, with the command that creates it; live
+    /// updates behind by more than `live.max_lag_secs`, or near the change
+    /// streams' retention). Never a reason to be unready.
     pub warnings: Vec<String>,
 }
 
@@ -148,15 +149,25 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     let indexes = tokio::time::timeout(timeout, async {
         crate::sources::gmc::indexes::missing(&state.mongo, &state.settings.mongodb).await
     });
-    let (o, r, m, l, i) = tokio::join!(opensearch, rabbitmq, mongodb, live, indexes);
-    // MongoDB itself is judged by its own check; an index list that does not
-    // come is no warning.
-    let warnings = match i {
+    let backlog = tokio::time::timeout(
+        timeout,
+        crate::live::backlog::read(&state.mongo, &state.settings),
+    );
+    let (o, r, m, l, i, b) = tokio::join!(opensearch, rabbitmq, mongodb, live, indexes, backlog);
+    // MongoDB itself is judged by its own check; an index list or a backlog
+    // report that does not come is no warning.
+    let mut warnings = match i {
         Ok(Ok(missing)) => {
             crate::sources::gmc::indexes::describe(&missing, &state.settings.mongodb.database)
         }
         _ => Vec::new(),
     };
+    // Live updates behind are said, never unready: readiness routes API
+    // traffic, which a lagging applier does not impair, and a nightly flood
+    // would otherwise take every replica out of the load balancer at once.
+    if let Ok(Ok(Some(report))) = b {
+        warnings.extend(report.warnings(&state.settings));
+    }
     let checks = Readiness {
         opensearch: bounded("OpenSearch")(o),
         rabbitmq: bounded("RabbitMQ")(r),

@@ -51,6 +51,9 @@ pub struct WatchedEvent {
     pub watched: Watched,
     pub event: GmcEvent,
     pub token: Bson,
+    /// When the server made the change (its wall time, else its cluster
+    /// time), in Unix milliseconds: how far behind the reader is.
+    pub made_at_ms: Option<i64>,
 }
 
 /// A change stream on one collection.
@@ -162,10 +165,15 @@ impl GmcStream {
             ) => GmcEvent::Skipped(INVALIDATED),
             _ => GmcEvent::Skipped("other_operation"),
         };
+        let made_at_ms = event
+            .wall_time
+            .map(|t| t.timestamp_millis())
+            .or_else(|| event.cluster_time.map(|t| i64::from(t.time) * 1000));
         WatchedEvent {
             watched: self.watched,
             event: normalized,
             token,
+            made_at_ms,
         }
     }
 }

@@ -19,7 +19,7 @@ use crate::domain::Change;
 use crate::handover::{Gate, MongoHandover, NewEntry};
 use crate::live::resolve::resolve;
 use crate::retry::RetryPolicy;
-use crate::search::updates::{apply_updates, Target, UpdateResult};
+use crate::search::updates::{apply_updates_in_lanes, Target, UpdateResult};
 use crate::search::SearchClient;
 use crate::sources::gmc::GmcSource;
 use crate::sources::tcs::TcsAcks;
@@ -159,12 +159,15 @@ impl Active<'_> {
         let report = loop {
             let attempt = async {
                 let items = resolve(&self.gmc, &changes, &updated_at).await?;
-                let report = apply_updates(
+                // Documents apart in concurrent requests, as the bulk
+                // writer does: a flood's batches are many doctors.
+                let report = apply_updates_in_lanes(
                     &self.search,
                     Target::Alias(&self.write_alias),
                     &items,
                     &updated_at,
                     &self.retry,
+                    self.settings.bulk.concurrency,
                 )
                 .await?;
                 match report.index_refusal() {

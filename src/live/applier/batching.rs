@@ -47,6 +47,7 @@ mod tests {
             settle: Settle::Stream {
                 watched: Watched::Doctors,
                 token: bson::Bson::Null,
+                made_at_ms: None,
             },
         }
     }

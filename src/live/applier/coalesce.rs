@@ -36,11 +36,23 @@ fn key_of(change: &Change) -> Key<'_> {
 /// The batch positions whose change is written: the last of each doctor
 /// and source, in batch order. The others are superseded.
 pub(super) fn survivors(batch: &[Incoming]) -> Vec<usize> {
-    let mut last: HashMap<Key<'_>, usize> = HashMap::new();
-    for (i, incoming) in batch.iter().enumerate() {
-        if let Some(applied) = &incoming.applied {
-            last.insert(key_of(&applied.change), i);
-        }
+    latest(
+        batch
+            .iter()
+            .enumerate()
+            .filter_map(|(i, incoming)| incoming.applied.as_ref().map(|a| (i, &a.change))),
+    )
+}
+
+/// Of `(position, change)` pairs in order, the positions of the last
+/// change of each doctor and source, in order (the journal's replay
+/// coalesces its chunks by this too).
+pub(in crate::live) fn latest<'a>(
+    changes: impl IntoIterator<Item = (usize, &'a Change)>,
+) -> Vec<usize> {
+    let mut last: HashMap<Key<'a>, usize> = HashMap::new();
+    for (i, change) in changes {
+        last.insert(key_of(change), i);
     }
     let mut keep: Vec<usize> = last.into_values().collect();
     keep.sort_unstable();
@@ -72,6 +84,7 @@ mod tests {
             settle: Settle::Stream {
                 watched: Watched::Doctors,
                 token: bson::Bson::Null,
+                made_at_ms: None,
             },
         }
     }

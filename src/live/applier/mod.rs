@@ -16,7 +16,7 @@
 
 mod apply;
 mod batching;
-mod coalesce;
+pub(super) mod coalesce;
 mod readers;
 mod settle;
 
@@ -33,7 +33,8 @@ use tracing::{info, warn, Instrument};
 
 use self::apply::{sleep_or_stop, Active};
 use self::batching::collect;
-use self::readers::{read_stream, read_updates, Incoming};
+use self::readers::{read_stream, read_updates, Incoming, Settle};
+use super::backlog::BacklogMeter;
 use super::status::LiveStatus;
 use crate::config::Settings;
 use crate::handover::{new_run_id, Handover, MongoStore, LIVE_LEASE};
@@ -125,6 +126,14 @@ async fn active(
         .await
         .context("while consuming the TCS update queue")?;
     status.source_opened();
+    let mut meter = BacklogMeter::new(mongo, settings, &lease.holder().run_id);
+    let depth_stop = stop.child_token();
+    let _depth_guard = depth_stop.clone().drop_guard();
+    tokio::spawn(
+        meter
+            .watch_depth(updates.depth(), depth_stop)
+            .in_current_span(),
+    );
     let (tx, mut rx) =
         mpsc::channel::<Result<Incoming, anyhow::Error>>(settings.live.batch_size.max(1) * 2);
     let mut readers = JoinSet::new();
@@ -175,8 +184,16 @@ async fn active(
             Ok(batch) => batch,
             Err(e) => break Err(e),
         };
+        let applied_up_to = stream_progress(&batch, max);
         match applier.apply(batch, stop).await {
-            Ok(()) => {}
+            Ok(()) => {
+                match applied_up_to {
+                    StreamProgress::CaughtUp => meter.caught_up(),
+                    StreamProgress::UpTo(made_at_ms) => meter.applied_up_to(made_at_ms),
+                    StreamProgress::Unknown => {}
+                }
+                meter.publish().await;
+            }
             // Asked to stop: the batch in hand goes back to its sources.
             Err(_) if stop.is_cancelled() => break Ok(()),
             Err(e) => break Err(e),
@@ -186,4 +203,31 @@ async fn active(
     // and not acked goes back to the queue, in order.
     readers.abort_all();
     result
+}
+
+/// What a batch says of the streams' backlog once it is applied.
+#[derive(Debug, PartialEq)]
+enum StreamProgress {
+    /// Nothing of the streams waited: the batch was not full and held no
+    /// stream event (the channel is shared, in arrival order).
+    CaughtUp,
+    /// Applied up to the stream event made at this Unix ms (the latest).
+    UpTo(i64),
+    /// A full batch of queue messages: the streams may wait behind it.
+    Unknown,
+}
+
+fn stream_progress(batch: &[Incoming], max: usize) -> StreamProgress {
+    let latest = batch
+        .iter()
+        .filter_map(|i| match i.settle {
+            Settle::Stream { made_at_ms, .. } => made_at_ms,
+            Settle::Tcs(_) => None,
+        })
+        .max();
+    match latest {
+        Some(made_at_ms) => StreamProgress::UpTo(made_at_ms),
+        None if batch.len() < max => StreamProgress::CaughtUp,
+        None => StreamProgress::Unknown,
+    }
 }

@@ -24,7 +24,12 @@ use crate::telemetry::metric;
 #[derive(Debug)]
 pub(super) enum Settle {
     Tcs(TcsTicket),
-    Stream { watched: Watched, token: Bson },
+    Stream {
+        watched: Watched,
+        token: Bson,
+        /// When the server made the change (Unix ms), for the lag.
+        made_at_ms: Option<i64>,
+    },
 }
 
 /// A change to apply, with its journal entry.
@@ -164,6 +169,7 @@ fn incoming_of(event: WatchedEvent) -> Incoming {
     let settle = Settle::Stream {
         watched: event.watched,
         token: event.token,
+        made_at_ms: event.made_at_ms,
     };
     let with_entry = |change: Change, recorded: Recorded| {
         let entry = recorded.entry(change.number());
@@ -224,6 +230,7 @@ mod tests {
             watched: Watched::Doctors,
             token: Bson::String("t1".into()),
             event,
+            made_at_ms: None,
         }
     }
 

@@ -93,6 +93,7 @@ mod tests {
             settle: Settle::Stream {
                 watched,
                 token: bson::Bson::String(token.into()),
+                made_at_ms: None,
             },
         }
     }

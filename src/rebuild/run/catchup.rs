@@ -86,6 +86,7 @@ fn replayer<'a>(
         search: context.engine.client(),
         generations,
         retry: &context.retry,
+        lanes: context.settings.bulk.concurrency,
     }
 }
 
@@ -111,13 +112,19 @@ pub(super) async fn rounds(
         let c = &mut context.tracker.record.catch_up;
         c.rounds += 1;
         c.replayed += report.replayed;
+        c.coalesced += report.coalesced;
         c.failed += report.failed;
         let backlog = context
             .catch_up
             .handover
             .backlog(&run_id, context.catch_up.seq)
             .await?;
-        info!(replayed = report.replayed, backlog, "Catch-up round done.");
+        info!(
+            replayed = report.replayed,
+            coalesced = report.coalesced,
+            backlog,
+            "Catch-up round done."
+        );
         context.tracker.save_now().await;
         if backlog < context.settings.live.catch_up_backlog {
             break;
@@ -184,6 +191,7 @@ pub(super) async fn pause_and_replay(
     context.catch_up.seq = report.last_seq;
     let c = &mut context.tracker.record.catch_up;
     c.replayed += report.replayed;
+    c.coalesced += report.coalesced;
     c.failed += report.failed;
     for generation in [master, recommendation] {
         context

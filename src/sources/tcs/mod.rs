@@ -19,7 +19,7 @@ pub mod updates;
 pub use acks::{DeliveryKey, TcsAcks, TcsTicket};
 pub use sync::{TcsEvent, TcsSync};
 pub use topology::{declare_topology, json_properties, publish_confirmed};
-pub use updates::{TcsUpdates, UpdateEvent};
+pub use updates::{QueueDepth, TcsUpdates, UpdateEvent};
 
 /// The header that carries a dead-lettered message's reason key.
 pub const REASON_HEADER: &str = "x-rebuilder-reason";

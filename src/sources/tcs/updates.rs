@@ -5,7 +5,9 @@
 //! reason at once.
 
 use futures::StreamExt;
-use lapin::{Connection, Consumer};
+use lapin::options::QueueDeclareOptions;
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, Consumer};
 use tracing::debug;
 
 use super::acks::{TcsAcks, TcsTicket};
@@ -33,6 +35,33 @@ pub struct TcsUpdates {
     consumer: Consumer,
     acks: TcsAcks,
     max_message_bytes: usize,
+    depth: QueueDepth,
+}
+
+/// Reads how many messages wait in the update queue (ready, not yet
+/// delivered to the applier), on a channel of its own.
+#[derive(Clone)]
+pub struct QueueDepth {
+    channel: Channel,
+    queue: String,
+}
+
+impl QueueDepth {
+    /// The messages waiting now (a passive declare: it creates nothing).
+    pub async fn waiting(&self) -> Result<u32, SourceError> {
+        let queue = self
+            .channel
+            .queue_declare(
+                self.queue.as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(queue.message_count())
+    }
 }
 
 impl TcsUpdates {
@@ -48,17 +77,27 @@ impl TcsUpdates {
             prefetch,
         )
         .await?;
+        let depth = QueueDepth {
+            channel: connection.create_channel().await?,
+            queue: settings.update_queue.clone(),
+        };
         Ok(Self {
             connection,
             consumer,
             acks: TcsAcks::new(consume, dead_letters, &settings.dead_letter_queue),
             max_message_bytes: settings.max_message_bytes,
+            depth,
         })
     }
 
     /// The handle that acks and dead-letters this consumer's messages.
     pub fn acks(&self) -> TcsAcks {
         self.acks.clone()
+    }
+
+    /// The handle that reads the queue's depth.
+    pub fn depth(&self) -> QueueDepth {
+        self.depth.clone()
     }
 
     /// The next message; waits until one comes.
