@@ -4,10 +4,23 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+/// What `rebuilder --version` prints after the name: the package version
+/// and the commit the binary was built from (`build.rs`; `unknown` when
+/// neither git nor `GIT_COMMIT` could say).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("BUILD_GIT_COMMIT"),
+    ")"
+);
+
+/// The commit the binary was built from, as `build.rs` recorded it.
+pub const COMMIT: &str = env!("BUILD_GIT_COMMIT");
+
 #[derive(Debug, Parser)]
 #[command(
     name = "rebuilder",
-    version,
+    version = VERSION,
     about = "Zero-downtime blue/green rebuilder for the revalidation search indices"
 )]
 pub struct Cli {
@@ -50,6 +63,20 @@ pub enum Command {
     /// The MongoDB indexes rebuilder relies on.
     #[command(subcommand)]
     Mongo(MongoCommand),
+    /// Ask the `rebuilder serve` of this container (at `service.listen`)
+    /// for `/healthz`; exit 0 when it answers 200 (the image's HEALTHCHECK
+    /// and the ECS container health check; no shell or curl needed).
+    Healthcheck(HealthcheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct HealthcheckArgs {
+    /// The path to ask for (`/readyz` also asks the three servers).
+    #[arg(long, default_value = "/healthz")]
+    pub path: String,
+    /// Give up after this long.
+    #[arg(long, default_value_t = 3000)]
+    pub timeout_ms: u64,
 }
 
 #[derive(Debug, Subcommand)]

@@ -47,5 +47,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Mongo(MongoCommand::EnsureIndexes(args)) => {
             commands::mongo::ensure_indexes(&settings, &args).await
         }
+        Command::Healthcheck(args) => commands::healthcheck::run(&settings, &args).await,
     }
 }

@@ -4,6 +4,7 @@
 pub mod adopt;
 pub mod config;
 pub mod generations;
+pub mod healthcheck;
 pub mod live;
 pub mod mongo;
 pub mod rollback;
