@@ -363,7 +363,7 @@ async fn a_rebuild_started_in_the_middle_of_a_flood_swaps_in_every_doctors_lates
             doctors
                 .iter()
                 .enumerate()
-                .filter(|(i, _)| (i / WRITERS) % 10 == 0)
+                .filter(|(i, _)| (i / WRITERS).is_multiple_of(10))
                 .map(|(_, d)| (d.clone(), "gmcStatus", "Rejected".to_string())),
         )
         .collect();

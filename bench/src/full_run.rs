@@ -57,6 +57,13 @@ impl RebuilderBin {
         Ok((cmd, log))
     }
 
+    /// Starts `rebuilder ARGS` as a child, its output in `log_name`.
+    pub fn spawn(&self, args: &[&str], log_name: &str) -> anyhow::Result<Child> {
+        let (mut cmd, _) = self.command(args, log_name)?;
+        cmd.spawn()
+            .with_context(|| format!("while starting rebuilder {}", args.join(" ")))
+    }
+
     /// The subcommands the binary lists in `--help`.
     pub async fn subcommands(&self) -> anyhow::Result<Vec<String>> {
         let out = Command::new(&self.path)

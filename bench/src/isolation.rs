@@ -35,6 +35,13 @@ pub const SMOKE: BenchNames = BenchNames {
     rabbit_prefix: "benchsmoke.",
 };
 
+/// The names of the flood benchmark (`--flood`), apart from both.
+pub const FLOOD: BenchNames = BenchNames {
+    prefix: "benchflood_",
+    database: "rebuilder_bench_flood",
+    rabbit_prefix: "benchflood.",
+};
+
 impl BenchNames {
     pub fn for_run(smoke: bool) -> Self {
         if smoke {

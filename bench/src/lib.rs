@@ -16,6 +16,10 @@
 //! - With `--latency-ms`, B and C again through latency proxies
 //!   ([`network`]).
 //!
+//! - The nightly flood ([`flood`], binary `rebuilder-flood`): the live
+//!   applier under a whole-population change burst, alone and with a
+//!   rebuild running through it.
+//!
 //! Everything lives under the names of [`isolation`], so a benchmark never
 //! touches the demo's or the tests' indices, queues or database. The binary
 //! `rebuilder-bench` orchestrates; [`report`] holds the figures, the targets
@@ -23,6 +27,7 @@
 
 pub mod ceiling;
 pub mod corpus;
+pub mod flood;
 pub mod full_run;
 pub mod indices;
 pub mod isolation;

@@ -138,6 +138,48 @@ pub(super) async fn rounds(
     Ok(net)
 }
 
+/// Replays what came in since the catch-up rounds (validation and the
+/// recommendation generation took their time, and a flood goes on) onto
+/// both new generations, round after round while the backlog is at least
+/// `live.catch_up_backlog` (at most `live.catch_up_rounds`): the pause that
+/// follows then replays only what came during the last round.
+async fn last_rounds(
+    context: &mut RunContext<'_>,
+    master: &Generation,
+    recommendation: &Generation,
+) -> anyhow::Result<()> {
+    let run_id = context.run_id();
+    let gmc = GmcSource::new(&context.mongo, &context.settings.mongodb);
+    for _ in 0..context.settings.live.catch_up_rounds.max(1) {
+        let backlog = context
+            .catch_up
+            .handover
+            .backlog(&run_id, context.catch_up.seq)
+            .await?;
+        if backlog < context.settings.live.catch_up_backlog {
+            break;
+        }
+        context.check_continue()?;
+        let report = replayer(context, &gmc, vec![&master.name, &recommendation.name])
+            .replay(&run_id, context.catch_up.seq, i64::MAX)
+            .await
+            .context("while replaying live changes before the pause")?;
+        context.catch_up.seq = report.last_seq;
+        let c = &mut context.tracker.record.catch_up;
+        c.rounds += 1;
+        c.replayed += report.replayed;
+        c.coalesced += report.coalesced;
+        c.failed += report.failed;
+        info!(
+            replayed = report.replayed,
+            coalesced = report.coalesced,
+            backlog,
+            "Catch-up round before the pause done."
+        );
+    }
+    Ok(())
+}
+
 /// Pauses the applier, seals the journal and replays what is left onto
 /// both new generations. Fails (the aliases stay) only when the run may
 /// not swap: its journal abandoned, or the store unreachable.
@@ -147,6 +189,7 @@ pub(super) async fn pause_and_replay(
     recommendation: &Generation,
 ) -> anyhow::Result<Instant> {
     let run_id = context.run_id();
+    last_rounds(context, master, recommendation).await?;
     let handover = &context.catch_up.handover;
     handover
         .request_pause(&run_id)
