@@ -58,6 +58,7 @@ pub fn isolate(settings: &mut Settings, names: BenchNames) {
     settings.mongodb.database = names.database.to_string();
     settings.mongodb.state_database = Some(names.database.to_string());
     let r = &mut settings.rabbitmq;
+    let g = &mut settings.gmc;
     for name in [
         &mut r.exchange,
         &mut r.sync_start_queue,
@@ -67,6 +68,10 @@ pub fn isolate(settings: &mut Settings, names: BenchNames) {
         &mut r.update_queue,
         &mut r.update_routing_key,
         &mut r.dead_letter_queue,
+        &mut g.sync_start_queue,
+        &mut g.sync_start_routing_key,
+        &mut g.sync_data_queue,
+        &mut g.sync_data_routing_key,
     ] {
         if !name.starts_with(names.rabbit_prefix) {
             *name = format!("{}{name}", names.rabbit_prefix);
@@ -99,6 +104,23 @@ pub fn child_env(settings: &Settings) -> Vec<(String, String)> {
             r.update_routing_key.as_str(),
         ),
         ("RABBITMQ__DEAD_LETTER_QUEUE", r.dead_letter_queue.as_str()),
+        ("GMC__SOURCE", settings.gmc.source.as_str()),
+        (
+            "GMC__SYNC_START_QUEUE",
+            settings.gmc.sync_start_queue.as_str(),
+        ),
+        (
+            "GMC__SYNC_START_ROUTING_KEY",
+            settings.gmc.sync_start_routing_key.as_str(),
+        ),
+        (
+            "GMC__SYNC_DATA_QUEUE",
+            settings.gmc.sync_data_queue.as_str(),
+        ),
+        (
+            "GMC__SYNC_DATA_ROUTING_KEY",
+            settings.gmc.sync_data_routing_key.as_str(),
+        ),
     ]
     .into_iter()
     .map(|(k, v)| (format!("REBUILDER_{k}"), v.to_string()))
@@ -174,6 +196,10 @@ mod tests {
         assert_eq!(
             s.rabbitmq.sync_data_queue,
             "bench.reval.queue.connection.syncdata"
+        );
+        assert_eq!(
+            s.gmc.sync_data_queue,
+            "bench.reval.queue.revalidationsummary.essync.integration"
         );
         let env = child_env(&s);
         assert!(env

@@ -1,6 +1,8 @@
 //! `rebuilder-dev`: the development aids on the command line. `seed` fills
 //! a local MongoDB-compatible server with generated GMC data (and writes
-//! the expected documents); `tcs-simulator` plays TCS on a local RabbitMQ.
+//! the expected documents); `tcs-simulator` plays TCS on a local RabbitMQ;
+//! `recommendation-simulator` plays the recommendation service's side of
+//! the GMC sync (`gmc.source = "queue"`).
 //! Both read the same settings as `rebuilder` (file and `REBUILDER_*`
 //! variables) and refuse servers that are not on loopback.
 
@@ -37,6 +39,9 @@ enum Command {
     Seed(SeedArgs),
     /// Play TCS on a local RabbitMQ: answer each syncStart with the generated trainees.
     TcsSimulator(SimulatorArgs),
+    /// Play the recommendation service on a local RabbitMQ: answer each
+    /// gmcSyncStart with the generated GMC doctors as IndexSyncMessage batches.
+    RecommendationSimulator(RecommendationSimulatorArgs),
     /// Make live changes (TCS updates, GMC doctor changes) on local servers,
     /// then check that they are in the live index, or how long each takes.
     LiveChanges(LiveChangesArgs),
@@ -106,6 +111,18 @@ struct SimulatorArgs {
     stop_after: Option<u64>,
 }
 
+#[derive(Debug, Args)]
+struct RecommendationSimulatorArgs {
+    #[command(flatten)]
+    dataset: DatasetArgs,
+    /// Serve one sync, then exit.
+    #[arg(long)]
+    once: bool,
+    /// Doctors per IndexSyncMessage batch (today's ESSYNC_BATCH_SIZE).
+    #[arg(long, default_value_t = rebuilder_dev::recommendation_simulator::DEFAULT_BATCH_SIZE)]
+    batch_size: usize,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     rebuilder::telemetry::init();
@@ -130,6 +147,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Seed(args) => seed(&settings, &args).await,
         Command::TcsSimulator(args) => simulate(&settings, &args).await,
+        Command::RecommendationSimulator(args) => simulate_recommendations(&settings, &args).await,
         Command::LiveChanges(args) => live_changes(&settings, &args).await,
     }
 }
@@ -268,6 +286,31 @@ async fn simulate(settings: &Settings, args: &SimulatorArgs) -> anyhow::Result<(
             }
         }
         _ = tokio::signal::ctrl_c() => println!("TCS simulator stopped."),
+    }
+    Ok(())
+}
+
+async fn simulate_recommendations(
+    settings: &Settings,
+    args: &RecommendationSimulatorArgs,
+) -> anyhow::Result<()> {
+    use rebuilder_dev::recommendation_simulator::{
+        run_recommendation_simulator, RecommendationSimulatorOptions,
+    };
+    let options = RecommendationSimulatorOptions {
+        once: args.once,
+        batch_size: args.batch_size,
+        ..RecommendationSimulatorOptions::default()
+    };
+    let spec = args.dataset.spec();
+    tokio::select! {
+        served = run_recommendation_simulator(&settings.rabbitmq, &settings.gmc, spec, options) => {
+            let served = served.context("while simulating the recommendation service")?;
+            for s in &served {
+                println!("Served a GMC sync: {} doctors in {} batches and syncEnd.", s.doctors, s.batches);
+            }
+        }
+        _ = tokio::signal::ctrl_c() => println!("Recommendation simulator stopped."),
     }
     Ok(())
 }

@@ -3,6 +3,7 @@
 //! once, naming the key that is wrong; secrets that never print.
 
 mod connections;
+mod gmc;
 mod rebuild;
 mod secret;
 mod service;
@@ -14,6 +15,7 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 
 pub use connections::{AwsSigV4Settings, MongoSettings, OpenSearchSettings, RabbitSettings};
+pub use gmc::{GmcSettings, GmcSourceKind};
 pub use rebuild::{
     BulkSettings, GateSettings, IndexNames, RetentionSettings, RetrySettings, RunSettings,
 };
@@ -28,6 +30,8 @@ pub struct Settings {
     pub opensearch: OpenSearchSettings,
     pub rabbitmq: RabbitSettings,
     pub mongodb: MongoSettings,
+    /// Where a rebuild reads the GMC side from (MongoDB or the recommendation service's queue).
+    pub gmc: GmcSettings,
     pub names: IndexNames,
     pub bulk: BulkSettings,
     pub gates: GateSettings,
@@ -172,6 +176,9 @@ impl Settings {
         }
         if !(0.0..=1.0).contains(&self.gates.max_body_loss) {
             return invalid("gates.max_body_loss", "must be between 0 and 1");
+        }
+        if let Some((field, reason)) = self.gmc.problem() {
+            return invalid(field, reason);
         }
         if self.run.merge_batch == 0 || self.rabbitmq.prefetch == 0 {
             return invalid("run.merge_batch / rabbitmq.prefetch", "must be at least 1");

@@ -203,6 +203,8 @@ pub struct RunCounts {
     /// Messages the broker gave again after a lost connection (records
     /// already taken are not counted again as records or duplicates).
     pub tcs_redelivered: u64,
+    /// Batches of an earlier GMC sync over the queue discarded at the start.
+    pub gmc_stale_discarded: u64,
     /// Doctors with a latest recommendation outcome.
     pub gmc_outcomes: u64,
     /// Usable documents read from `doctorsForDB`.

@@ -62,6 +62,16 @@ impl TestEnv {
             *q = format!("{id}.{q}");
         }
         r.idle_timeout_secs = 10;
+        let g = &mut settings.gmc;
+        for q in [
+            &mut g.sync_start_queue,
+            &mut g.sync_start_routing_key,
+            &mut g.sync_data_queue,
+            &mut g.sync_data_routing_key,
+        ] {
+            *q = format!("{id}.{q}");
+        }
+        g.idle_timeout_secs = 20;
         settings.validate().expect("test settings are valid");
         Self { settings, id }
     }
@@ -121,6 +131,8 @@ impl TestEnv {
                     &r.sync_data_queue,
                     &r.update_queue,
                     &r.dead_letter_queue,
+                    &self.settings.gmc.sync_start_queue,
+                    &self.settings.gmc.sync_data_queue,
                 ] {
                     let _ = ch.queue_delete(q.as_str().into(), Default::default()).await;
                 }

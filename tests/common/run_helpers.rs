@@ -263,6 +263,21 @@ pub fn child_env(env: &TestEnv) -> Vec<(String, String)> {
             "RABBITMQ__IDLE_TIMEOUT_SECS",
             r.idle_timeout_secs.to_string(),
         ),
+        ("GMC__SOURCE", s.gmc.source.to_string()),
+        ("GMC__SYNC_START_QUEUE", s.gmc.sync_start_queue.clone()),
+        (
+            "GMC__SYNC_START_ROUTING_KEY",
+            s.gmc.sync_start_routing_key.clone(),
+        ),
+        ("GMC__SYNC_DATA_QUEUE", s.gmc.sync_data_queue.clone()),
+        (
+            "GMC__SYNC_DATA_ROUTING_KEY",
+            s.gmc.sync_data_routing_key.clone(),
+        ),
+        (
+            "GMC__IDLE_TIMEOUT_SECS",
+            s.gmc.idle_timeout_secs.to_string(),
+        ),
         ("RUN__LEASE_TTL_SECS", s.run.lease_ttl_secs.to_string()),
     ]
     .into_iter()

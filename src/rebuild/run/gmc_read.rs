@@ -5,15 +5,23 @@
 //! queue while MongoDB works (nothing is consumed, nor acked, yet). Neither
 //! read waits on OpenSearch; a transient MongoDB failure restarts the read
 //! that saw it.
+//!
+//! With `gmc.source = "queue"` the GMC side comes from the recommendation
+//! service's batches instead (`sources::gmc::queue`), into the same maps,
+//! still while TCS publishes; the batches stay unacked until the load has
+//! written their documents ([`GmcBatches`]).
 
 use std::sync::Mutex;
 
 use anyhow::Context;
 
 use super::RunContext;
+use crate::config::GmcSourceKind;
 use crate::rebuild::record::RunPhase;
 use crate::retry::with_retry;
-use crate::sources::gmc::{DoctorRead, DoctorStore, GmcSource, OutcomeLoad, OutcomeMap};
+use crate::sources::gmc::{
+    read_over_queue, DoctorRead, DoctorStore, GmcSource, OutcomeLoad, OutcomeMap, PendingBatches,
+};
 use crate::sources::tcs::TcsSync;
 
 /// Reject keys of recommendations that give no usable outcome.
@@ -35,12 +43,48 @@ impl Sources {
     }
 }
 
-pub(super) async fn run(context: &mut RunContext<'_>) -> anyhow::Result<Sources> {
+/// The recommendation service's batches of a queue read, unacked until the
+/// load has written their documents (nothing to ack for a MongoDB read).
+pub(super) struct GmcBatches(Option<PendingBatches>);
+
+impl GmcBatches {
+    /// The load has written every document: ack the batches that carried them.
+    pub async fn ack_written(self) {
+        if let Some(pending) = self.0 {
+            pending.ack_written().await;
+        }
+    }
+
+    /// The run failed: give the batches back (the next run discards them).
+    pub async fn abandon(self) {
+        if let Some(pending) = self.0 {
+            pending.abandon().await;
+        }
+    }
+}
+
+pub(super) async fn run(context: &mut RunContext<'_>) -> anyhow::Result<(Sources, GmcBatches)> {
     context.tracker.begin(RunPhase::GmcRead).await;
     let sync = TcsSync::start(&context.settings.rabbitmq, context.retry)
         .await
         .context("while starting the TCS sync")?;
     context.tracker.record.counts.tcs_stale_discarded = sync.purged_stale;
+    if context.settings.gmc.source == GmcSourceKind::Queue {
+        return match read_queue(context).await {
+            Ok((outcomes, doctors, pending)) => Ok((
+                Sources {
+                    sync,
+                    outcomes,
+                    doctors,
+                },
+                GmcBatches(Some(pending)),
+            )),
+            Err(e) => {
+                sync.close().await;
+                Err(e)
+            }
+        };
+    }
     let gmc = GmcSource::new(&context.mongo, &context.settings.mongodb).with_retry(context.retry);
     let expected = gmc.estimated_doctors().await.ok();
     let progress = Mutex::new(
@@ -83,11 +127,45 @@ pub(super) async fn run(context: &mut RunContext<'_>) -> anyhow::Result<Sources>
         unknown_outcomes = load.unknown_outcomes,
         "Read GMC: the doctors and their latest recommendation outcomes."
     );
-    Ok(Sources {
-        sync,
-        outcomes,
-        doctors: read.doctors,
-    })
+    Ok((
+        Sources {
+            sync,
+            outcomes,
+            doctors: read.doctors,
+        },
+        GmcBatches(None),
+    ))
+}
+
+/// The GMC side over the recommendation service's queue (see the module notes).
+async fn read_queue(
+    context: &mut RunContext<'_>,
+) -> anyhow::Result<(OutcomeMap, DoctorStore, PendingBatches)> {
+    let progress = Mutex::new(context.progress.phase(RunPhase::GmcRead, "doctors", None));
+    let read = context
+        .cancellable(async {
+            read_over_queue(&context.settings.rabbitmq, &context.settings.gmc, |n| {
+                progress.lock().expect("progress").inc(n as u64)
+            })
+            .await
+            .context("while reading GMC from the recommendation service's queue")
+        })
+        .await;
+    progress.into_inner().expect("progress").finish();
+    let read = read?;
+    let record = &mut context.tracker.record;
+    record.counts.gmc_stale_discarded = read.purged_stale;
+    record_outcomes(record, &read.outcomes, &read.load);
+    record_doctors(record, &read.doctors);
+    tracing::info!(
+        doctors = read.doctors.doctors.len(),
+        distinct_values = read.doctors.doctors.distinct_values(),
+        outcomes = read.outcomes.len(),
+        batches = read.batches,
+        unknown_outcomes = read.load.unknown_outcomes,
+        "Read GMC from the recommendation service: the doctors and their latest outcomes."
+    );
+    Ok((read.outcomes, read.doctors.doctors, read.pending))
 }
 
 fn record_doctors(record: &mut crate::rebuild::record::RunRecord, read: &DoctorRead) {

@@ -3,7 +3,8 @@
 //! the doctors of a batch of GMC numbers from a few `$in` queries (never one
 //! query per doctor), and every doctor of `doctorsForDB` page by page
 //! ([`pages`]). Also the compact GMC-number containers ([`numbers`]) a run
-//! keeps per doctor.
+//! keeps per doctor, and the other GMC source: the recommendation service's
+//! batches over RabbitMQ ([`queue`], parsed by [`batch`]).
 //!
 //! No cursor is left idle long enough to be killed. DocumentDB (like
 //! MongoDB) kills a cursor that sees no `getMore` for ten minutes, and a
@@ -23,9 +24,11 @@
 //! with a collection scan, so paging there costs a full scan per page:
 //! measured 4 s per page of 1,000 over 47,000 doctors, 240 doctors/s.
 
+pub mod batch;
 pub mod indexes;
 pub mod numbers;
 pub mod pages;
+pub mod queue;
 pub mod store;
 
 use std::collections::HashMap;
@@ -38,6 +41,7 @@ use tracing::{debug, info};
 
 pub use numbers::{GmcNumberMap, GmcNumberSet};
 pub use pages::{DoctorPage, DoctorPages, CURSOR_STALL_GUARD};
+pub use queue::{read_over_queue, GmcQueueError, GmcQueueRead, PendingBatches};
 pub use store::DoctorStore;
 
 use super::SourceError;
