@@ -138,6 +138,7 @@ async fn a_rebuild_with_gmc_over_the_queue_builds_the_generation_a_mongodb_read_
 
     // Document for document the same, but for the orphan outcomes.
     let (expected, orphans) = expected_over_the_queue(&spec);
+    assert!(orphans > 0, "the data set exercises the orphan outcomes");
     for (id, doc) in from_mongo.iter_mut() {
         if doc.gmc_status.is_some() && expected[id].gmc_status.is_none() {
             doc.gmc_status = None;
