@@ -273,6 +273,20 @@ impl Flood<'_> {
     /// Whether the live index shows every rewritten doctor's body and every
     /// updated trainee's programme.
     async fn current(&self, gmc_doctors: u64, trainees: u64) -> anyhow::Result<bool> {
+        let (bodies, programmes) = self.counts().await?;
+        Ok(bodies >= gmc_doctors && programmes >= trainees)
+    }
+
+    /// What the live index shows of the flood, in words.
+    async fn shown(&self, gmc_doctors: u64, trainees: u64) -> anyhow::Result<String> {
+        let (bodies, programmes) = self.counts().await?;
+        Ok(format!(
+            "{bodies} of {gmc_doctors} doctors with the flood's designated body, {programmes} of {trainees} trainees with its programme"
+        ))
+    }
+
+    /// Documents with this flood's designated body, and with its programme.
+    async fn counts(&self) -> anyhow::Result<(u64, u64)> {
         let alias = self.settings.names.master_family();
         let count = |field: &str, value: String| {
             let body = json!({"query": {"term": {field: value}}});
@@ -285,10 +299,10 @@ impl Flood<'_> {
                 anyhow::Ok(v["count"].as_u64().unwrap_or(0))
             }
         };
-        Ok(
-            count("designatedBody.keyword", self.body()).await? >= gmc_doctors
-                && count("programmeName.keyword", self.programme()).await? >= trainees,
-        )
+        Ok((
+            count("designatedBody.keyword", self.body()).await?,
+            count("programmeName.keyword", self.programme()).await?,
+        ))
     }
 
     /// Writes the flood and waits until the live index is current; polls
@@ -301,6 +315,7 @@ impl Flood<'_> {
         tokio::pin!(written);
         let mut figures = FloodFigures::default();
         let mut last_write = None;
+        let mut caught_up_since: Option<Instant> = None;
         let deadline = started + Duration::from_secs(7200);
         loop {
             let poll = tokio::time::sleep(Duration::from_millis(500));
@@ -314,14 +329,29 @@ impl Flood<'_> {
                 }
                 _ = poll => {}
             }
+            let mut idle = false;
             if let Ok(Some(report)) = backlog::read(&mongo, self.settings).await {
                 figures.max_stream_lag_secs = figures
                     .max_stream_lag_secs
                     .max(round3(report.stream_lag_secs));
                 figures.max_queue_depth =
                     figures.max_queue_depth.max(report.queue_depth.unwrap_or(0));
+                idle = report.stream_lag_secs == 0.0 && report.queue_depth == Some(0);
             }
             if let Some(at) = last_write {
+                // Caught up by its own account for a minute, yet not
+                // current: changes were lost (say so rather than wait).
+                caught_up_since = if idle {
+                    caught_up_since.or(Some(Instant::now()))
+                } else {
+                    None
+                };
+                if caught_up_since.is_some_and(|t| t.elapsed() > Duration::from_secs(60)) {
+                    bail!(
+                        "the applier reports nothing waiting for 60 s, yet the live index does not show the flood: {}",
+                        self.shown(gmc_doctors, trainees).await?
+                    );
+                }
                 if self.current(gmc_doctors, trainees).await? {
                     let now = Instant::now();
                     figures.current_secs = round3((now - started).as_secs_f64());

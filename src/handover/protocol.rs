@@ -139,11 +139,17 @@ impl<S: HandoverStore> Handover<S> {
 
     /// The run ended (swapped or not): the marker goes off, its entries go.
     pub async fn end(&self, run_id: &str) -> Result<u64, HandoverError> {
-        match self.transition(|m| Ok((m.end(run_id)?, ()))).await {
-            Ok(()) | Err(HandoverError::Refused(_)) => {}
-            Err(e) => return Err(e),
-        }
+        self.release(run_id).await?;
         Ok(self.store.delete_entries(run_id, false).await?)
+    }
+
+    /// The marker goes off for run `run_id` (the applier goes on); its
+    /// entries stay until [`Handover::end`]. Already off: nothing to do.
+    pub async fn release(&self, run_id: &str) -> Result<(), HandoverError> {
+        match self.transition(|m| Ok((m.end(run_id)?, ()))).await {
+            Ok(()) | Err(HandoverError::Refused(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     /// Journals a written batch for run `run_id`: reserves its sequence

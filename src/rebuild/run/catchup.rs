@@ -279,6 +279,15 @@ pub(super) fn paused_for(context: &mut RunContext<'_>, paused_at: Instant) {
     context.tracker.record.catch_up.paused_ms = paused_at.elapsed().as_millis() as u64;
 }
 
+/// Lets the applier go on after the swap: the marker goes off for run
+/// `run_id`; the entries stay for [`end`] (deleting thousands takes a
+/// while, and the applier need not wait for it).
+pub(super) async fn resume(handover: &MongoHandover, run_id: &str) {
+    if let Err(e) = handover.release(run_id).await {
+        warn!(error = %e, "Could not let the live applier go on; the run's end tries again, and the applier abandons the journal once this run's lease expires.")
+    }
+}
+
 /// Ends the journal of run `run_id`: the marker goes off (the applier goes
 /// on, against whichever generation the aliases name) and its entries go.
 pub(super) async fn end(handover: &MongoHandover, run_id: &str) {

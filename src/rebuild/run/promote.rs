@@ -45,8 +45,9 @@ pub(super) async fn run(
         .await;
     // The applier goes on at once, against whichever generation the
     // aliases name now (the run's end does this too, later).
-    super::catchup::end(&context.catch_up.handover, &context.run_id()).await;
+    super::catchup::resume(&context.catch_up.handover, &context.run_id()).await;
     super::catchup::paused_for(context, paused_at);
+    super::catchup::end(&context.catch_up.handover, &context.run_id()).await;
     let promotion = match moved {
         Ok(p) => p,
         Err(e) if e.is_refusal() => {
