@@ -1,7 +1,8 @@
 //! Deterministic generated data: N doctors with the realistic mixes of the
 //! live system (13 designated bodies, discrepancies, doctors on one side
-//! only, several recommendations each, a few malformed records), and the
-//! merged document each one must become.
+//! only, several recommendations each, a few malformed records), the
+//! connection service's logs and hidden discrepancies of a share of them,
+//! and the merged document each one must become.
 //!
 //! Every doctor is derived from `(seed, variant, index)` alone, so the data
 //! can be streamed for a million doctors without holding it.
@@ -14,7 +15,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Value};
 
-use rebuilder::domain::{GmcStatus, MasterDoctor};
+use rebuilder::domain::connection::format_connection_time;
+use rebuilder::domain::{GmcStatus, HiddenDiscrepancy, MasterDoctor};
 
 pub const DESIGNATED_BODIES: [&str; 13] = [
     "1-AIIDR8", "1-AIIDSA", "1-AIIDWT", "1-AIIDVS", "1-AIIDWA", "1-AIIDNQ", "1-AIIDHJ", "1-AIIDMQ",
@@ -111,6 +113,10 @@ pub struct GeneratedDoctor {
     pub tcs_messages: Vec<Value>,
     pub gmc_doctor: Option<Document>,
     pub recommendations: Vec<Document>,
+    /// Documents of the connection service's `connectionLogs`.
+    pub connection_logs: Vec<Document>,
+    /// Documents of the connection service's `hiddenDiscrepancy`.
+    pub hidden_discrepancies: Vec<Document>,
     /// The merged document, without `updatedAt` (set at write time).
     pub expected: MasterDoctor,
 }
@@ -258,6 +264,144 @@ impl DatasetSpec {
     }
 
     pub fn doctor(&self, index: usize) -> GeneratedDoctor {
+        let mut doctor = self.doctor_without_connection(index);
+        // The connection data depends on the base data only (a variant
+        // changes documents, not what the connection service holds).
+        let base = if self.variant == 0 {
+            doctor.expected.clone()
+        } else {
+            self.with_variant(0)
+                .doctor_without_connection(index)
+                .expected
+        };
+        self.add_connection_data(index, &base, &mut doctor);
+        doctor
+    }
+
+    /// The connection service's data of a doctor, drawn from a stream of
+    /// its own (so the rest of the data set is as it was before it
+    /// existed): about 40% of doctors have one to three connection logs,
+    /// about a third of the discrepancies are hidden for one or two
+    /// designated bodies, and a few doctors that are not discrepancies are
+    /// hidden too (hidden before their bodies matched again). A few `gmcId`
+    /// values are padded or stored as numbers, as hand-made entries are.
+    fn add_connection_data(&self, index: usize, base: &MasterDoctor, doctor: &mut GeneratedDoctor) {
+        let mut rng = ChaCha8Rng::seed_from_u64(
+            self.seed ^ 0xC0_77EC ^ (index as u64).wrapping_mul(0xD1B5_4A32_D192_ED03),
+        );
+        let number = doctor.gmc_number.clone();
+        let gmc_id = |rng: &mut ChaCha8Rng| -> bson::Bson {
+            let roll: f64 = rng.random();
+            if roll < 0.03 {
+                bson::Bson::String(format!(" {number} "))
+            } else if roll < 0.06 {
+                bson::Bson::Int64(number.parse().expect("generated numbers are digits"))
+            } else {
+                bson::Bson::String(number.clone())
+            }
+        };
+        let base_time = NaiveDate::from_ymd_opt(2024, 1, 1)
+            .expect("a valid date")
+            .and_hms_opt(0, 0, 0)
+            .expect("midnight exists")
+            .and_utc();
+        let body = base
+            .designated_body
+            .clone()
+            .or_else(|| base.tcs_designated_body.clone())
+            .unwrap_or_else(|| DESIGNATED_BODIES[0].to_string());
+        if rng.random_bool(0.4) {
+            let mut latest: Option<(chrono::DateTime<chrono::Utc>, String)> = None;
+            for k in 0..rng.random_range(1..=3) {
+                // Distinct instants (k ms apart at least), in no order.
+                let at = base_time
+                    + Duration::milliseconds(rng.random_range(0..700 * 86_400_000_i64) + k);
+                let by = format!(
+                    "{}.{}@hee.nhs.uk",
+                    pick_from(&mut rng, &FIRST),
+                    pick_from(&mut rng, &LAST)
+                )
+                .to_lowercase();
+                let add = rng.random_bool(0.7);
+                doctor.connection_logs.push(doc! {
+                    "_id": format!("cl-{number}-{k}"),
+                    "gmcId": gmc_id(&mut rng),
+                    "newDesignatedBodyCode": if add { body.as_str() } else { "" },
+                    "previousDesignatedBodyCode": if add { "" } else { body.as_str() },
+                    "updatedBy": &by,
+                    "requestTime": bson::DateTime::from_chrono(at),
+                    "gmcClientId": format!("client-{k}"),
+                    "reason": if add { "Doctor has a connection with this designated body" } else { "Conflict of interest" },
+                    "requestType": if add { "ADD" } else { "REMOVE" },
+                    "responseCode": "0",
+                    "_class": "uk.nhs.hee.tis.revalidation.connection.entity.ConnectionRequestLog",
+                });
+                if latest.as_ref().is_none_or(|(t, _)| at > *t) {
+                    latest = Some((at, by));
+                }
+            }
+            if let Some((at, by)) = latest {
+                doctor.expected.updated_by = Some(by);
+                doctor.expected.last_connection_date_time = Some(format_connection_time(at));
+            }
+        }
+        let mut bodies = Vec::new();
+        if base.is_discrepancy() && rng.random_bool(0.35) {
+            bodies.extend(
+                base.designated_body
+                    .clone()
+                    .or_else(|| base.tcs_designated_body.clone()),
+            );
+            if rng.random_bool(0.3) {
+                bodies.extend(
+                    base.tcs_designated_body
+                        .clone()
+                        .filter(|t| !bodies.contains(t)),
+                );
+            }
+        } else if !base.is_discrepancy() && rng.random_bool(0.01) {
+            bodies.push(body.clone());
+        }
+        let mut at = base_time + Duration::milliseconds(rng.random_range(0..700 * 86_400_000_i64));
+        for (k, hidden_for) in bodies.into_iter().enumerate() {
+            let id = format!("hd-{number}-{k}");
+            let by = format!("admin{}@hee.nhs.uk", rng.random_range(1..20));
+            let reason = pick_from(
+                &mut rng,
+                &[
+                    "Doctor is on leave",
+                    "Awaiting GMC update",
+                    "Known transfer",
+                ],
+            );
+            doctor.hidden_discrepancies.push(doc! {
+                "_id": &id,
+                "gmcId": gmc_id(&mut rng),
+                "currentDesignatedBodyCode": base.designated_body.as_deref().unwrap_or(""),
+                "programmeOwnerDesignatedBodyCode": base.tcs_designated_body.as_deref().unwrap_or(""),
+                "hiddenForDesignatedBodyCode": &hidden_for,
+                "hiddenBy": &by,
+                "reason": reason,
+                "hiddenDateTime": bson::DateTime::from_chrono(at),
+                "hiddenUntilDate": bson::DateTime::from_chrono(at + Duration::days(90)),
+                "_class": "uk.nhs.hee.tis.revalidation.connection.entity.HiddenDiscrepancy",
+            });
+            doctor
+                .expected
+                .hidden_discrepancies
+                .push(HiddenDiscrepancy {
+                    id: Some(id),
+                    gmc_id: Some(number.clone()),
+                    hidden_for_designated_body_code: hidden_for,
+                    hidden_by: Some(by),
+                    reason: Some(reason.to_string()),
+                    hidden_date_time: Some(format_connection_time(at)),
+                });
+            at += Duration::days(1);
+        }
+    }
+
+    fn doctor_without_connection(&self, index: usize) -> GeneratedDoctor {
         let mut rng = ChaCha8Rng::seed_from_u64(
             self.seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
         );
@@ -465,6 +609,9 @@ impl DatasetSpec {
             exists_in_gmc,
             last_updated_date: gmc_side.then(|| fmt(last_updated)),
             updated_at: None,
+            updated_by: None,
+            last_connection_date_time: None,
+            hidden_discrepancies: Vec::new(),
         };
 
         GeneratedDoctor {
@@ -473,9 +620,15 @@ impl DatasetSpec {
             tcs_messages,
             gmc_doctor,
             recommendations,
+            connection_logs: Vec::new(),
+            hidden_discrepancies: Vec::new(),
             expected,
         }
     }
+}
+
+fn pick_from(rng: &mut ChaCha8Rng, xs: &[&'static str]) -> &'static str {
+    xs[rng.random_range(0..xs.len())]
 }
 
 fn bson_day(d: NaiveDate) -> bson::DateTime {

@@ -15,7 +15,7 @@ use rebuilder::config::Settings;
 use rebuilder::sources::mongo_client;
 use rebuilder_dev::datagen::DatasetSpec;
 use rebuilder_dev::guard::check_mongo_uri;
-use rebuilder_dev::seed::{seed_mongo, write_expected};
+use rebuilder_dev::seed::{seed_mongo_with, write_expected};
 use rebuilder_dev::simulator::{run_simulator, SimulatorOptions};
 
 #[derive(Debug, Parser)]
@@ -243,7 +243,7 @@ async fn seed(settings: &Settings, args: &SeedArgs) -> anyhow::Result<()> {
     // Refuse before connecting: a production host is never even contacted.
     check_mongo_uri(settings.mongodb.uri.expose())?;
     let client = mongo_client(&settings.mongodb).await?;
-    let summary = seed_mongo(&client, &settings.mongodb, &spec)
+    let summary = seed_mongo_with(&client, &settings.mongodb, &settings.connection, &spec)
         .await
         .context("while seeding MongoDB")?;
     let generated = spec.doctors as u64;
@@ -259,6 +259,14 @@ async fn seed(settings: &Settings, args: &SeedArgs) -> anyhow::Result<()> {
         generated,
         spec.seed,
         spec.variant
+    );
+    println!(
+        "Seeded the connection service's data in {}: {} connection logs ({}), {} hidden discrepancies ({}).",
+        settings.connection.database(&settings.mongodb),
+        summary.connection_logs,
+        settings.connection.logs_collection,
+        summary.hidden_discrepancies,
+        settings.connection.hidden_collection,
     );
     if let Some(path) = &args.expected {
         let n = write_expected(path, &spec)?;

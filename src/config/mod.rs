@@ -2,6 +2,7 @@
 //! variables; secrets read from files where the settings say so; validated
 //! once, naming the key that is wrong; secrets that never print.
 
+mod connection;
 mod connections;
 mod gmc;
 mod rebuild;
@@ -14,6 +15,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+pub use connection::{ConnectionSettings, ConnectionSourceKind};
 pub use connections::{AwsSigV4Settings, MongoSettings, OpenSearchSettings, RabbitSettings};
 pub use gmc::{GmcSettings, GmcSourceKind};
 pub use rebuild::{
@@ -32,6 +34,8 @@ pub struct Settings {
     pub mongodb: MongoSettings,
     /// Where a rebuild reads the GMC side from (MongoDB or the recommendation service's queue).
     pub gmc: GmcSettings,
+    /// Where a rebuild reads the connection service's logs and hidden discrepancies from.
+    pub connection: ConnectionSettings,
     pub names: IndexNames,
     pub bulk: BulkSettings,
     pub gates: GateSettings,
@@ -178,6 +182,9 @@ impl Settings {
             return invalid("gates.max_body_loss", "must be between 0 and 1");
         }
         if let Some((field, reason)) = self.gmc.problem() {
+            return invalid(field, reason);
+        }
+        if let Some((field, reason)) = self.connection.problem() {
             return invalid(field, reason);
         }
         if self.run.merge_batch == 0 || self.rabbitmq.prefetch == 0 {

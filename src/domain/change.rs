@@ -135,6 +135,7 @@ pub fn update_for(change: &Change, known: &Known, updated_at: &str) -> DocUpdate
                 Some(record),
                 known.doctor.as_ref(),
                 known.outcome,
+                None,
                 updated_at,
             );
             let all = document(&full);
@@ -150,7 +151,7 @@ pub fn update_for(change: &Change, known: &Known, updated_at: &str) -> DocUpdate
             }
         }
         Change::Doctor { number, doctor } => {
-            let full = merge(number, None, Some(doctor), known.outcome, updated_at);
+            let full = merge(number, None, Some(doctor), known.outcome, None, updated_at);
             let all = document(&full);
             let mut doc = pick(&all, GMC_FIELDS, true);
             // GMC's shared values where it has them; TCS's stay otherwise.

@@ -1,8 +1,10 @@
 //! The master document of `masterdoctorindex` and the merge rules that build
-//! it from a TCS record, a GMC doctor and the latest recommendation outcome.
+//! it from a TCS record, a GMC doctor, the latest recommendation outcome and
+//! the connection service's data of the doctor.
 
 use serde::{Deserialize, Serialize};
 
+use super::connection::{DoctorConnection, HiddenDiscrepancy};
 use super::gmc::{GmcDoctor, GmcStatus};
 use super::gmc_number::GmcNumber;
 use super::tcs::TcsRecord;
@@ -52,6 +54,16 @@ pub struct MasterDoctor {
     pub last_updated_date: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub updated_at: Option<String>,
+    /// Who made the doctor's latest connection (its latest connection log).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_by: Option<String>,
+    /// When, as `yyyy-MM-dd'T'HH:mm:ss.SSS` (UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_connection_date_time: Option<String>,
+    /// The designated bodies that hid this doctor's discrepancy (a `nested`
+    /// field: the connection service's Discrepancies query excludes them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hidden_discrepancies: Vec<HiddenDiscrepancy>,
 }
 
 impl MasterDoctor {
@@ -77,12 +89,16 @@ impl MasterDoctor {
 ///   `existsInGmc` true; TCS-only doctors get false.
 /// - `gmcStatus` is the latest recommendation outcome, whichever side the
 ///   doctor came from (recommendations are keyed by GMC number).
+/// - `updatedBy`, `lastConnectionDateTime` and `hiddenDiscrepancies` come
+///   from the connection service's data of the doctor (see
+///   [`DoctorConnection`]); it never makes a document by itself.
 /// - `updatedAt` is the time of writing, given by the caller.
 pub fn merge(
     gmc_number: &GmcNumber,
     tcs: Option<&TcsRecord>,
     gmc: Option<&GmcDoctor>,
     status: Option<GmcStatus>,
+    connection: Option<&DoctorConnection>,
     updated_at: &str,
 ) -> MasterDoctor {
     let from_tcs = |f: fn(&TcsRecord) -> &Option<String>| tcs.and_then(|t| f(t).clone());
@@ -112,6 +128,9 @@ pub fn merge(
         exists_in_gmc: gmc.is_some_and(|g| g.exists_in_gmc),
         last_updated_date: from_gmc(|g| &g.last_updated_date),
         updated_at: Some(updated_at.to_string()),
+        updated_by: connection.and_then(DoctorConnection::updated_by),
+        last_connection_date_time: connection.and_then(DoctorConnection::last_connection_date_time),
+        hidden_discrepancies: connection.map(|c| c.hidden().to_vec()).unwrap_or_default(),
     }
 }
 
@@ -157,7 +176,7 @@ mod tests {
 
     #[test]
     fn gmc_wins_for_names_and_submission_date() {
-        let doc = merge(&gmc_number(), Some(&tcs()), Some(&gmc()), None, "t");
+        let doc = merge(&gmc_number(), Some(&tcs()), Some(&gmc()), None, None, "t");
         assert_eq!(doc.doctor_first_name.as_deref(), Some("Gmc-First"));
         assert_eq!(doc.doctor_last_name.as_deref(), Some("Gmc-Last"));
         assert_eq!(doc.submission_date.as_deref(), Some("2025-06-01"));
@@ -167,7 +186,7 @@ mod tests {
     fn tcs_fills_shared_fields_that_gmc_lacks() {
         let mut g = gmc();
         g.doctor_first_name = None;
-        let doc = merge(&gmc_number(), Some(&tcs()), Some(&g), None, "t");
+        let doc = merge(&gmc_number(), Some(&tcs()), Some(&g), None, None, "t");
         assert_eq!(doc.doctor_first_name.as_deref(), Some("Tcs-First"));
     }
 
@@ -178,6 +197,7 @@ mod tests {
             Some(&tcs()),
             Some(&gmc()),
             Some(GmcStatus::Approved),
+            None,
             "now",
         );
         assert_eq!(doc.tcs_person_id, Some(9));
@@ -196,7 +216,7 @@ mod tests {
 
     #[test]
     fn a_tcs_only_doctor_is_kept_and_not_in_gmc() {
-        let doc = merge(&gmc_number(), Some(&tcs()), None, None, "t");
+        let doc = merge(&gmc_number(), Some(&tcs()), None, None, None, "t");
         assert!(!doc.exists_in_gmc);
         assert_eq!(doc.doctor_first_name.as_deref(), Some("Tcs-First"));
         assert_eq!(doc.designated_body, None);
@@ -210,6 +230,7 @@ mod tests {
             None,
             Some(&gmc()),
             Some(GmcStatus::UnderReview),
+            None,
             "t",
         );
         assert_eq!(doc.tcs_person_id, None);
@@ -222,22 +243,58 @@ mod tests {
     fn a_doctor_gmc_no_longer_lists_is_not_a_connection() {
         let mut g = gmc();
         g.exists_in_gmc = false;
-        assert!(!merge(&gmc_number(), Some(&tcs()), Some(&g), None, "t").exists_in_gmc);
+        assert!(!merge(&gmc_number(), Some(&tcs()), Some(&g), None, None, "t").exists_in_gmc);
     }
 
     #[test]
     fn matching_designated_bodies_are_not_a_discrepancy() {
         let mut g = gmc();
         g.designated_body_code = Some("1-AIIDR8".into());
-        assert!(!merge(&gmc_number(), Some(&tcs()), Some(&g), None, "t").is_discrepancy());
+        assert!(!merge(&gmc_number(), Some(&tcs()), Some(&g), None, None, "t").is_discrepancy());
     }
 
     #[test]
     fn absent_values_are_left_out_of_the_json() {
-        let doc = merge(&gmc_number(), None, None, None, "t");
+        let doc = merge(&gmc_number(), None, None, None, None, "t");
         let json = serde_json::to_value(&doc).unwrap();
         assert!(json.get("programmeName").is_none());
         assert_eq!(json["gmcReferenceNumber"], "1234567");
         assert_eq!(json["existsInGmc"], false);
+    }
+
+    #[test]
+    fn connection_data_fills_the_connection_fields() {
+        use crate::domain::connection::ConnectionLog;
+        use chrono::TimeZone;
+        let mut c = DoctorConnection::default();
+        c.add_log(ConnectionLog {
+            updated_by: Some("admin@example.org".into()),
+            event_time: chrono::Utc.timestamp_millis_opt(1_767_225_600_123).unwrap(),
+        });
+        c.add_hidden(HiddenDiscrepancy {
+            id: Some("h1".into()),
+            hidden_for_designated_body_code: "1-AIIDR8".into(),
+            ..HiddenDiscrepancy::default()
+        });
+        let doc = merge(&gmc_number(), Some(&tcs()), None, None, Some(&c), "t");
+        assert_eq!(doc.updated_by.as_deref(), Some("admin@example.org"));
+        assert_eq!(
+            doc.last_connection_date_time.as_deref(),
+            Some("2026-01-01T00:00:00.123")
+        );
+        let json = serde_json::to_value(&doc).unwrap();
+        assert_eq!(
+            json["hiddenDiscrepancies"][0]["hiddenForDesignatedBodyCode"],
+            "1-AIIDR8"
+        );
+    }
+
+    #[test]
+    fn without_connection_data_the_connection_fields_are_left_out() {
+        let doc = merge(&gmc_number(), Some(&tcs()), Some(&gmc()), None, None, "t");
+        let json = serde_json::to_value(&doc).unwrap();
+        for f in ["updatedBy", "lastConnectionDateTime", "hiddenDiscrepancies"] {
+            assert!(json.get(f).is_none(), "{f}");
+        }
     }
 }

@@ -3,12 +3,14 @@
 //! changes with the updates they make.
 
 pub mod change;
+pub mod connection;
 pub mod gmc;
 pub mod gmc_number;
 pub mod master;
 pub mod tcs;
 
 pub use change::{update_for, Change, DocUpdate, Known};
+pub use connection::{ConnectionLog, DoctorConnection, HiddenDiscrepancy};
 pub use gmc::{GmcDoctor, GmcStatus};
 pub use gmc_number::{GmcNumber, GmcNumberError};
 pub use master::{merge, MasterDoctor};

@@ -220,6 +220,16 @@ pub struct RunCounts {
     pub merged_gmc_only: u64,
     /// Distinct documents sent to the index (the count it must hold).
     pub docs_expected: u64,
+    /// Usable connection logs read from the connection service.
+    pub connection_logs: u64,
+    /// Usable hidden discrepancies read from the connection service.
+    pub hidden_discrepancies: u64,
+    /// Hidden discrepancies for a designated body that had already hidden
+    /// the doctor (the first stays).
+    pub hidden_same_body: u64,
+    /// Doctors with connection data but in neither TCS nor GMC: no
+    /// document is made for them.
+    pub connection_orphans: u64,
 }
 
 /// What the catch-up of live changes did (see `rebuild::run::catchup`).

@@ -1,8 +1,9 @@
 //! The data sources: connections to MongoDB (GMC data and its change
-//! streams) and RabbitMQ (TCS syncs and updates), with the `SourceError`
-//! boundary type.
+//! streams, the connection service's data) and RabbitMQ (TCS syncs and
+//! updates), with the `SourceError` boundary type.
 
 pub mod changes;
+pub mod connection;
 pub mod gmc;
 pub mod tcs;
 

@@ -15,7 +15,7 @@ use rebuilder::rebuild::{run_rebuild, RunOptions};
 use rebuilder::search::SearchClient;
 use rebuilder::sources::tcs::REASON_HEADER;
 use rebuilder_dev::datagen::{Category, DatasetSpec};
-use rebuilder_dev::seed::seed_mongo;
+use rebuilder_dev::seed::seed_mongo_with;
 use rebuilder_dev::simulator::{run_simulator, SimulatorError, SimulatorOptions, SyncServed};
 
 use serde_json::Value;
@@ -30,12 +30,17 @@ pub fn logs() {
     }
 }
 
-/// Replaces the test's GMC collections with the generated data.
+/// Replaces the test's GMC and connection collections with the generated data.
 pub async fn seed(env: &TestEnv, spec: &DatasetSpec) {
     let mongo = env.mongo().await;
-    seed_mongo(&mongo, &env.settings.mongodb, spec)
-        .await
-        .unwrap_or_else(|e| panic!("seeding failed: {e:#}"));
+    seed_mongo_with(
+        &mongo,
+        &env.settings.mongodb,
+        &env.settings.connection,
+        spec,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("seeding failed: {e:#}"));
 }
 
 /// The TCS simulator of this test, serving syncs from `spec` as a task.

@@ -1,8 +1,12 @@
 //! Step 3b: the doctors of `doctorsForDB` that TCS did not send, written
 //! after `syncEnd` (only then is the set of TCS doctors known), from the
 //! copy read into memory in step 2: the collection is not read twice.
+//! Then the connection data of doctors neither side sent is counted: it
+//! makes no document, as today's integration only updates documents that
+//! exist.
 
 use anyhow::{anyhow, Context};
+use tracing::warn;
 
 use super::settle::Ticket;
 use super::tcs_merge::{now_for_documents, GmcInMemory};
@@ -44,6 +48,7 @@ pub(super) async fn write(
             None,
             Some(&doctor),
             gmc.outcomes.get(&number).copied(),
+            gmc.connections.get(&number),
             &updated_at,
         );
         let item = BulkItem {
@@ -59,5 +64,26 @@ pub(super) async fn write(
             .context("while writing GMC-only doctors")?;
     }
     progress.finish();
+    count_connection_orphans(context, gmc, seen);
     Ok(())
+}
+
+/// Counts (and logs a few of) the doctors with connection data but no
+/// document: a connection log or hidden discrepancy for a GMC number
+/// neither TCS nor GMC sent.
+fn count_connection_orphans(context: &mut RunContext<'_>, gmc: &GmcInMemory, seen: &GmcNumberSet) {
+    let orphans: Vec<_> = gmc
+        .connections
+        .keys()
+        .filter(|number| !seen.contains(number))
+        .collect();
+    context.tracker.record.counts.connection_orphans = orphans.len() as u64;
+    if !orphans.is_empty() {
+        let examples: Vec<&str> = orphans.iter().take(5).map(|n| n.as_str()).collect();
+        warn!(
+            doctors = orphans.len(),
+            examples = ?examples,
+            "Connection data for doctors in neither TCS nor GMC: no document made for them."
+        );
+    }
 }

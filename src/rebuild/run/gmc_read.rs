@@ -10,15 +10,19 @@
 //! service's batches instead (`sources::gmc::queue`), into the same maps,
 //! still while TCS publishes; the batches stay unacked until the load has
 //! written their documents ([`GmcBatches`]).
+//!
+//! Beside either, the connection service's data is read once
+//! ([`super::connection_read`]).
 
 use std::sync::Mutex;
 
 use anyhow::Context;
 
-use super::RunContext;
+use super::{connection_read, RunContext};
 use crate::config::GmcSourceKind;
 use crate::rebuild::record::RunPhase;
 use crate::retry::with_retry;
+use crate::sources::connection::ConnectionMap;
 use crate::sources::gmc::{
     read_over_queue, DoctorRead, DoctorStore, GmcSource, OutcomeLoad, OutcomeMap, PendingBatches,
 };
@@ -33,6 +37,7 @@ pub(super) struct Sources {
     pub sync: TcsSync,
     pub outcomes: OutcomeMap,
     pub doctors: DoctorStore,
+    pub connections: ConnectionMap,
 }
 
 impl Sources {
@@ -69,13 +74,21 @@ pub(super) async fn run(context: &mut RunContext<'_>) -> anyhow::Result<(Sources
         .await
         .context("while starting the TCS sync")?;
     context.tracker.record.counts.tcs_stale_discarded = sync.purged_stale;
+    let connections = connection_read::start(context);
     if context.settings.gmc.source == GmcSourceKind::Queue {
-        return match read_queue(context).await {
-            Ok((outcomes, doctors, pending)) => Ok((
+        let read = match read_queue(context).await {
+            Ok(read) => connection_read::finish(context, connections)
+                .await
+                .map(|c| (read, c)),
+            Err(e) => Err(e),
+        };
+        return match read {
+            Ok(((outcomes, doctors, pending), connections)) => Ok((
                 Sources {
                     sync,
                     outcomes,
                     doctors,
+                    connections,
                 },
                 GmcBatches(Some(pending)),
             )),
@@ -110,7 +123,13 @@ pub(super) async fn run(context: &mut RunContext<'_>) -> anyhow::Result<(Sources
         })
         .await;
     progress.into_inner().expect("progress").finish();
-    let ((outcomes, load), read) = match read {
+    let read = match read {
+        Ok(read) => connection_read::finish(context, connections)
+            .await
+            .map(|c| (read, c)),
+        Err(e) => Err(e),
+    };
+    let (((outcomes, load), read), connections) = match read {
         Ok(read) => read,
         Err(e) => {
             sync.close().await;
@@ -132,6 +151,7 @@ pub(super) async fn run(context: &mut RunContext<'_>) -> anyhow::Result<(Sources
             sync,
             outcomes,
             doctors: read.doctors,
+            connections,
         },
         GmcBatches(None),
     ))

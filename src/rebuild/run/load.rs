@@ -77,8 +77,13 @@ pub(super) async fn run(
         mut sync,
         outcomes,
         doctors,
+        connections,
     } = sources;
-    let gmc = Arc::new(GmcInMemory { doctors, outcomes });
+    let gmc = Arc::new(GmcInMemory {
+        doctors,
+        outcomes,
+        connections,
+    });
     let (sender, writer_outcomes, writer) = context.engine.bulk_writer::<Ticket>(master);
     context.tracker.watch_bulk(writer.progress());
     context.tracker.begin(RunPhase::TcsMerge).await;

@@ -33,6 +33,7 @@
 
 mod catchup;
 mod cleanup;
+mod connection_read;
 mod gmc_only;
 mod gmc_read;
 mod load;

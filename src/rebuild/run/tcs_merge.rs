@@ -2,8 +2,9 @@
 //! takes the sync until `syncEnd`, counting records, duplicates and
 //! rejects, and cuts batches (full, or when the stream pauses). The merge
 //! stage merges each record with its GMC doctor and outcome, both read into
-//! memory before (step 2, no look-up per batch), and sends the documents
-//! with the record's precedence as external version.
+//! memory before (step 2, no look-up per batch), with the doctor's
+//! connection data, and sends the documents with the record's precedence
+//! as external version.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +19,7 @@ use super::RunContext;
 use crate::domain::{merge, GmcNumber, TcsRecord};
 use crate::rebuild::record::RunPhase;
 use crate::search::{BulkItem, BulkSender};
+use crate::sources::connection::ConnectionMap;
 use crate::sources::gmc::{DoctorStore, GmcNumberSet, OutcomeMap};
 use crate::sources::tcs::{TcsEvent, TcsSync, TcsTicket};
 
@@ -180,6 +182,7 @@ pub(super) async fn merge_stage(
                 Some(&pending.record),
                 doctor.as_ref(),
                 gmc.outcomes.get(&pending.number).copied(),
+                gmc.connections.get(&pending.number),
                 &updated_at,
             );
             let item = BulkItem {
@@ -198,10 +201,12 @@ pub(super) async fn merge_stage(
     Ok(())
 }
 
-/// The GMC side of the run, read once into memory by step 2.
+/// The GMC side of the run, read once into memory by step 2, with the
+/// connection service's data.
 pub(super) struct GmcInMemory {
     pub doctors: DoctorStore,
     pub outcomes: OutcomeMap,
+    pub connections: ConnectionMap,
 }
 
 /// `updatedAt` of the documents written now.
