@@ -340,7 +340,12 @@ async fn apply(
 ) -> Vec<UpdateResult> {
     let items: Vec<UpdateItem> = changes
         .iter()
-        .map(|c| item(c.number().as_str(), update_for(c, &Known::default(), AT)))
+        .map(|c| {
+            item(
+                c.number().expect("a doctor change").as_str(),
+                update_for(c, &Known::default(), AT),
+            )
+        })
         .collect();
     let report = apply_updates(client, Target::Generation(generation), &items, AT, retry)
         .await

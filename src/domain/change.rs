@@ -47,22 +47,30 @@ pub enum Change {
     /// A recommendation of this doctor changed: its latest outcome must be
     /// recomputed.
     Recommendation { number: GmcNumber },
+    /// A TCS update without a GMC number: the trainee `person` is filtered
+    /// out of TIS, so its TIS fields leave every document that holds it.
+    TcsLeft { person: i64 },
 }
 
 impl Change {
-    pub fn number(&self) -> &GmcNumber {
+    /// The doctor it is about; none for a trainee filtered out of TIS
+    /// (whose documents are found by `tcsPersonId`).
+    pub fn number(&self) -> Option<&GmcNumber> {
         match self {
             Change::Tcs { number, .. }
             | Change::Doctor { number, .. }
             | Change::DoctorLeft { number }
-            | Change::Recommendation { number } => number,
+            | Change::Recommendation { number } => Some(number),
+            Change::TcsLeft { .. } => None,
         }
     }
 
-    /// The source, for counting: `tcs`, `doctor`, `doctor_left`, `recommendation`.
+    /// The source, for counting: `tcs`, `tcs_left`, `doctor`, `doctor_left`,
+    /// `recommendation`.
     pub fn kind(&self) -> &'static str {
         match self {
             Change::Tcs { .. } => "tcs",
+            Change::TcsLeft { .. } => "tcs_left",
             Change::Doctor { .. } => "doctor",
             Change::DoctorLeft { .. } => "doctor_left",
             Change::Recommendation { .. } => "recommendation",
@@ -100,6 +108,11 @@ pub enum DocUpdate {
     /// The doctor left GMC: clear the GMC fields and mark it not in GMC when
     /// TCS knows it, delete the document when only GMC did.
     LeaveGmc,
+    /// The trainee `person` left TIS: when the document holds that trainee,
+    /// clear the TIS fields (`keep`: GMC knows the doctor) or delete the
+    /// document (only TIS did, so a rebuild would not make it either);
+    /// nothing otherwise (see [`leave_tcs_script`]).
+    LeaveTcs { person: i64, keep: bool },
 }
 
 /// Fields only TCS gives.
@@ -169,6 +182,12 @@ pub fn update_for(change: &Change, known: &Known, updated_at: &str) -> DocUpdate
                 "updatedAt": updated_at,
             }),
         },
+        // For each document found holding the trainee; `known` is that
+        // document's doctor.
+        Change::TcsLeft { person } => DocUpdate::LeaveTcs {
+            person: *person,
+            keep: known.doctor.is_some(),
+        },
     }
 }
 
@@ -180,6 +199,27 @@ pub fn leave_gmc_script(updated_at: &str) -> Value {
         "source": "if (ctx._source.tcsPersonId == null) { ctx.op = 'delete'; } else { for (f in params.fields) { ctx._source.remove(f); } ctx._source.existsInGmc = false; ctx._source.updatedAt = params.updatedAt; }",
         "params": {
             "fields": ["designatedBody", "tisStatus", "underNotice", "admin", "lastUpdatedDate"],
+            "updatedAt": updated_at,
+        }
+    })
+}
+
+/// The painless script of [`DocUpdate::LeaveTcs`]. `tcsPersonId` may be
+/// stored as a number or a string; the comparison takes both.
+pub fn leave_tcs_script(person: i64, keep: bool, updated_at: &str) -> Value {
+    json!({
+        "lang": "painless",
+        "source": "def p = ctx._source.tcsPersonId; \
+    long stored = -1L; \
+    if (p instanceof Number) { stored = ((Number) p).longValue(); } \
+    else if (p instanceof String) { try { stored = Long.parseLong(((String) p).trim()); } catch (NumberFormatException e) { stored = -1L; } } \
+    if (stored != ((Number) params.person).longValue()) { ctx.op = 'noop'; } \
+    else if (!params.keep) { ctx.op = 'delete'; } \
+    else { for (f in params.fields) { ctx._source.remove(f); } ctx._source.updatedAt = params.updatedAt; }",
+        "params": {
+            "person": person,
+            "keep": keep,
+            "fields": TCS_FIELDS,
             "updatedAt": updated_at,
         }
     })

@@ -14,4 +14,7 @@ pub use connection::{ConnectionLog, DoctorConnection, HiddenDiscrepancy};
 pub use gmc::{GmcDoctor, GmcStatus};
 pub use gmc_number::{GmcNumber, GmcNumberError};
 pub use master::{merge, MasterDoctor};
-pub use tcs::{parse_tcs_message, parse_tcs_message_within, RejectReason, TcsMessage, TcsRecord};
+pub use tcs::{
+    parse_tcs_message, parse_tcs_message_within, parse_tcs_update, RejectReason, TcsMessage,
+    TcsRecord, TcsUpdate,
+};

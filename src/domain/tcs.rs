@@ -123,6 +123,35 @@ pub fn parse_tcs_message_within(body: &[u8], limit: usize) -> Result<TcsMessage,
     parse_tcs_message(body)
 }
 
+/// What a message of the update queue is.
+#[derive(Debug)]
+pub enum TcsUpdate {
+    /// A sync-shaped message: a trainee's record (or a stray `syncEnd`).
+    Message(TcsMessage),
+    /// A trainee with a `tcsPersonId` and no GMC number: filtered out of
+    /// TIS (today's rule), its TIS fields leave every document holding it.
+    FilteredOut { person: i64 },
+}
+
+/// Parses one message of the update queue: as a sync record, except that a
+/// missing (null, absent or blank) GMC number with a `tcsPersonId` means
+/// the trainee was filtered out of TIS. Without a `tcsPersonId` it stays a
+/// reject (`missing_gmc_number`), as today.
+pub fn parse_tcs_update(body: &[u8], limit: usize) -> Result<TcsUpdate, RejectReason> {
+    match parse_tcs_message_within(body, limit) {
+        Err(RejectReason::BadGmcNumber(GmcNumberError::Missing)) => {
+            let person = serde_json::from_slice::<TcsRecord>(body)
+                .ok()
+                .and_then(|r| r.tcs_person_id);
+            match person {
+                Some(person) => Ok(TcsUpdate::FilteredOut { person }),
+                None => Err(RejectReason::BadGmcNumber(GmcNumberError::Missing)),
+            }
+        }
+        other => other.map(TcsUpdate::Message),
+    }
+}
+
 /// Parses one message body. `"syncStart"` never appears on this queue; a
 /// record with `syncEnd: true` ends the stream whatever else it holds.
 pub fn parse_tcs_message(body: &[u8]) -> Result<TcsMessage, RejectReason> {

@@ -5,7 +5,7 @@
 
 use bson::{Binary, Bson, Document};
 
-use crate::domain::{parse_tcs_message, Change, GmcDoctor, GmcNumber, TcsMessage};
+use crate::domain::{parse_tcs_update, Change, GmcDoctor, GmcNumber, TcsMessage, TcsUpdate};
 use crate::handover::{JournalEntry, NewEntry};
 
 /// A change in its source form.
@@ -25,9 +25,13 @@ impl Recorded {
     /// The change it stands for, or why it is not one (the reject key).
     pub fn change(&self) -> Result<Change, &'static str> {
         match self {
-            Recorded::Tcs(body) => match parse_tcs_message(body) {
-                Ok(TcsMessage::Record(number, record)) => Ok(Change::Tcs { number, record }),
-                Ok(TcsMessage::SyncEnd) => Err("sync_end_on_update_queue"),
+            // The size limit was checked when the message arrived.
+            Recorded::Tcs(body) => match parse_tcs_update(body, usize::MAX) {
+                Ok(TcsUpdate::Message(TcsMessage::Record(number, record))) => {
+                    Ok(Change::Tcs { number, record })
+                }
+                Ok(TcsUpdate::FilteredOut { person }) => Ok(Change::TcsLeft { person }),
+                Ok(TcsUpdate::Message(TcsMessage::SyncEnd)) => Err("sync_end_on_update_queue"),
                 Err(reason) => Err(reason.as_str()),
             },
             Recorded::Doctor(doc) => match GmcDoctor::from_document(doc) {
@@ -46,8 +50,9 @@ impl Recorded {
         }
     }
 
-    /// The journal entry of this change (for doctor `number`).
-    pub fn entry(&self, number: &GmcNumber) -> NewEntry {
+    /// The journal entry of this change (for doctor `number`; none for a
+    /// trainee filtered out of TIS, whose body names the trainee).
+    pub fn entry(&self, number: Option<&GmcNumber>) -> NewEntry {
         let (kind, payload) = match self {
             Recorded::Tcs(body) => (
                 "tcs",
@@ -62,7 +67,7 @@ impl Recorded {
         };
         NewEntry {
             kind,
-            number: number.as_str().to_string(),
+            number: number.map(|n| n.as_str().to_string()).unwrap_or_default(),
             payload,
         }
     }
@@ -92,7 +97,7 @@ mod tests {
 
     fn round_trip(recorded: Recorded, number: &str) -> Recorded {
         let number = GmcNumber::parse(number).unwrap();
-        let new = recorded.entry(&number);
+        let new = recorded.entry(Some(&number));
         let entry = JournalEntry {
             seq: 1,
             kind: new.kind.to_string(),
@@ -132,8 +137,15 @@ mod tests {
             Recorded::Tcs(b"{nope".to_vec()).change(),
             Err("invalid_json")
         );
+        // A trainee without a GMC number is one filtered out of TIS; with
+        // no tcsPersonId either, nothing can be done with it.
         assert_eq!(
             Recorded::Tcs(br#"{"tcsPersonId": 1}"#.to_vec()).change(),
+            Ok(Change::TcsLeft { person: 1 })
+        );
+        assert_eq!(
+            Recorded::Tcs(br#"{"gmcReferenceNumber": null, "programmeName": "X"}"#.to_vec())
+                .change(),
             Err("missing_gmc_number")
         );
         assert_eq!(

@@ -18,7 +18,7 @@ use crate::sources::gmc::GmcSource;
 
 use super::applier::coalesce::latest;
 use super::recorded::Recorded;
-use super::resolve::resolve;
+use super::resolve::{resolve, Finder};
 
 /// Entries read, coalesced and replayed at a time.
 const REPLAY_CHUNK: i64 = 2000;
@@ -95,7 +95,15 @@ impl Replayer<'_> {
             let changes: Vec<Change> = keep.into_iter().map(|i| changes[i].clone()).collect();
             let updated_at =
                 chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-            let items = resolve(self.gmc, &changes, &updated_at).await?;
+            // The trainees filtered out of TIS are looked for in the first
+            // generation; the others are copies of it.
+            let finder = Finder {
+                search: self.search,
+                target: self.generations.first().copied().unwrap_or_default(),
+            };
+            let items = resolve(self.gmc, finder, &changes, &updated_at)
+                .await?
+                .items;
             for (i, generation) in self.generations.iter().enumerate() {
                 let applied = apply_updates_in_lanes(
                     self.search,

@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 use tracing::warn;
 
 use super::client::{SearchClient, SearchError};
-use crate::domain::change::{leave_gmc_script, merge_tcs_script};
+use crate::domain::change::{leave_gmc_script, leave_tcs_script, merge_tcs_script};
 use crate::domain::DocUpdate;
 use crate::retry::RetryPolicy;
 use crate::search::bulk::classify::{index_refusal, BLOCKED, RETRIES_EXHAUSTED};
@@ -185,6 +185,9 @@ pub fn encode_updates(items: &[UpdateItem], updated_at: &str) -> Vec<u8> {
             }),
             DocUpdate::MergeIfPresent { doc } => json!({"doc": doc}),
             DocUpdate::LeaveGmc => json!({"script": leave_gmc_script(updated_at)}),
+            DocUpdate::LeaveTcs { person, keep } => {
+                json!({"script": leave_tcs_script(*person, *keep, updated_at)})
+            }
         };
         // Serializing a JSON value into a Vec cannot fail.
         let _ = serde_json::to_writer(&mut out, &action);

@@ -17,7 +17,7 @@ use super::settle::settle;
 use crate::config::Settings;
 use crate::domain::Change;
 use crate::handover::{Gate, MongoHandover, NewEntry};
-use crate::live::resolve::resolve;
+use crate::live::resolve::{resolve, Finder};
 use crate::retry::RetryPolicy;
 use crate::search::updates::{apply_updates_in_lanes, Target, UpdateResult};
 use crate::search::SearchClient;
@@ -156,15 +156,19 @@ impl Active<'_> {
         }
         let updated_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         let mut waits = self.retry.endless_waits();
-        let report = loop {
+        let per_change = loop {
+            let finder = Finder {
+                search: &self.search,
+                target: &self.write_alias,
+            };
             let attempt = async {
-                let items = resolve(&self.gmc, &changes, &updated_at).await?;
+                let resolved = resolve(&self.gmc, finder, &changes, &updated_at).await?;
                 // Documents apart in concurrent requests, as the bulk
                 // writer does: a flood's batches are many doctors.
                 let report = apply_updates_in_lanes(
                     &self.search,
                     Target::Alias(&self.write_alias),
-                    &items,
+                    &resolved.items,
                     &updated_at,
                     &self.retry,
                     self.settings.bulk.concurrency,
@@ -174,11 +178,11 @@ impl Active<'_> {
                     Some(reason) => Err(anyhow!(
                         "the live index refuses writes ({reason}); the changes wait, unsettled"
                     )),
-                    None => Ok(report),
+                    None => Ok(resolved.per_change(report.results, changes.len())),
                 }
             };
             match attempt.await {
-                Ok(report) => break report,
+                Ok(per_change) => break per_change,
                 Err(e) => {
                     let delay = waits.next().unwrap_or(self.retry.max_backoff);
                     warn!(error = %format!("{e:#}"), delay_ms = delay.as_millis() as u64, "Live applier: writing the batch failed; trying again.");
@@ -188,7 +192,7 @@ impl Active<'_> {
                 }
             }
         };
-        for (result, i) in report.results.into_iter().zip(&at) {
+        for (result, i) in per_change.into_iter().zip(&at) {
             results[*i] = result;
         }
         for change in &changes {

@@ -19,6 +19,9 @@ use crate::domain::Change;
 #[derive(Debug, PartialEq, Eq, Hash)]
 enum Key<'a> {
     Trainee(&'a str, Option<i64>),
+    /// A trainee filtered out of TIS: its later leaving supersedes an
+    /// earlier one (its updates in between keep their own key and order).
+    TraineeLeft(i64),
     Doctor(&'a str),
     Recommendation(&'a str),
 }
@@ -30,6 +33,7 @@ fn key_of(change: &Change) -> Key<'_> {
             Key::Doctor(number.as_str())
         }
         Change::Recommendation { number } => Key::Recommendation(number.as_str()),
+        Change::TcsLeft { person } => Key::TraineeLeft(*person),
     }
 }
 
@@ -76,7 +80,7 @@ mod tests {
     fn incoming(change: Change) -> Incoming {
         let entry = NewEntry {
             kind: change.kind(),
-            number: change.number().as_str().to_string(),
+            number: change.number().unwrap().as_str().to_string(),
             payload: bson::Bson::Null,
         };
         Incoming {

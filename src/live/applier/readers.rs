@@ -59,10 +59,20 @@ pub(super) async fn read_updates(mut updates: TcsUpdates, tx: Feed) {
                 record,
                 ticket,
             }) => {
-                let entry = Recorded::Tcs(ticket.body.clone()).entry(&number);
+                let entry = Recorded::Tcs(ticket.body.clone()).entry(Some(&number));
                 Incoming {
                     applied: Some(Applied {
                         change: Change::Tcs { number, record },
+                        entry,
+                    }),
+                    settle: Settle::Tcs(ticket),
+                }
+            }
+            Ok(UpdateEvent::FilteredOut { person, ticket }) => {
+                let entry = Recorded::Tcs(ticket.body.clone()).entry(None);
+                Incoming {
+                    applied: Some(Applied {
+                        change: Change::TcsLeft { person },
                         entry,
                     }),
                     settle: Settle::Tcs(ticket),
@@ -240,7 +250,7 @@ mod tests {
         let incoming = incoming_of(event(GmcEvent::DoctorUpserted(doc.clone())));
         let applied = incoming.applied.expect("a change");
         assert!(matches!(applied.change, Change::Doctor { .. }));
-        assert_eq!(applied.change.number().as_str(), "7000002");
+        assert_eq!(applied.change.number().unwrap().as_str(), "7000002");
         assert_eq!(applied.entry.kind, "doctor");
         assert_eq!(applied.entry.payload, Bson::Document(doc));
         assert!(matches!(incoming.settle, Settle::Stream { .. }));

@@ -13,7 +13,7 @@ use tracing::debug;
 use super::acks::{TcsAcks, TcsTicket};
 use super::topology::{consume_with_dead_letters, declare_topology};
 use crate::config::RabbitSettings;
-use crate::domain::{parse_tcs_message_within, GmcNumber, TcsMessage, TcsRecord};
+use crate::domain::{parse_tcs_update, GmcNumber, TcsMessage, TcsRecord, TcsUpdate};
 use crate::sources::{rabbit_connection, SourceError};
 
 /// What one message of the update queue is.
@@ -25,6 +25,9 @@ pub enum UpdateEvent {
         record: Box<TcsRecord>,
         ticket: TcsTicket,
     },
+    /// A trainee filtered out of TIS (no GMC number, a `tcsPersonId`):
+    /// settle the ticket once its TIS fields are gone from the index.
+    FilteredOut { person: i64, ticket: TcsTicket },
     /// Not a change: dead-lettered (or, for a stray `syncEnd`, acked).
     Rejected { reason: &'static str },
 }
@@ -121,13 +124,16 @@ impl TcsUpdates {
             epoch: 0,
             body: delivery.data,
         };
-        match parse_tcs_message_within(&ticket.body, self.max_message_bytes) {
-            Ok(TcsMessage::Record(number, record)) => Ok(UpdateEvent::Record {
+        match parse_tcs_update(&ticket.body, self.max_message_bytes) {
+            Ok(TcsUpdate::Message(TcsMessage::Record(number, record))) => Ok(UpdateEvent::Record {
                 number,
                 record,
                 ticket,
             }),
-            Ok(TcsMessage::SyncEnd) => {
+            Ok(TcsUpdate::FilteredOut { person }) => {
+                Ok(UpdateEvent::FilteredOut { person, ticket })
+            }
+            Ok(TcsUpdate::Message(TcsMessage::SyncEnd)) => {
                 // A syncEnd belongs to the sync queue; here it changes nothing.
                 self.acks.ack(&ticket).await?;
                 Ok(UpdateEvent::Rejected {
