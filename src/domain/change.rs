@@ -24,6 +24,7 @@
 
 use serde_json::{json, Map, Value};
 
+use super::connection::DoctorConnection;
 use super::gmc::{GmcDoctor, GmcStatus};
 use super::gmc_number::GmcNumber;
 use super::master::{merge, MasterDoctor};
@@ -50,6 +51,12 @@ pub enum Change {
     /// A TCS update without a GMC number: the trainee `person` is filtered
     /// out of TIS, so its TIS fields leave every document that holds it.
     TcsLeft { person: i64 },
+    /// A connection log or hidden discrepancy of this doctor was written:
+    /// its connection fields must be recomputed.
+    Connection { number: GmcNumber },
+    /// The hidden discrepancy `id` was deleted (un-hidden): the document
+    /// holding it has its connection fields recomputed.
+    Unhidden { id: String },
 }
 
 impl Change {
@@ -60,17 +67,20 @@ impl Change {
             Change::Tcs { number, .. }
             | Change::Doctor { number, .. }
             | Change::DoctorLeft { number }
-            | Change::Recommendation { number } => Some(number),
-            Change::TcsLeft { .. } => None,
+            | Change::Recommendation { number }
+            | Change::Connection { number } => Some(number),
+            Change::TcsLeft { .. } | Change::Unhidden { .. } => None,
         }
     }
 
     /// The source, for counting: `tcs`, `tcs_left`, `doctor`, `doctor_left`,
-    /// `recommendation`.
+    /// `recommendation`, `connection`, `unhidden`.
     pub fn kind(&self) -> &'static str {
         match self {
             Change::Tcs { .. } => "tcs",
             Change::TcsLeft { .. } => "tcs_left",
+            Change::Connection { .. } => "connection",
+            Change::Unhidden { .. } => "unhidden",
             Change::Doctor { .. } => "doctor",
             Change::DoctorLeft { .. } => "doctor_left",
             Change::Recommendation { .. } => "recommendation",
@@ -85,6 +95,9 @@ pub struct Known {
     pub doctor: Option<GmcDoctor>,
     /// The latest submitted outcome, if any.
     pub outcome: Option<GmcStatus>,
+    /// The connection service's data of the doctor, when the change needs
+    /// it (none: no log, nothing hidden).
+    pub connection: Option<DoctorConnection>,
 }
 
 /// The `_update` of one change against a master document.
@@ -182,12 +195,33 @@ pub fn update_for(change: &Change, known: &Known, updated_at: &str) -> DocUpdate
                 "updatedAt": updated_at,
             }),
         },
+        // The connection fields as the connection service's data stands
+        // now (for an un-hidden discrepancy: of the document that held it).
+        // (resolved per document holding it: `known` is that doctor's).
+        Change::Connection { .. } | Change::Unhidden { .. } => {
+            connection_update(known.connection.as_ref(), updated_at)
+        }
         // For each document found holding the trainee; `known` is that
         // document's doctor.
         Change::TcsLeft { person } => DocUpdate::LeaveTcs {
             person: *person,
             keep: known.doctor.is_some(),
         },
+    }
+}
+
+/// The connection fields of a present document set to what `connection`
+/// says (none: cleared, nothing hidden); an absent document stays absent,
+/// as today's integration only updates existing ones.
+fn connection_update(connection: Option<&DoctorConnection>, updated_at: &str) -> DocUpdate {
+    let hidden = connection.map(|c| c.hidden().to_vec()).unwrap_or_default();
+    DocUpdate::MergeIfPresent {
+        doc: json!({
+            "updatedBy": connection.and_then(DoctorConnection::updated_by),
+            "lastConnectionDateTime": connection.and_then(DoctorConnection::last_connection_date_time),
+            "hiddenDiscrepancies": hidden,
+            "updatedAt": updated_at,
+        }),
     }
 }
 
@@ -337,6 +371,7 @@ mod tests {
         let known = Known {
             doctor: Some(gmc()),
             outcome: Some(GmcStatus::Approved),
+            connection: None,
         };
         let DocUpdate::MergeTcs {
             doc,

@@ -1,6 +1,7 @@
 //! A live change as it arrived and as the journal keeps it. The journal
 //! stores each change in its source form (the TCS message body, the
-//! `doctorsForDB` document, the GMC number), so that a rebuild's catch-up
+//! `doctorsForDB` document, the GMC number, an un-hidden discrepancy's
+//! id), so that a rebuild's catch-up
 //! rebuilds exactly the change the applier applied, with today's rules.
 
 use bson::{Binary, Bson, Document};
@@ -19,6 +20,10 @@ pub enum Recorded {
     DoctorLeft(GmcNumber),
     /// A recommendation of this doctor changed.
     Recommendation(GmcNumber),
+    /// A connection log or hidden discrepancy of this doctor was written.
+    Connection(GmcNumber),
+    /// The hidden discrepancy with this `_id` was deleted.
+    Unhidden(String),
 }
 
 impl Recorded {
@@ -47,6 +52,10 @@ impl Recorded {
             Recorded::Recommendation(number) => Ok(Change::Recommendation {
                 number: number.clone(),
             }),
+            Recorded::Connection(number) => Ok(Change::Connection {
+                number: number.clone(),
+            }),
+            Recorded::Unhidden(id) => Ok(Change::Unhidden { id: id.clone() }),
         }
     }
 
@@ -64,6 +73,8 @@ impl Recorded {
             Recorded::Doctor(doc) => ("doctor", Bson::Document(doc.clone())),
             Recorded::DoctorLeft(_) => ("doctor_left", Bson::Null),
             Recorded::Recommendation(_) => ("recommendation", Bson::Null),
+            Recorded::Connection(_) => ("connection", Bson::Null),
+            Recorded::Unhidden(id) => ("unhidden", Bson::String(id.clone())),
         };
         NewEntry {
             kind,
@@ -82,6 +93,8 @@ impl Recorded {
             ("doctor", Bson::Document(d)) => Ok(Recorded::Doctor(d.clone())),
             ("doctor_left", _) => Ok(Recorded::DoctorLeft(number()?)),
             ("recommendation", _) => Ok(Recorded::Recommendation(number()?)),
+            ("connection", _) => Ok(Recorded::Connection(number()?)),
+            ("unhidden", Bson::String(id)) => Ok(Recorded::Unhidden(id.clone())),
             (kind, _) => Err(format!(
                 "journal entry {} has an unknown kind {kind:?} or payload",
                 entry.seq
@@ -129,6 +142,16 @@ mod tests {
         assert_eq!(round_trip(left.clone(), "7000003"), left);
         let rec = Recorded::Recommendation(GmcNumber::parse("7000004").unwrap());
         assert_eq!(round_trip(rec.clone(), "7000004"), rec);
+        let connection = Recorded::Connection(GmcNumber::parse("7000005").unwrap());
+        assert_eq!(round_trip(connection.clone(), "7000005"), connection);
+        let unhidden = Recorded::Unhidden("6561f0c2a1b2c3d4e5f60718".into());
+        assert_eq!(round_trip(unhidden.clone(), "7000006"), unhidden);
+        assert_eq!(
+            unhidden.change(),
+            Ok(Change::Unhidden {
+                id: "6561f0c2a1b2c3d4e5f60718".into()
+            })
+        );
     }
 
     #[test]

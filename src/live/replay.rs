@@ -14,6 +14,7 @@ use crate::handover::MongoHandover;
 use crate::retry::RetryPolicy;
 use crate::search::updates::{apply_updates_in_lanes, Target};
 use crate::search::SearchClient;
+use crate::sources::connection::ConnectionSource;
 use crate::sources::gmc::GmcSource;
 
 use super::applier::coalesce::latest;
@@ -43,6 +44,8 @@ pub struct ReplayReport {
 pub struct Replayer<'a> {
     pub handover: &'a MongoHandover,
     pub gmc: &'a GmcSource,
+    /// The connection service's data, when the index keeps it.
+    pub connection: Option<&'a ConnectionSource>,
     pub search: &'a SearchClient,
     /// The generations to replay onto, by name; counts are the first's.
     pub generations: Vec<&'a str>,
@@ -101,7 +104,7 @@ impl Replayer<'_> {
                 search: self.search,
                 target: self.generations.first().copied().unwrap_or_default(),
             };
-            let items = resolve(self.gmc, finder, &changes, &updated_at)
+            let items = resolve(self.gmc, self.connection, finder, &changes, &updated_at)
                 .await?
                 .items;
             for (i, generation) in self.generations.iter().enumerate() {

@@ -1,8 +1,10 @@
 //! Turning a batch of changes into document updates: one `$in` lookup of
 //! the GMC doctors the changes need (for the shared fields, for a doctor
 //! that must be created whole, and for the documents a trainee filtered out
-//! of TIS leaves), one aggregation for the latest outcomes, a search of the
-//! target for the documents holding each trainee filtered out, then
+//! of TIS leaves), one aggregation for the latest outcomes, the connection
+//! data of the doctors whose connection changed, a search of the target
+//! for the documents holding each trainee filtered out and each un-hidden
+//! discrepancy, then
 //! [`update_for`] per change and document. Used by the live applier and by
 //! a rebuild's catch-up alike.
 
@@ -15,6 +17,7 @@ use serde_json::json;
 use crate::domain::{update_for, Change, GmcNumber, Known};
 use crate::search::updates::{UpdateItem, UpdateResult};
 use crate::search::SearchClient;
+use crate::sources::connection::ConnectionSource;
 use crate::sources::gmc::GmcSource;
 
 /// Documents of one trainee looked up at most (a trainee has one document
@@ -32,8 +35,33 @@ pub struct Finder<'a> {
 impl Finder<'_> {
     /// The ids of the documents holding trainee `person` now.
     async fn holders_of(&self, person: i64) -> anyhow::Result<Vec<String>> {
+        self.ids_matching(
+            json!({"term": {"tcsPersonId": person}}),
+            &format!("trainee {person}"),
+        )
+        .await
+    }
+
+    /// The ids of the documents holding the hidden discrepancy `id` now.
+    async fn hiding(&self, id: &str) -> anyhow::Result<Vec<String>> {
+        self.ids_matching(
+            json!({"nested": {
+                "path": "hiddenDiscrepancies",
+                "query": {"term": {"hiddenDiscrepancies.id.keyword": id}},
+                "ignore_unmapped": true,
+            }}),
+            &format!("hidden discrepancy {id}"),
+        )
+        .await
+    }
+
+    async fn ids_matching(
+        &self,
+        query: serde_json::Value,
+        what: &str,
+    ) -> anyhow::Result<Vec<String>> {
         let body = json!({
-            "query": {"term": {"tcsPersonId": person}},
+            "query": query,
             "size": HOLDERS_MAX,
             "_source": false,
         });
@@ -46,7 +74,7 @@ impl Finder<'_> {
                 Some(&body),
             )
             .await
-            .with_context(|| format!("while looking for the documents of trainee {person}"))?;
+            .with_context(|| format!("while looking for the documents of {what}"))?;
         Ok(answer["hits"]["hits"]
             .as_array()
             .map(|hits| {
@@ -84,9 +112,11 @@ impl Resolved {
     }
 }
 
-/// The updates of `changes`, in their order.
+/// The updates of `changes`, in their order. `connection`: where the
+/// connection service's data is read (none: it is not kept in the index).
 pub async fn resolve(
     gmc: &GmcSource,
+    connection: Option<&ConnectionSource>,
     finder: Finder<'_>,
     changes: &[Change],
     updated_at: &str,
@@ -115,6 +145,33 @@ pub async fn resolve(
         numbers.dedup();
         holders.insert(*person, numbers);
     }
+    // The documents holding each un-hidden discrepancy.
+    let mut hiding: HashMap<&str, Vec<GmcNumber>> = HashMap::new();
+    for change in changes {
+        if let Change::Unhidden { id } = change {
+            let numbers = finder
+                .hiding(id)
+                .await?
+                .iter()
+                .filter_map(|n| GmcNumber::parse(n).ok())
+                .collect();
+            hiding.insert(id.as_str(), numbers);
+        }
+    }
+    let mut need_connection: Vec<GmcNumber> = changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::Connection { number } => Some(number.clone()),
+            _ => None,
+        })
+        .chain(hiding.values().flatten().cloned())
+        .collect();
+    need_connection.sort_unstable();
+    need_connection.dedup();
+    let connections = match connection {
+        Some(source) if !need_connection.is_empty() => source.of(&need_connection).await?,
+        _ => Default::default(),
+    };
     let mut need_doctor: Vec<GmcNumber> = changes
         .iter()
         .filter_map(|c| match c {
@@ -141,11 +198,13 @@ pub async fn resolve(
     let known = |number: &GmcNumber| Known {
         doctor: doctors.get(number).cloned(),
         outcome: outcomes.get(number).copied(),
+        connection: connections.get(number).cloned(),
     };
     let mut resolved = Resolved::default();
     for (i, change) in changes.iter().enumerate() {
         let targets: Vec<&GmcNumber> = match (change, change.number()) {
             (Change::TcsLeft { person }, _) => holders[person].iter().collect(),
+            (Change::Unhidden { id }, _) => hiding[id.as_str()].iter().collect(),
             (_, Some(number)) => vec![number],
             (_, None) => Vec::new(),
         };

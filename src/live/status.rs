@@ -8,9 +8,6 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-/// The sources of an active applier: the update queue and two change streams.
-pub const SOURCES: u8 = 3;
-
 /// A snapshot of the applier's state.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LiveState {
@@ -18,12 +15,14 @@ pub struct LiveState {
     pub active: bool,
     /// Sources open since it became active.
     pub sources_open: u8,
+    /// Sources it opens: the update queue and its change streams.
+    pub sources: u8,
 }
 
 impl LiveState {
     /// Active, with every source open.
     pub fn ready(&self) -> bool {
-        self.active && self.sources_open >= SOURCES
+        self.active && self.sources_open >= self.sources
     }
 }
 
@@ -59,10 +58,11 @@ impl LiveStatus {
             .is_ok_and(|r| r.is_ok())
     }
 
-    pub(crate) fn became_active(&self) {
+    pub(crate) fn became_active(&self, sources: u8) {
         self.state.send_replace(LiveState {
             active: true,
             sources_open: 0,
+            sources,
         });
     }
 
@@ -84,7 +84,7 @@ mod tests {
     async fn ready_means_active_with_every_source_open() {
         let status = LiveStatus::new();
         assert!(!status.wait_ready(Duration::from_millis(10)).await);
-        status.became_active();
+        status.became_active(3);
         status.source_opened();
         status.source_opened();
         assert!(!status.now().ready());

@@ -7,7 +7,9 @@
 //!   document (`fullDocument: updateLookup`); a delete, its `_id`;
 //! - a `recommendation` change names its doctor (`gmcNumber` of the full
 //!   document); a deleted recommendation names none (its document is gone),
-//!   so it is counted and left to the next rebuild.
+//!   so it is counted and left to the next rebuild;
+//! - a connection log or hidden discrepancy written names its doctor
+//!   (`gmcId`); a hidden discrepancy deleted (un-hidden) only its `_id`.
 
 use std::time::Duration;
 
@@ -19,6 +21,7 @@ use mongodb::options::FullDocumentType;
 use mongodb::Collection;
 
 use super::SourceError;
+use crate::config::Settings;
 
 /// The skip reason of an event that ends the stream (its collection was
 /// dropped or renamed): it must be opened again, from now.
@@ -29,6 +32,22 @@ pub const INVALIDATED: &str = "invalidated";
 pub enum Watched {
     Doctors,
     Recommendations,
+    /// The connection service's `connectionLogs`.
+    ConnectionLogs,
+    /// The connection service's `hiddenDiscrepancy`.
+    HiddenDiscrepancies,
+}
+
+impl Watched {
+    /// The name of the collection, which also keys its stored position.
+    pub fn collection<'a>(&self, settings: &'a Settings) -> &'a str {
+        match self {
+            Watched::Doctors => &settings.mongodb.doctors_collection,
+            Watched::Recommendations => &settings.mongodb.recommendation_collection,
+            Watched::ConnectionLogs => &settings.connection.logs_collection,
+            Watched::HiddenDiscrepancies => &settings.connection.hidden_collection,
+        }
+    }
 }
 
 /// One event, normalized.
@@ -40,9 +59,26 @@ pub enum GmcEvent {
     DoctorDeleted(Bson),
     /// A recommendation of this doctor (its raw `gmcNumber`) changed.
     RecommendationChanged(String),
+    /// A connection log or a hidden discrepancy of this doctor (its raw
+    /// `gmcId`) was written: its connection fields must be recomputed.
+    ConnectionChanged(String),
+    /// A hidden discrepancy was deleted (un-hidden): its `_id`, the only
+    /// thing the event says; the document holding it is found by it.
+    Unhidden(String),
     /// Nothing to apply (a deleted recommendation, an update whose document
     /// is already gone, another operation); the reason, for counting.
     Skipped(&'static str),
+}
+
+/// A string, number or ObjectId as text.
+fn raw_text(value: Option<&Bson>) -> Option<String> {
+    match value? {
+        Bson::String(s) => Some(s.clone()),
+        Bson::Int32(n) => Some(n.to_string()),
+        Bson::Int64(n) => Some(n.to_string()),
+        Bson::ObjectId(o) => Some(o.to_hex()),
+        _ => None,
+    }
 }
 
 /// An event and the token that resumes after it.
@@ -155,6 +191,26 @@ impl GmcStream {
             },
             (Watched::Recommendations, OperationType::Delete) => {
                 GmcEvent::Skipped("recommendation_deleted")
+            }
+            (
+                Watched::ConnectionLogs | Watched::HiddenDiscrepancies,
+                OperationType::Insert | OperationType::Update | OperationType::Replace,
+            ) => match event
+                .full_document
+                .as_ref()
+                .and_then(|d| raw_text(d.get("gmcId")))
+            {
+                Some(number) => GmcEvent::ConnectionChanged(number),
+                None => GmcEvent::Skipped("connection_without_gmc_id"),
+            },
+            (Watched::HiddenDiscrepancies, OperationType::Delete) => match raw_text(id.as_ref()) {
+                Some(id) => GmcEvent::Unhidden(id),
+                None => GmcEvent::Skipped("delete_without_id"),
+            },
+            // Connection logs are a history: one going away changes nothing
+            // the index shows until the next rebuild recomputes the latest.
+            (Watched::ConnectionLogs, OperationType::Delete) => {
+                GmcEvent::Skipped("connection_log_deleted")
             }
             (
                 _,

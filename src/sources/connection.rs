@@ -87,6 +87,45 @@ impl ConnectionSource {
         let (logs, hidden) = tokio::try_join!(logs, hidden)?;
         Ok(build(&logs, &hidden))
     }
+
+    /// The connection data of `numbers` only (the live applier recomputes
+    /// a doctor's connection fields this way), by `$in` look-ups of
+    /// [`IN_CHUNK`](crate::sources::gmc::IN_CHUNK) numbers: a long `$in`
+    /// costs SecantusDB the square of its length. Numbers are asked for as
+    /// written and, when numeric, as integers too.
+    pub async fn of(&self, numbers: &[GmcNumber]) -> Result<ConnectionMap, SourceError> {
+        let mut logs = Vec::new();
+        let mut hidden = Vec::new();
+        for chunk in numbers.chunks(crate::sources::gmc::IN_CHUNK) {
+            let mut wanted: Vec<Bson> = Vec::with_capacity(chunk.len() * 2);
+            for n in chunk {
+                wanted.push(Bson::String(n.as_str().to_string()));
+                if let Ok(k) = n.as_str().parse::<i64>() {
+                    wanted.push(Bson::Int64(k));
+                }
+            }
+            let filter = doc! {"gmcId": {"$in": wanted}};
+            let (l, h) = tokio::try_join!(
+                async {
+                    self.logs
+                        .find(filter.clone())
+                        .await?
+                        .try_collect::<Vec<Document>>()
+                        .await
+                },
+                async {
+                    self.hidden
+                        .find(filter.clone())
+                        .await?
+                        .try_collect::<Vec<Document>>()
+                        .await
+                },
+            )?;
+            logs.extend(l);
+            hidden.extend(h);
+        }
+        Ok(build(&logs, &hidden).map)
+    }
 }
 
 /// The map from the documents of both collections (see the module notes).

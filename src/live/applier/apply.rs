@@ -21,6 +21,7 @@ use crate::live::resolve::{resolve, Finder};
 use crate::retry::RetryPolicy;
 use crate::search::updates::{apply_updates_in_lanes, Target, UpdateResult};
 use crate::search::SearchClient;
+use crate::sources::connection::ConnectionSource;
 use crate::sources::gmc::GmcSource;
 use crate::sources::tcs::TcsAcks;
 use crate::state::lease::Lease;
@@ -42,6 +43,8 @@ pub(super) struct Active<'a> {
     pub search: SearchClient,
     pub write_alias: String,
     pub gmc: GmcSource,
+    /// The connection service's data, when the index keeps it.
+    pub connection: Option<ConnectionSource>,
     pub handover: MongoHandover,
     pub positions: StreamPositions,
     pub acks: TcsAcks,
@@ -70,14 +73,7 @@ impl Active<'_> {
         if let Some(run_id) = journal_for {
             self.journal(&run_id, &batch, &keep, stop).await?;
         }
-        settle(
-            &self.acks,
-            &self.positions,
-            &self.settings.mongodb,
-            batch,
-            &results,
-        )
-        .await?;
+        settle(&self.acks, &self.positions, self.settings, batch, &results).await?;
         metrics::histogram!(metric::LIVE_BATCH_SECONDS).record(started.elapsed().as_secs_f64());
         Ok(())
     }
@@ -162,7 +158,14 @@ impl Active<'_> {
                 target: &self.write_alias,
             };
             let attempt = async {
-                let resolved = resolve(&self.gmc, finder, &changes, &updated_at).await?;
+                let resolved = resolve(
+                    &self.gmc,
+                    self.connection.as_ref(),
+                    finder,
+                    &changes,
+                    &updated_at,
+                )
+                .await?;
                 // Documents apart in concurrent requests, as the bulk
                 // writer does: a flood's batches are many doctors.
                 let report = apply_updates_in_lanes(

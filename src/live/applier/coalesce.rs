@@ -22,6 +22,8 @@ enum Key<'a> {
     /// A trainee filtered out of TIS: its later leaving supersedes an
     /// earlier one (its updates in between keep their own key and order).
     TraineeLeft(i64),
+    Connection(&'a str),
+    Unhidden(&'a str),
     Doctor(&'a str),
     Recommendation(&'a str),
 }
@@ -34,6 +36,8 @@ fn key_of(change: &Change) -> Key<'_> {
         }
         Change::Recommendation { number } => Key::Recommendation(number.as_str()),
         Change::TcsLeft { person } => Key::TraineeLeft(*person),
+        Change::Connection { number } => Key::Connection(number.as_str()),
+        Change::Unhidden { id } => Key::Unhidden(id),
     }
 }
 

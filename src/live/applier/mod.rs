@@ -36,11 +36,12 @@ use self::batching::collect;
 use self::readers::{read_stream, read_updates, Incoming, Settle};
 use super::backlog::BacklogMeter;
 use super::status::LiveStatus;
-use crate::config::Settings;
+use crate::config::{ConnectionSourceKind, Settings};
 use crate::handover::{new_run_id, Handover, MongoStore, LIVE_LEASE};
 use crate::retry::RetryPolicy;
 use crate::search::SearchClient;
 use crate::sources::changes::Watched;
+use crate::sources::connection::ConnectionSource;
 use crate::sources::gmc::GmcSource;
 use crate::sources::mongo_client_lazy;
 use crate::sources::tcs::TcsUpdates;
@@ -76,7 +77,7 @@ pub async fn run_applier_with_status(
                 told_waiting = false;
                 info!(holder = %holder.run_id, "Live applier active.");
                 metrics::gauge!(metric::LIVE_APPLIER_ACTIVE).set(1.0);
-                status.became_active();
+                status.became_active(1 + watched_streams(&settings).len() as u8);
                 let result = active(&settings, &mongo, &lease, &stop, &status).await;
                 status.became_inactive();
                 metrics::gauge!(metric::LIVE_APPLIER_ACTIVE).set(0.0);
@@ -139,18 +140,18 @@ async fn active(
     let mut readers = JoinSet::new();
     let acks = updates.acks();
     readers.spawn(read_updates(updates, tx.clone()).in_current_span());
-    let db = mongo.database(&settings.mongodb.database);
-    for (watched, name) in [
-        (Watched::Doctors, &settings.mongodb.doctors_collection),
-        (
-            Watched::Recommendations,
-            &settings.mongodb.recommendation_collection,
-        ),
-    ] {
+    for watched in watched_streams(settings) {
+        let database = match watched {
+            Watched::ConnectionLogs | Watched::HiddenDiscrepancies => {
+                settings.connection.database(&settings.mongodb)
+            }
+            Watched::Doctors | Watched::Recommendations => &settings.mongodb.database,
+        };
+        let name = watched.collection(settings);
         readers.spawn(
             read_stream(
-                db.collection(name),
-                name.clone(),
+                mongo.database(database).collection(name),
+                name.to_string(),
                 watched,
                 positions.clone(),
                 tx.clone(),
@@ -165,6 +166,7 @@ async fn active(
         search,
         write_alias: settings.names.master_family(),
         gmc,
+        connection: connection_source(mongo, settings),
         handover: Handover::new(MongoStore::new(mongo, &settings.mongodb)),
         positions,
         acks,
@@ -230,4 +232,21 @@ fn stream_progress(batch: &[Incoming], max: usize) -> StreamProgress {
         None if batch.len() < max => StreamProgress::CaughtUp,
         None => StreamProgress::Unknown,
     }
+}
+
+/// The change streams an applier reads: GMC's two, and the connection
+/// service's two when the connection data comes from MongoDB.
+pub fn watched_streams(settings: &Settings) -> Vec<Watched> {
+    let mut watched = vec![Watched::Doctors, Watched::Recommendations];
+    if settings.connection.source == ConnectionSourceKind::Mongodb {
+        watched.extend([Watched::ConnectionLogs, Watched::HiddenDiscrepancies]);
+    }
+    watched
+}
+
+/// Where the connection service's data is read from, when the index keeps
+/// it from MongoDB.
+pub fn connection_source(mongo: &mongodb::Client, settings: &Settings) -> Option<ConnectionSource> {
+    (settings.connection.source == ConnectionSourceKind::Mongodb)
+        .then(|| ConnectionSource::new(mongo, &settings.connection, &settings.mongodb))
 }

@@ -222,6 +222,18 @@ fn incoming_of(event: WatchedEvent) -> Incoming {
             ),
             Err(_) => rejected("recommendation_unusable_gmc_number"),
         },
+        GmcEvent::ConnectionChanged(raw) => match GmcNumber::parse(&raw) {
+            Ok(number) => with_entry(
+                Change::Connection {
+                    number: number.clone(),
+                },
+                Recorded::Connection(number),
+            ),
+            Err(_) => rejected("connection_unusable_gmc_id"),
+        },
+        GmcEvent::Unhidden(id) => {
+            with_entry(Change::Unhidden { id: id.clone() }, Recorded::Unhidden(id))
+        }
         GmcEvent::Skipped(reason) => {
             metrics::counter!(metric::LIVE_SKIPPED, "reason" => reason).increment(1);
             None

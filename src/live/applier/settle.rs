@@ -5,7 +5,7 @@
 use tracing::warn;
 
 use super::readers::{Incoming, Settle};
-use crate::config::MongoSettings;
+use crate::config::Settings;
 use crate::search::updates::UpdateResult;
 use crate::sources::changes::Watched;
 use crate::sources::tcs::{TcsAcks, REJECT_INDEXING_FAILED};
@@ -50,7 +50,7 @@ pub(super) fn plan(batch: &[Incoming], results: &[UpdateResult]) -> Plan {
 pub(super) async fn settle(
     acks: &TcsAcks,
     positions: &StreamPositions,
-    mongo: &MongoSettings,
+    settings: &Settings,
     batch: Vec<Incoming>,
     results: &[UpdateResult],
 ) -> anyhow::Result<()> {
@@ -73,11 +73,7 @@ pub(super) async fn settle(
     acks.settle(tags).await?;
     for (watched, i) in plan.tokens {
         if let Some(Settle::Stream { token, .. }) = settles[i].take() {
-            let name = match watched {
-                Watched::Doctors => &mongo.doctors_collection,
-                Watched::Recommendations => &mongo.recommendation_collection,
-            };
-            positions.store(name, token).await?;
+            positions.store(watched.collection(settings), token).await?;
         }
     }
     Ok(())

@@ -29,6 +29,7 @@ use crate::live::Replayer;
 use crate::rebuild::record::RunPhase;
 use crate::rebuild::Refused;
 use crate::search::Generation;
+use crate::sources::connection::ConnectionSource;
 use crate::sources::gmc::GmcSource;
 
 /// How the catch-up stands, kept in the run's context.
@@ -78,11 +79,13 @@ async fn applier_active(context: &RunContext<'_>) -> bool {
 fn replayer<'a>(
     context: &'a RunContext<'_>,
     gmc: &'a GmcSource,
+    connection: Option<&'a ConnectionSource>,
     generations: Vec<&'a str>,
 ) -> Replayer<'a> {
     Replayer {
         handover: &context.catch_up.handover,
         gmc,
+        connection,
         search: context.engine.client(),
         generations,
         retry: &context.retry,
@@ -99,11 +102,12 @@ pub(super) async fn rounds(
     context.tracker.begin(RunPhase::CatchUp).await;
     let run_id = context.run_id();
     let gmc = GmcSource::new(&context.mongo, &context.settings.mongodb);
+    let connection = crate::live::applier::connection_source(&context.mongo, context.settings);
     let mut net = 0;
     let max_rounds = context.settings.live.catch_up_rounds.max(1);
     for _ in 0..max_rounds {
         context.check_continue()?;
-        let report = replayer(context, &gmc, vec![&master.name])
+        let report = replayer(context, &gmc, connection.as_ref(), vec![&master.name])
             .replay(&run_id, context.catch_up.seq, i64::MAX)
             .await
             .context("while replaying live changes onto the new generation")?;
@@ -150,6 +154,7 @@ async fn last_rounds(
 ) -> anyhow::Result<()> {
     let run_id = context.run_id();
     let gmc = GmcSource::new(&context.mongo, &context.settings.mongodb);
+    let connection = crate::live::applier::connection_source(&context.mongo, context.settings);
     for _ in 0..context.settings.live.catch_up_rounds.max(1) {
         let backlog = context
             .catch_up
@@ -160,10 +165,15 @@ async fn last_rounds(
             break;
         }
         context.check_continue()?;
-        let report = replayer(context, &gmc, vec![&master.name, &recommendation.name])
-            .replay(&run_id, context.catch_up.seq, i64::MAX)
-            .await
-            .context("while replaying live changes before the pause")?;
+        let report = replayer(
+            context,
+            &gmc,
+            connection.as_ref(),
+            vec![&master.name, &recommendation.name],
+        )
+        .replay(&run_id, context.catch_up.seq, i64::MAX)
+        .await
+        .context("while replaying live changes before the pause")?;
         context.catch_up.seq = report.last_seq;
         let c = &mut context.tracker.record.catch_up;
         c.rounds += 1;
@@ -227,10 +237,16 @@ pub(super) async fn pause_and_replay(
     c.voided = voided;
     c.backlog_at_pause = backlog;
     let gmc = GmcSource::new(&context.mongo, &context.settings.mongodb);
-    let report = replayer(context, &gmc, vec![&master.name, &recommendation.name])
-        .replay(&run_id, context.catch_up.seq, sealed.through)
-        .await
-        .context("while replaying the last live changes before the swap")?;
+    let connection = crate::live::applier::connection_source(&context.mongo, context.settings);
+    let report = replayer(
+        context,
+        &gmc,
+        connection.as_ref(),
+        vec![&master.name, &recommendation.name],
+    )
+    .replay(&run_id, context.catch_up.seq, sealed.through)
+    .await
+    .context("while replaying the last live changes before the swap")?;
     context.catch_up.seq = report.last_seq;
     let c = &mut context.tracker.record.catch_up;
     c.replayed += report.replayed;
