@@ -448,11 +448,18 @@ pub async fn list(
                     .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
             })
             .unwrap_or_default();
+        // `_cat`'s `docs.count` counts Lucene documents, the entries of a
+        // `nested` field (`hiddenDiscrepancies`) included; readers see
+        // `_count`'s. A closed index has no `_count`: `_cat`'s then.
+        let docs = match count(client, index).await {
+            Ok(n) => n,
+            Err(_) => cat_number(&row["docs.count"]).unwrap_or(0),
+        };
         out.push(GenerationInfo {
             name: index.to_string(),
             family,
             created,
-            docs: cat_number(&row["docs.count"]).unwrap_or(0),
+            docs,
             size_bytes: cat_number(&row["store.size"]).unwrap_or(0),
             aliases: held,
             meta,
