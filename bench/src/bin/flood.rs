@@ -35,7 +35,7 @@ struct Args {
     /// The rebuilder-dev binary (the TCS simulator).
     #[arg(long)]
     dev_tools: PathBuf,
-    /// Folder for flood-<N>.json and .txt.
+    /// Folder for `flood-<N>.json` and `.txt`.
     #[arg(long, default_value = "bench-results")]
     out: PathBuf,
     /// Folder for the child processes' logs.
