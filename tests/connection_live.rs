@@ -187,21 +187,7 @@ async fn connection_changes_made_during_a_rebuild_are_in_the_new_generation() {
     .await;
 
     let tcs = simulator_once(&env, spec);
-    let run_env = TestEnv {
-        settings: env.settings.clone(),
-        id: env.id.clone(),
-    };
-    let run = tokio::spawn(async move { rebuild(&run_env).await });
-    let history = history(&env).await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let current = history.current_or_last().await.unwrap();
-        if current.is_some_and(|r| r.outcome == RunOutcome::Running && !r.phases.is_empty()) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the run did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let run = start_rebuild(&env).await;
     for (k, number) in doctors[..10].iter().enumerate() {
         logs.insert_one(log(number, &format!("run.user{k}"), later(10 + k as i64)))
             .await

@@ -302,20 +302,7 @@ async fn a_rebuild_started_in_the_middle_of_a_flood_swaps_in_every_doctors_lates
     // The rebuild starts in the middle of it; TCS updates come once it
     // records (before, the simulator's sync would send the old values).
     let tcs = simulator_once(&env, spec);
-    let run_env = TestEnv {
-        settings: env.settings.clone(),
-        id: env.id.clone(),
-    };
-    let run = tokio::spawn(async move { rebuild(&run_env).await });
-    let history = history(&env).await;
-    loop {
-        let current = history.current_or_last().await.unwrap();
-        if current.is_some_and(|r| r.outcome == RunOutcome::Running && !r.phases.is_empty()) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the run did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let run = start_rebuild(&env).await;
     let started_at = written.load(Ordering::Relaxed);
     let publisher = TcsPublisher::new(&env).await;
     let mut programme = BTreeMap::new();

@@ -219,21 +219,7 @@ async fn no_live_change_made_during_a_rebuild_is_lost_in_the_new_generation() {
     // The rebuild, with the writer of live changes around it: TCS updates
     // and GMC changes from once the run has begun until after its swap.
     let tcs = simulator_once(&env, spec);
-    let run_env = TestEnv {
-        settings: env.settings.clone(),
-        id: env.id.clone(),
-    };
-    let mut run = Some(tokio::spawn(async move { rebuild(&run_env).await }));
-    let history = history(&env).await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let current = history.current_or_last().await.unwrap();
-        if current.is_some_and(|r| r.outcome == RunOutcome::Running && !r.phases.is_empty()) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the run did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let mut run = Some(start_rebuild(&env).await);
     let publisher = TcsPublisher::new(&env).await;
     let (doctors, recommendations) = gmc_collections(&env).await;
     let mut latest = Latest::default();

@@ -137,21 +137,7 @@ async fn a_trainee_filtered_out_during_a_rebuild_stays_out_of_the_new_generation
     let applier = Applier::start(&env).await;
 
     let tcs = simulator_once(&env, spec);
-    let run_env = TestEnv {
-        settings: env.settings.clone(),
-        id: env.id.clone(),
-    };
-    let run = tokio::spawn(async move { rebuild(&run_env).await });
-    let history = history(&env).await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let current = history.current_or_last().await.unwrap();
-        if current.is_some_and(|r| r.outcome == RunOutcome::Running && !r.phases.is_empty()) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the run did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let run = start_rebuild(&env).await;
     let publisher = TcsPublisher::new(&env).await;
     for d in &leaving {
         publisher.publish(&filtered_out(&d.tcs_messages[0])).await;

@@ -180,6 +180,38 @@ fn is_loopback(host: &str) -> bool {
         .is_ok_and(|ip| ip.is_loopback())
 }
 
+/// Removes the benchmark's indices, MongoDB database, queues and exchange.
+pub async fn clean(
+    search: &rebuilder::search::SearchClient,
+    settings: &Settings,
+) -> anyhow::Result<()> {
+    crate::indices::delete_prefixed(search, &settings.names.prefix).await?;
+    let mongo = rebuilder::sources::mongo_client(&settings.mongodb).await?;
+    mongo.database(&settings.mongodb.database).drop().await?;
+    let connection = rebuilder::sources::rabbit_connection(&settings.rabbitmq).await?;
+    let r = &settings.rabbitmq;
+    // A fresh channel for each deletion: a refused one closes its channel.
+    for queue in [
+        &r.sync_start_queue,
+        &r.sync_data_queue,
+        &r.update_queue,
+        &r.dead_letter_queue,
+    ] {
+        if let Ok(channel) = connection.create_channel().await {
+            let _ = channel
+                .queue_delete(queue.as_str().into(), Default::default())
+                .await;
+        }
+    }
+    if let Ok(channel) = connection.create_channel().await {
+        let _ = channel
+            .exchange_delete(r.exchange.as_str().into(), Default::default())
+            .await;
+    }
+    let _ = connection.close(200, "bench: cleaned".into()).await;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

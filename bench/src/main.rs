@@ -169,7 +169,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&out).with_context(|| format!("while creating {}", out.display()))?;
     std::fs::create_dir_all(&args.log_dir)?;
 
-    clean(&search, &settings)
+    isolation::clean(&search, &settings)
         .await
         .context("while removing an earlier benchmark's leftovers")?;
     let result = measure(&args, &settings, &search, &template, &version).await;
@@ -178,7 +178,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             "Kept the {}* indices, database {}, exchange {} and its queues (--keep).",
             settings.names.prefix, settings.mongodb.database, settings.rabbitmq.exchange
         );
-    } else if let Err(e) = clean(&search, &settings).await {
+    } else if let Err(e) = isolation::clean(&search, &settings).await {
         eprintln!("warning: cleanup failed: {e:#}");
     }
     let mut report = result?;
@@ -858,33 +858,4 @@ async fn machine(search: &SearchClient, version: &str) -> Machine {
         opensearch_heap_mb: heap / 1_048_576,
         git_commit: git,
     }
-}
-
-/// Removes the benchmark's indices, MongoDB database, queues and exchange.
-async fn clean(search: &SearchClient, settings: &Settings) -> anyhow::Result<()> {
-    indices::delete_prefixed(search, &settings.names.prefix).await?;
-    let mongo = rebuilder::sources::mongo_client(&settings.mongodb).await?;
-    mongo.database(&settings.mongodb.database).drop().await?;
-    let connection = rebuilder::sources::rabbit_connection(&settings.rabbitmq).await?;
-    let r = &settings.rabbitmq;
-    // A fresh channel for each deletion: a refused one closes its channel.
-    for queue in [
-        &r.sync_start_queue,
-        &r.sync_data_queue,
-        &r.update_queue,
-        &r.dead_letter_queue,
-    ] {
-        if let Ok(channel) = connection.create_channel().await {
-            let _ = channel
-                .queue_delete(queue.as_str().into(), Default::default())
-                .await;
-        }
-    }
-    if let Ok(channel) = connection.create_channel().await {
-        let _ = channel
-            .exchange_delete(r.exchange.as_str().into(), Default::default())
-            .await;
-    }
-    let _ = connection.close(200, "bench: cleaned".into()).await;
-    Ok(())
 }

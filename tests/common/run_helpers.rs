@@ -5,12 +5,12 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use lapin::options::{BasicGetOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use rebuilder::domain::MasterDoctor;
-use rebuilder::rebuild::record::{RunHistory, RunRecord};
+use rebuilder::rebuild::record::{RunHistory, RunOutcome, RunRecord};
 use rebuilder::rebuild::{run_rebuild, RunOptions};
 use rebuilder::search::SearchClient;
 use rebuilder::sources::tcs::REASON_HEADER;
@@ -100,6 +100,27 @@ pub async fn rebuild_with(env: &TestEnv, options: RunOptions) -> anyhow::Result<
     )
     .await
     .expect("a rebuild finishes within 5 minutes")
+}
+
+/// Starts one rebuild in-process as a task and waits until it is under
+/// way (its record has a phase): a live change made from then on is the
+/// run's to catch up.
+pub async fn start_rebuild(env: &TestEnv) -> JoinHandle<anyhow::Result<RunRecord>> {
+    let run_env = TestEnv {
+        settings: env.settings.clone(),
+        id: env.id.clone(),
+    };
+    let run = tokio::spawn(async move { rebuild(&run_env).await });
+    let history = history(env).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let current = history.current_or_last().await.unwrap();
+        if current.is_some_and(|r| r.outcome == RunOutcome::Running && !r.phases.is_empty()) {
+            return run;
+        }
+        assert!(Instant::now() < deadline, "the run did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// The run history of the test's database.

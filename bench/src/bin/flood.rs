@@ -14,7 +14,7 @@ use clap::Parser;
 use rebuilder::config::Settings;
 use rebuilder::search::SearchClient;
 use rebuilder_bench::full_run::RebuilderBin;
-use rebuilder_bench::{flood, indices, isolation};
+use rebuilder_bench::{flood, isolation};
 use rebuilder_dev::datagen::DatasetSpec;
 
 #[derive(Debug, Parser)]
@@ -92,7 +92,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         env: isolation::child_env(&settings),
         log_dir: args.log_dir.clone(),
     };
-    clean(&search, &settings).await?;
+    isolation::clean(&search, &settings).await?;
     let spec = DatasetSpec::new(args.seed, args.doctors);
     let command = args
         .command
@@ -107,7 +107,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         command,
     )
     .await;
-    if let Err(e) = clean(&search, &settings).await {
+    if let Err(e) = isolation::clean(&search, &settings).await {
         eprintln!("warning: cleanup failed: {e:#}");
     }
     let report = result?;
@@ -120,33 +120,5 @@ async fn run(args: Args) -> anyhow::Result<()> {
     )?;
     std::fs::write(base.with_extension("txt"), summary.trim_start())?;
     println!("Wrote {}.json and .txt.", base.display());
-    Ok(())
-}
-
-/// Removes the flood's indices, database, queues and exchange.
-async fn clean(search: &SearchClient, settings: &Settings) -> anyhow::Result<()> {
-    indices::delete_prefixed(search, &settings.names.prefix).await?;
-    let mongo = rebuilder::sources::mongo_client(&settings.mongodb).await?;
-    mongo.database(&settings.mongodb.database).drop().await?;
-    let connection = rebuilder::sources::rabbit_connection(&settings.rabbitmq).await?;
-    let r = &settings.rabbitmq;
-    for queue in [
-        &r.sync_start_queue,
-        &r.sync_data_queue,
-        &r.update_queue,
-        &r.dead_letter_queue,
-    ] {
-        if let Ok(channel) = connection.create_channel().await {
-            let _ = channel
-                .queue_delete(queue.as_str().into(), Default::default())
-                .await;
-        }
-    }
-    if let Ok(channel) = connection.create_channel().await {
-        let _ = channel
-            .exchange_delete(r.exchange.as_str().into(), Default::default())
-            .await;
-    }
-    let _ = connection.close(200, "bench: flood cleaned".into()).await;
     Ok(())
 }
