@@ -28,9 +28,9 @@ use std::time::Duration;
 use futures::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, ConfirmSelectOptions,
-    QueueBindOptions, QueueDeclareOptions, QueuePurgeOptions,
+    QueuePurgeOptions,
 };
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
 use tracing::{debug, info, warn};
 
@@ -38,11 +38,9 @@ use super::batch::{parse_batch, BatchItem, ItemOutcome};
 use super::{DoctorRead, DoctorStore, OutcomeLoad, OutcomeMap};
 use crate::config::{GmcSettings, RabbitSettings};
 use crate::retry::Retriable;
-use crate::sources::tcs::{
-    declare_topology, json_properties, publish_confirmed, DETAIL_HEADER, REASON_HEADER,
-};
+use crate::sources::tcs::topology::{declare_queues_bound, reason_headers};
+use crate::sources::tcs::{declare_topology, json_properties, publish_confirmed};
 use crate::sources::{rabbit_connection, SourceError};
-use crate::text::clip;
 
 /// The body of the request, a JSON string as today's integration sends it.
 pub const GMC_SYNC_START: &[u8] = br#""gmcSyncStart""#;
@@ -261,53 +259,19 @@ pub async fn declare_queues(
 ) -> Result<(), SourceError> {
     declare_topology(connection, rabbit).await?;
     let channel = connection.create_channel().await?;
-    for (queue, key) in [
-        (&gmc.sync_start_queue, &gmc.sync_start_routing_key),
-        (&gmc.sync_data_queue, &gmc.sync_data_routing_key),
-    ] {
-        if !queue_exists(connection, queue).await? {
-            channel
-                .queue_declare(
-                    queue.as_str().into(),
-                    QueueDeclareOptions {
-                        durable: true,
-                        ..Default::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await?;
-            info!(queue = %queue, "Declared a GMC sync queue.");
-        }
-        channel
-            .queue_bind(
-                queue.as_str().into(),
-                rabbit.exchange.as_str().into(),
-                key.as_str().into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-    }
+    declare_queues_bound(
+        connection,
+        &channel,
+        &rabbit.exchange,
+        &[
+            (&gmc.sync_start_queue, Some(&gmc.sync_start_routing_key)),
+            (&gmc.sync_data_queue, Some(&gmc.sync_data_routing_key)),
+        ],
+        "GMC",
+    )
+    .await?;
     let _ = channel.close(200, "gmc queues declared".into()).await;
     Ok(())
-}
-
-/// Whether a queue exists, by a passive declare on a channel of its own.
-async fn queue_exists(connection: &Connection, queue: &str) -> Result<bool, SourceError> {
-    let channel = connection.create_channel().await?;
-    let found = channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .is_ok();
-    let _ = channel.close(200, "checked".into()).await;
-    Ok(found)
 }
 
 /// What has been read so far.
@@ -401,15 +365,7 @@ impl Reader {
         reason: &'static str,
         detail: &str,
     ) -> Result<(), GmcQueueError> {
-        let mut headers = FieldTable::default();
-        headers.insert(
-            ShortString::from(REASON_HEADER),
-            AMQPValue::LongString(LongString::from(reason)),
-        );
-        headers.insert(
-            ShortString::from(DETAIL_HEADER),
-            AMQPValue::LongString(LongString::from(clip(detail, 1000).as_ref())),
-        );
+        let headers = reason_headers(reason, detail);
         publish_confirmed(
             &self.dead_letters,
             "",

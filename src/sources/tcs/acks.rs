@@ -13,15 +13,12 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use lapin::options::BasicAckOptions;
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::Channel;
 use tokio::sync::Mutex;
 use tracing::warn;
 
-use super::topology::{json_properties, publish_confirmed};
-use super::{DETAIL_HEADER, REASON_HEADER};
+use super::topology::{json_properties, publish_confirmed, reason_headers};
 use crate::sources::SourceError;
-use crate::text::clip;
 
 /// What the run needs to settle one record's message later: its delivery
 /// tag and its body (to dead-letter it if its document fails for good).
@@ -205,15 +202,7 @@ impl TcsAcks {
         reason: &str,
         detail: &str,
     ) -> Result<(), SourceError> {
-        let mut headers = FieldTable::default();
-        headers.insert(
-            ShortString::from(REASON_HEADER),
-            AMQPValue::LongString(LongString::from(reason)),
-        );
-        headers.insert(
-            ShortString::from(DETAIL_HEADER),
-            AMQPValue::LongString(LongString::from(clip(detail, 1000).as_ref())),
-        );
+        let headers = reason_headers(reason, detail);
         let (epoch, channel) = {
             let state = self.state.lock().await;
             (state.epoch, state.dead_letters.clone())

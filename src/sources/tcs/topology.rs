@@ -7,12 +7,14 @@ use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
     ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, Consumer, ExchangeKind};
 use tracing::info;
 
+use super::{DETAIL_HEADER, REASON_HEADER};
 use crate::config::RabbitSettings;
 use crate::sources::SourceError;
+use crate::text::clip;
 
 /// Declares what the sync protocol needs, where it is missing: the
 /// exchange (direct: every routing key names one queue), the sync-start,
@@ -51,6 +53,21 @@ pub async fn declare_topology(
         (&settings.update_queue, Some(&settings.update_routing_key)),
         (&settings.dead_letter_queue, None),
     ];
+    declare_queues_bound(connection, &channel, &settings.exchange, &queues, "TCS").await?;
+    let _ = channel.close(200, "topology declared".into()).await;
+    Ok(())
+}
+
+/// Declares each of `queues` where missing (durable) and binds it to
+/// `exchange` under its routing key, if it has one; `protocol` names them
+/// in the log. A queue that exists is left with its own arguments.
+pub(crate) async fn declare_queues_bound(
+    connection: &Connection,
+    channel: &Channel,
+    exchange: &str,
+    queues: &[(&String, Option<&String>)],
+    protocol: &str,
+) -> Result<(), SourceError> {
     for (queue, routing_key) in queues {
         if !exists(connection, Declared::Queue(queue)).await? {
             channel
@@ -63,13 +80,13 @@ pub async fn declare_topology(
                     FieldTable::default(),
                 )
                 .await?;
-            info!(queue = %queue, "Declared a TCS queue.");
+            info!(queue = %queue, protocol, "Declared a queue.");
         }
         if let Some(key) = routing_key {
             channel
                 .queue_bind(
                     queue.as_str().into(),
-                    settings.exchange.as_str().into(),
+                    exchange.into(),
                     key.as_str().into(),
                     QueueBindOptions::default(),
                     FieldTable::default(),
@@ -77,8 +94,22 @@ pub async fn declare_topology(
                 .await?;
         }
     }
-    let _ = channel.close(200, "topology declared".into()).await;
     Ok(())
+}
+
+/// The headers of a dead-lettered message: its reason (a short key) and
+/// the detail in words, clipped.
+pub(crate) fn reason_headers(reason: &str, detail: &str) -> FieldTable {
+    let mut headers = FieldTable::default();
+    headers.insert(
+        ShortString::from(REASON_HEADER),
+        AMQPValue::LongString(LongString::from(reason)),
+    );
+    headers.insert(
+        ShortString::from(DETAIL_HEADER),
+        AMQPValue::LongString(LongString::from(clip(detail, 1000).as_ref())),
+    );
+    headers
 }
 
 enum Declared<'a> {
