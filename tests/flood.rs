@@ -124,7 +124,7 @@ async fn a_flood_of_gmc_rewrites_with_tcs_updates_between_ends_with_every_latest
     // TCS one.
     let last_body = format!("1-FLOOD{}", ROUNDS - 1);
     let deadline = Instant::now() + Duration::from_secs(180);
-    let mut pending: Vec<(String, &str, String)> = doctors
+    let pending: Vec<(String, &str, String)> = doctors
         .iter()
         .map(|d| (d.clone(), "designatedBody", last_body.clone()))
         .chain(
@@ -133,25 +133,7 @@ async fn a_flood_of_gmc_rewrites_with_tcs_updates_between_ends_with_every_latest
                 .map(|(d, v)| (d.clone(), "programmeName", v.clone())),
         )
         .collect();
-    while !pending.is_empty() {
-        let mut still = Vec::new();
-        for (number, field, value) in pending {
-            let doc = doc_of(&client, &alias, &number).await;
-            if doc.as_ref().map(|d| &d[field]) != Some(&json!(value)) {
-                still.push((number, field, value));
-            }
-        }
-        pending = still;
-        assert!(
-            pending.is_empty() || Instant::now() < deadline,
-            "{} doctors never showed their latest value, e.g. {:?}",
-            pending.len(),
-            &pending[..pending.len().min(3)]
-        );
-        if !pending.is_empty() {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    }
+    wait_for_latest(&client, &alias, pending, deadline).await;
     let drained = draining.elapsed().as_secs_f64();
     // What the applier reported meanwhile: behind at first, then nothing
     // waiting, as every replica's /api/sync/status and /readyz read it.
@@ -337,7 +319,7 @@ async fn a_rebuild_started_in_the_middle_of_a_flood_swaps_in_every_doctors_lates
 
     // Every doctor's latest state, in the generation the alias now names.
     let last_body = format!("1-FLOODR{}", ROUNDS - 1);
-    let mut pending: Vec<(String, &str, String)> = doctors
+    let pending: Vec<(String, &str, String)> = doctors
         .iter()
         .map(|d| (d.clone(), "designatedBody", last_body.clone()))
         .chain(
@@ -355,25 +337,7 @@ async fn a_rebuild_started_in_the_middle_of_a_flood_swaps_in_every_doctors_lates
         )
         .collect();
     let deadline = Instant::now() + Duration::from_secs(120);
-    while !pending.is_empty() {
-        let mut still = Vec::new();
-        for (number, field, value) in pending {
-            let doc = doc_of(&client, &alias, &number).await;
-            if doc.as_ref().map(|d| &d[field]) != Some(&json!(value)) {
-                still.push((number, field, value));
-            }
-        }
-        pending = still;
-        assert!(
-            pending.is_empty() || Instant::now() < deadline,
-            "{} doctors never showed their latest value in the new generation, e.g. {:?}",
-            pending.len(),
-            &pending[..pending.len().min(3)]
-        );
-        if !pending.is_empty() {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    }
+    wait_for_latest(&client, &alias, pending, deadline).await;
     assert_eq!(
         common::alias_targets(&client, &alias).await,
         after,
@@ -381,4 +345,33 @@ async fn a_rebuild_started_in_the_middle_of_a_flood_swaps_in_every_doctors_lates
     );
     applier.stop().await;
     env.cleanup().await;
+}
+
+/// Waits until every `(doctor, field, value)` shows in `alias`, or fails
+/// at `deadline` naming a few that never did.
+async fn wait_for_latest(
+    client: &rebuilder::search::SearchClient,
+    alias: &str,
+    mut pending: Vec<(String, &str, String)>,
+    deadline: Instant,
+) {
+    while !pending.is_empty() {
+        let mut still = Vec::new();
+        for (number, field, value) in pending {
+            let doc = doc_of(client, alias, &number).await;
+            if doc.as_ref().map(|d| &d[field]) != Some(&json!(value)) {
+                still.push((number, field, value));
+            }
+        }
+        pending = still;
+        assert!(
+            pending.is_empty() || Instant::now() < deadline,
+            "{} doctors never showed their latest value in {alias}, e.g. {:?}",
+            pending.len(),
+            &pending[..pending.len().min(3)]
+        );
+        if !pending.is_empty() {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
 }
