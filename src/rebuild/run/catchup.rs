@@ -25,11 +25,10 @@ use tracing::{info, warn};
 
 use super::RunContext;
 use crate::handover::{HandoverError, HandoverStore, LeaseView, MongoHandover, Phase, LIVE_LEASE};
-use crate::live::Replayer;
+use crate::live::{ReplayReport, Replayer};
 use crate::rebuild::record::RunPhase;
 use crate::rebuild::Refused;
 use crate::search::Generation;
-use crate::sources::connection::ConnectionSource;
 use crate::sources::gmc::GmcSource;
 
 /// How the catch-up stands, kept in the run's context.
@@ -76,21 +75,34 @@ async fn applier_active(context: &RunContext<'_>) -> bool {
     !matches!(lease, Ok(None) | Ok(Some(LeaseView { expired: true, .. })))
 }
 
-fn replayer<'a>(
-    context: &'a RunContext<'_>,
-    gmc: &'a GmcSource,
-    connection: Option<&'a ConnectionSource>,
-    generations: Vec<&'a str>,
-) -> Replayer<'a> {
-    Replayer {
+/// Replays the journal after the last replayed number through `through`
+/// onto `generations` (counts are the first's), moves the catch-up's
+/// position and adds what it did to the run's catch-up report.
+async fn replay_onto(
+    context: &mut RunContext<'_>,
+    generations: Vec<&str>,
+    through: i64,
+) -> anyhow::Result<ReplayReport> {
+    let run_id = context.run_id();
+    let gmc = GmcSource::new(&context.mongo, &context.settings.mongodb);
+    let connection = crate::live::applier::connection_source(&context.mongo, context.settings);
+    let report = Replayer {
         handover: &context.catch_up.handover,
-        gmc,
-        connection,
+        gmc: &gmc,
+        connection: connection.as_ref(),
         search: context.engine.client(),
         generations,
         retry: &context.retry,
         lanes: context.settings.bulk.concurrency,
     }
+    .replay(&run_id, context.catch_up.seq, through)
+    .await?;
+    context.catch_up.seq = report.last_seq;
+    let c = &mut context.tracker.record.catch_up;
+    c.replayed += report.replayed;
+    c.coalesced += report.coalesced;
+    c.failed += report.failed;
+    Ok(report)
 }
 
 /// Replays until the backlog is small; returns documents created minus
@@ -101,23 +113,15 @@ pub(super) async fn rounds(
 ) -> anyhow::Result<i64> {
     context.tracker.begin(RunPhase::CatchUp).await;
     let run_id = context.run_id();
-    let gmc = GmcSource::new(&context.mongo, &context.settings.mongodb);
-    let connection = crate::live::applier::connection_source(&context.mongo, context.settings);
     let mut net = 0;
     let max_rounds = context.settings.live.catch_up_rounds.max(1);
     for _ in 0..max_rounds {
         context.check_continue()?;
-        let report = replayer(context, &gmc, connection.as_ref(), vec![&master.name])
-            .replay(&run_id, context.catch_up.seq, i64::MAX)
+        let report = replay_onto(context, vec![&master.name], i64::MAX)
             .await
             .context("while replaying live changes onto the new generation")?;
-        context.catch_up.seq = report.last_seq;
         net += report.net_documents;
-        let c = &mut context.tracker.record.catch_up;
-        c.rounds += 1;
-        c.replayed += report.replayed;
-        c.coalesced += report.coalesced;
-        c.failed += report.failed;
+        context.tracker.record.catch_up.rounds += 1;
         let backlog = context
             .catch_up
             .handover
@@ -153,8 +157,6 @@ async fn last_rounds(
     recommendation: &Generation,
 ) -> anyhow::Result<()> {
     let run_id = context.run_id();
-    let gmc = GmcSource::new(&context.mongo, &context.settings.mongodb);
-    let connection = crate::live::applier::connection_source(&context.mongo, context.settings);
     for _ in 0..context.settings.live.catch_up_rounds.max(1) {
         let backlog = context
             .catch_up
@@ -165,21 +167,10 @@ async fn last_rounds(
             break;
         }
         context.check_continue()?;
-        let report = replayer(
-            context,
-            &gmc,
-            connection.as_ref(),
-            vec![&master.name, &recommendation.name],
-        )
-        .replay(&run_id, context.catch_up.seq, i64::MAX)
-        .await
-        .context("while replaying live changes before the pause")?;
-        context.catch_up.seq = report.last_seq;
-        let c = &mut context.tracker.record.catch_up;
-        c.rounds += 1;
-        c.replayed += report.replayed;
-        c.coalesced += report.coalesced;
-        c.failed += report.failed;
+        let report = replay_onto(context, vec![&master.name, &recommendation.name], i64::MAX)
+            .await
+            .context("while replaying live changes before the pause")?;
+        context.tracker.record.catch_up.rounds += 1;
         info!(
             replayed = report.replayed,
             coalesced = report.coalesced,
@@ -236,22 +227,13 @@ pub(super) async fn pause_and_replay(
     c.pause_timed_out = timed_out;
     c.voided = voided;
     c.backlog_at_pause = backlog;
-    let gmc = GmcSource::new(&context.mongo, &context.settings.mongodb);
-    let connection = crate::live::applier::connection_source(&context.mongo, context.settings);
-    let report = replayer(
+    let report = replay_onto(
         context,
-        &gmc,
-        connection.as_ref(),
         vec![&master.name, &recommendation.name],
+        sealed.through,
     )
-    .replay(&run_id, context.catch_up.seq, sealed.through)
     .await
     .context("while replaying the last live changes before the swap")?;
-    context.catch_up.seq = report.last_seq;
-    let c = &mut context.tracker.record.catch_up;
-    c.replayed += report.replayed;
-    c.coalesced += report.coalesced;
-    c.failed += report.failed;
     for generation in [master, recommendation] {
         context
             .engine
