@@ -5,25 +5,36 @@
 //! `ignore_unmapped`, the designated-body `should`, pages of 20 sorted by
 //! `gmcReferenceNumber` descending) returns the same doctors before and
 //! after a rebuild and never a hidden one; its "hidden" tab returns exactly
-//! the hidden ones; its Connections filters find the right doctors; bad
-//! connection data is counted and costs nothing else.
+//! the hidden ones, also when the next rebuild reads every source over the
+//! queues (`gmc.source` and `connection.source` = `queue`); its Connections
+//! filters find the right doctors; bad connection data, in the collections
+//! or in the connection service's batches, is counted and costs nothing
+//! else; a silent connection service fails the run, saying so.
 
 mod common;
 #[path = "common/run_helpers.rs"]
 mod run_helpers;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use bson::doc;
+use rebuilder::config::{ConnectionSourceKind, GmcSourceKind};
 use rebuilder::domain::MasterDoctor;
 use rebuilder::search::SearchClient;
-use rebuilder::sources::connection::{REJECT_HIDDEN_GMC_NUMBER, REJECT_LOG_GMC_NUMBER};
+use rebuilder::sources::connection::queue::REJECT_LOG_ITEM_NOT_AN_OBJECT;
+use rebuilder::sources::connection::{
+    REJECT_HIDDEN_BODY, REJECT_HIDDEN_GMC_NUMBER, REJECT_LOG_GMC_NUMBER,
+};
+use rebuilder_dev::connection_simulator::ConnectionSimulatorOptions;
 use rebuilder_dev::datagen::{DatasetSpec, DESIGNATED_BODIES};
 use serde_json::{json, Value};
 
 use common::{get_json, search_hits, TestEnv};
 use rebuilder::rebuild::record::{RunOutcome, RunRecord};
-use run_helpers::{assert_documents_match, baseline, logs, rebuild, simulator_once};
+use run_helpers::{
+    assert_documents_match, baseline, connection_service_once, documents, logs, rebuild,
+    recommendations_once, simulator_once, take_dead_letters,
+};
 
 /// Enough doctors for a few dozen hidden discrepancies.
 const DOCTORS: usize = 600;
@@ -40,11 +51,36 @@ fn assert_succeeded(run: &RunRecord) {
     assert_eq!(run.outcome, RunOutcome::Succeeded, "{:?}", run.error);
 }
 
-/// A rebuild over the same data again, as the next night's.
-async fn rebuild_again(env: &TestEnv, spec: &DatasetSpec) {
+/// A rebuild over the same data again, as the next night's; with
+/// `over_queues`, every source is read over the queues from the services'
+/// simulators, with the connection collections gone to prove it.
+async fn rebuild_again(env: &mut TestEnv, spec: &DatasetSpec, over_queues: bool) {
+    let mut services = None;
+    if over_queues {
+        let db = env.mongo().await.database(&env.settings.mongodb.database);
+        for collection in [
+            &env.settings.connection.logs_collection,
+            &env.settings.connection.hidden_collection,
+        ] {
+            db.collection::<bson::Document>(collection)
+                .drop()
+                .await
+                .unwrap();
+        }
+        env.settings.gmc.source = GmcSourceKind::Queue;
+        env.settings.connection.source = ConnectionSourceKind::Queue;
+        services = Some((
+            recommendations_once(env, *spec, 500, Vec::new()),
+            connection_service_once(env, *spec, ConnectionSimulatorOptions::default()),
+        ));
+    }
     let tcs = simulator_once(env, *spec);
     let run = rebuild(env).await.expect("the second rebuild");
     tcs.await.unwrap().unwrap();
+    if let Some((gmc, connection)) = services {
+        gmc.await.unwrap().unwrap();
+        connection.await.unwrap().unwrap();
+    }
     assert_succeeded(&run);
 }
 
@@ -229,8 +265,23 @@ async fn a_rebuild_puts_todays_connection_fields_on_every_document() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hidden_discrepancies_stay_hidden_through_a_rebuild() {
+    hidden_discrepancies_stay_hidden(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hidden_discrepancies_stay_hidden_through_a_rebuild_over_the_queues() {
+    hidden_discrepancies_stay_hidden(true).await;
+}
+
+/// The Discrepancies page and its hidden tab, before and after a second
+/// rebuild (over the queues or not).
+async fn hidden_discrepancies_stay_hidden(over_queues: bool) {
     logs();
-    let env = TestEnv::new("conn_hidden");
+    let mut env = TestEnv::new(if over_queues {
+        "conn_hidden_q"
+    } else {
+        "conn_hidden"
+    });
     let spec = DatasetSpec::new(2202, DOCTORS);
     let run = baseline(&env, &spec).await;
     assert_succeeded(&run);
@@ -292,7 +343,7 @@ async fn hidden_discrepancies_stay_hidden_through_a_rebuild() {
     .collect();
     assert!(hidden.iter().all(|id| unfiltered.contains(id)));
 
-    rebuild_again(&env, &spec).await;
+    rebuild_again(&mut env, &spec, over_queues).await;
     let after = all_pages(&client, &alias, page(false)).await;
     assert_eq!(
         after, before,
@@ -454,5 +505,160 @@ async fn without_the_connection_collections_a_rebuild_leaves_the_fields_out() {
     assert!(documents.values().all(|d| d.updated_by.is_none()
         && d.last_connection_date_time.is_none()
         && d.hidden_discrepancies.is_empty()));
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_connection_batches_and_items_are_dead_lettered_and_counted_and_nothing_else_is_lost(
+) {
+    logs();
+    let mut env = TestEnv::new("conn_queue_bad");
+    env.settings.connection.source = ConnectionSourceKind::Queue;
+    let spec = DatasetSpec::new(2206, 300);
+    run_helpers::seed(&env, &spec).await;
+    let mut expected: BTreeMap<String, MasterDoctor> =
+        spec.doctors().map(|d| (d.gmc_number, d.expected)).collect();
+    let numbers: Vec<String> = expected.keys().take(3).cloned().collect();
+    let (a, b, c) = (&numbers[0], &numbers[1], &numbers[2]);
+    let bad_logs = vec![
+        br#"{"payload": [{"gmcId": "1""#.to_vec(),
+        br#"{"logs": [], "end": true}"#.to_vec(),
+        json!({"payload": {"gmcId": a}, "syncEnd": false})
+            .to_string()
+            .into_bytes(),
+        json!({"payload": [
+            {"updatedBy": "no-number", "eventDateTime": "2030-01-01T00:00:00.000"},
+            "not a log",
+            {"gmcId": a, "updatedBy": "queue-tester", "eventDateTime": {"$date": "2030-01-02T03:04:05.006Z"}},
+            {"gmcId": b, "updatedBy": "queue-spaced", "eventDateTime": "2030-02-03 04:05:06"},
+            {"gmcId": "9999991", "updatedBy": "nobody-knows", "eventDateTime": "2030-02-03T04:05:06.000"},
+        ], "syncEnd": false})
+        .to_string()
+        .into_bytes(),
+    ];
+    let bad_hidden = vec![json!({"payload": [
+        {"id": "q-hd-orphan", "gmcId": "9999992", "hiddenForDesignatedBodyCode": "1-AIIDR8"},
+        {"id": "q-hd-nobody", "gmcId": c},
+        {"id": "q-hd-1", "gmcId": c, "hiddenForDesignatedBodyCode": "1-ZZZZZZ", "hiddenBy": "queue-tester",
+         "reason": "r", "hiddenDateTime": {"$date": "2029-05-06T07:08:09.010Z"}},
+    ], "syncEnd": false})
+    .to_string()
+    .into_bytes()];
+    let connections = connection_service_once(
+        &env,
+        spec,
+        ConnectionSimulatorOptions {
+            batch_size: 40,
+            extra_log_messages: bad_logs,
+            extra_hidden_messages: bad_hidden,
+            ..ConnectionSimulatorOptions::default()
+        },
+    );
+    let tcs = simulator_once(&env, spec);
+    let run = rebuild(&env).await.expect("the run over the queues");
+    tcs.await.unwrap().unwrap();
+    connections.await.unwrap().unwrap();
+    assert_succeeded(&run);
+
+    // Each bad message and item: counted under its reason, and on the
+    // dead-letter queue with it.
+    let new_reasons = [
+        "connection_log_batch_invalid_json",
+        "connection_log_batch_not_a_sync_message",
+        "connection_log_batch_payload_not_a_list",
+        REJECT_LOG_GMC_NUMBER,
+        REJECT_LOG_ITEM_NOT_AN_OBJECT,
+        REJECT_HIDDEN_BODY,
+    ];
+    let mut want: BTreeMap<String, u64> = spec
+        .expected_rejects()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    for reason in new_reasons {
+        *want.entry(reason.into()).or_default() += 1;
+    }
+    assert_eq!(run.rejects, want);
+    let mut dead: BTreeMap<String, u64> = BTreeMap::new();
+    for (reason, _) in take_dead_letters(&env).await {
+        if new_reasons.contains(&reason.as_str()) {
+            *dead.entry(reason).or_default() += 1;
+        }
+    }
+    assert_eq!(
+        dead,
+        new_reasons.iter().map(|r| (r.to_string(), 1)).collect()
+    );
+    // A log and a hidden discrepancy for numbers no source knows: counted,
+    // and no document made for them.
+    assert_eq!(run.counts.connection_orphans, 2, "{:?}", run.counts);
+
+    // The good entries with odd dates arrived; everything else as seeded.
+    let doc = expected.get_mut(a).unwrap();
+    doc.updated_by = Some("queue-tester".into());
+    doc.last_connection_date_time = Some("2030-01-02T03:04:05.006".into());
+    let doc = expected.get_mut(b).unwrap();
+    doc.updated_by = Some("queue-spaced".into());
+    doc.last_connection_date_time = Some("2030-02-03T04:05:06.000".into());
+    expected
+        .get_mut(c)
+        .unwrap()
+        .hidden_discrepancies
+        .push(rebuilder::domain::HiddenDiscrepancy {
+            id: Some("q-hd-1".into()),
+            gmc_id: Some(c.clone()),
+            hidden_for_designated_body_code: "1-ZZZZZZ".into(),
+            hidden_by: Some("queue-tester".into()),
+            reason: Some("r".into()),
+            hidden_date_time: Some("2029-05-06T07:08:09.010".into()),
+        });
+    let mut actual = documents(&env.search().await, &env.name("masterdoctorindex")).await;
+    for doc in actual.values_mut() {
+        assert!(doc.updated_at.take().is_some());
+    }
+    assert_eq!(actual.len(), expected.len());
+    for (id, want) in &expected {
+        assert_eq!(actual.get(id), Some(want), "{id}");
+    }
+    // Every batch was acked once written.
+    for queue in [
+        &env.settings.connection.log_sync_data_queue,
+        &env.settings.connection.hidden_sync_data_queue,
+    ] {
+        assert_eq!(run_helpers::queue_state(&env, queue).await.0, 0, "{queue}");
+    }
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_connection_service_fails_the_run_naming_the_setting_and_the_routing_key() {
+    logs();
+    let mut env = TestEnv::new("conn_queue_silent");
+    env.settings.connection.source = ConnectionSourceKind::Queue;
+    env.settings.connection.idle_timeout_secs = 2;
+    let spec = DatasetSpec::new(2207, 50);
+    run_helpers::seed(&env, &spec).await;
+    let tcs = simulator_once(&env, spec);
+    let error = rebuild(&env)
+        .await
+        .expect_err("nobody answers the connection syncs");
+    tcs.abort();
+    let text = format!("{error:#}");
+    assert!(
+        text.contains("the connection service sent nothing for 2 s"),
+        "{text}"
+    );
+    assert!(text.contains("connection.idle_timeout_secs"), "{text}");
+    assert!(
+        text.contains(&env.settings.connection.log_sync_start_routing_key)
+            || text.contains(&env.settings.connection.hidden_sync_start_routing_key),
+        "{text}"
+    );
+    // Nothing was promoted: no live generation exists.
+    let client = env.search().await;
+    assert_eq!(
+        common::alias_targets(&client, &env.name("masterdoctorindex")).await,
+        Vec::<String>::new()
+    );
     env.cleanup().await;
 }

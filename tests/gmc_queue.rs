@@ -1,6 +1,8 @@
 //! GMC over the recommendation service's queue (`gmc.source = "queue"`),
-//! against the real servers: a rebuild over the queue builds the same
-//! generation as one over MongoDB; malformed batches and items are
+//! against the real servers: a rebuild with every source over the queues
+//! (GMC from the recommendation service, connection logs and hidden
+//! discrepancies from the connection service) builds the same generation
+//! as one over MongoDB; malformed batches and items are
 //! dead-lettered and counted while every good doctor arrives; a silent
 //! recommendation service fails the run with a message that says so.
 
@@ -10,37 +12,20 @@ mod run_helpers;
 
 use std::collections::BTreeMap;
 
-use rebuilder::config::GmcSourceKind;
+use rebuilder::config::{ConnectionSourceKind, GmcSourceKind};
 use rebuilder::domain::MasterDoctor;
 use rebuilder::rebuild::record::RunOutcome;
+use rebuilder_dev::connection_simulator::ConnectionSimulatorOptions;
 use rebuilder_dev::datagen::{Category, DatasetSpec};
-use rebuilder_dev::recommendation_simulator::{
-    run_recommendation_simulator, GmcSyncServed, RecommendationSimulatorOptions,
-};
-use rebuilder_dev::simulator::SimulatorError;
+use rebuilder_dev::recommendation_simulator::GmcSyncServed;
+use rebuilder_dev::sync_service::Served;
 use serde_json::json;
-use tokio::task::JoinHandle;
 
 use common::TestEnv;
 use run_helpers::{
-    baseline, documents, logs, rebuild, run_record, simulator_once, take_dead_letters,
+    baseline, connection_service_once, documents, logs, rebuild, recommendations_once, run_record,
+    simulator_once, take_dead_letters,
 };
-
-/// The recommendation simulator of this test, serving one GMC sync.
-fn recommendations_once(
-    env: &TestEnv,
-    spec: DatasetSpec,
-    batch_size: usize,
-    extra_messages: Vec<Vec<u8>>,
-) -> JoinHandle<Result<Vec<GmcSyncServed>, SimulatorError>> {
-    let (rabbit, gmc) = (env.settings.rabbitmq.clone(), env.settings.gmc.clone());
-    let options = RecommendationSimulatorOptions {
-        once: true,
-        batch_size,
-        extra_messages,
-    };
-    tokio::spawn(async move { run_recommendation_simulator(&rabbit, &gmc, spec, options).await })
-}
 
 /// The document every generated doctor must become over the queue: the
 /// MongoDB one, except that the outcome of a recommendation whose doctor
@@ -93,7 +78,7 @@ fn assert_same_documents(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rebuild_with_gmc_over_the_queue_builds_the_generation_a_mongodb_read_builds() {
+async fn a_rebuild_with_every_source_over_the_queues_builds_the_generation_mongodb_reads_build() {
     logs();
     let mut env = TestEnv::new("gmc_queue_equal");
     let client = env.search().await;
@@ -104,11 +89,19 @@ async fn a_rebuild_with_gmc_over_the_queue_builds_the_generation_a_mongodb_read_
     let mut from_mongo = documents(&client, &master).await;
     assert_eq!(from_mongo.len(), spec.doctors);
 
-    // Over the queue, the GMC collections are never read: take them away.
+    assert!(
+        from_mongo_run.counts.hidden_discrepancies > 0 && from_mongo_run.counts.connection_logs > 0,
+        "the data set has connection data"
+    );
+
+    // Over the queues, the GMC and connection collections are never read:
+    // take them away.
     let db = env.mongo().await.database(&env.settings.mongodb.database);
     for collection in [
         &env.settings.mongodb.doctors_collection,
         &env.settings.mongodb.recommendation_collection,
+        &env.settings.connection.logs_collection,
+        &env.settings.connection.hidden_collection,
     ] {
         db.collection::<bson::Document>(collection)
             .drop()
@@ -116,12 +109,60 @@ async fn a_rebuild_with_gmc_over_the_queue_builds_the_generation_a_mongodb_read_
             .unwrap();
     }
     env.settings.gmc.source = GmcSourceKind::Queue;
+    env.settings.connection.source = ConnectionSourceKind::Queue;
     let batch_size = 200;
     let recommendations = recommendations_once(&env, spec, batch_size, Vec::new());
+    let connection_batch = 50;
+    let connections = connection_service_once(
+        &env,
+        spec,
+        ConnectionSimulatorOptions {
+            batch_size: connection_batch,
+            ..ConnectionSimulatorOptions::default()
+        },
+    );
     let tcs = simulator_once(&env, spec);
-    let from_queue_run = rebuild(&env).await.expect("the run over the queue");
+    let from_queue_run = rebuild(&env).await.expect("the run over the queues");
     tcs.await.unwrap().unwrap();
     let served = recommendations.await.unwrap().unwrap();
+    let connection_served = connections.await.unwrap().unwrap();
+    let (logs_sent, hidden_sent) = (
+        from_mongo_run.counts.connection_logs,
+        from_mongo_run.counts.hidden_discrepancies,
+    );
+    let served_as = |n: u64| {
+        vec![Served {
+            batches: n.div_ceil(connection_batch as u64),
+            items: n,
+        }]
+    };
+    // Every unusable entry of the data set is unusable over the queue too.
+    let rejected = |reasons: &[&str]| -> u64 {
+        reasons
+            .iter()
+            .map(|r| from_mongo_run.rejects.get(*r).copied().unwrap_or(0))
+            .sum()
+    };
+    assert_eq!(
+        connection_served.logs,
+        served_as(
+            logs_sent
+                + rejected(&[
+                    rebuilder::sources::connection::REJECT_LOG_GMC_NUMBER,
+                    rebuilder::sources::connection::REJECT_LOG_TIME
+                ])
+        )
+    );
+    assert_eq!(
+        connection_served.hidden,
+        served_as(
+            hidden_sent
+                + rejected(&[
+                    rebuilder::sources::connection::REJECT_HIDDEN_GMC_NUMBER,
+                    rebuilder::sources::connection::REJECT_HIDDEN_BODY
+                ])
+        )
+    );
     let in_gmc = spec.doctors().filter(|d| d.gmc_doctor.is_some()).count();
     assert_eq!(
         served,
@@ -154,6 +195,20 @@ async fn a_rebuild_with_gmc_over_the_queue_builds_the_generation_a_mongodb_read_
 
     let (a, b) = (&from_mongo_run.counts, &from_queue_run.counts);
     assert_eq!(b.gmc_doctors, a.gmc_doctors);
+    assert_eq!(
+        (
+            b.connection_logs,
+            b.hidden_discrepancies,
+            b.hidden_same_body,
+            b.connection_orphans
+        ),
+        (
+            a.connection_logs,
+            a.hidden_discrepancies,
+            a.hidden_same_body,
+            a.connection_orphans
+        )
+    );
     assert_eq!(b.gmc_outcomes, a.gmc_outcomes - orphans as u64);
     assert_eq!(
         (
@@ -170,9 +225,15 @@ async fn a_rebuild_with_gmc_over_the_queue_builds_the_generation_a_mongodb_read_
         )
     );
     assert_eq!(from_queue_run.rejects, from_mongo_run.rejects);
-    // Every batch was acked once written: nothing waits on our queue.
-    let (ready, _) = run_helpers::queue_state(&env, &env.settings.gmc.sync_data_queue).await;
-    assert_eq!(ready, 0);
+    // Every batch was acked once written: nothing waits on our queues.
+    for queue in [
+        &env.settings.gmc.sync_data_queue,
+        &env.settings.connection.log_sync_data_queue,
+        &env.settings.connection.hidden_sync_data_queue,
+    ] {
+        let (ready, _) = run_helpers::queue_state(&env, queue).await;
+        assert_eq!(ready, 0, "{queue}");
+    }
     env.cleanup().await;
 }
 

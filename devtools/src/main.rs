@@ -2,8 +2,9 @@
 //! a local MongoDB-compatible server with generated GMC data (and writes
 //! the expected documents); `tcs-simulator` plays TCS on a local RabbitMQ;
 //! `recommendation-simulator` plays the recommendation service's side of
-//! the GMC sync (`gmc.source = "queue"`).
-//! Both read the same settings as `rebuilder` (file and `REBUILDER_*`
+//! the GMC sync (`gmc.source = "queue"`); `connection-simulator` plays the
+//! connection service's side of its two syncs (`connection.source =
+//! "queue"`). All read the same settings as `rebuilder` (file and `REBUILDER_*`
 //! variables) and refuse servers that are not on loopback.
 
 use std::path::PathBuf;
@@ -42,6 +43,10 @@ enum Command {
     /// Play the recommendation service on a local RabbitMQ: answer each
     /// gmcSyncStart with the generated GMC doctors as IndexSyncMessage batches.
     RecommendationSimulator(RecommendationSimulatorArgs),
+    /// Play the connection service on a local RabbitMQ: answer each
+    /// connectionLogSyncStart and hiddenDiscrepancySyncStart with the
+    /// generated connection logs and hidden discrepancies.
+    ConnectionSimulator(ConnectionSimulatorArgs),
     /// Make live changes (TCS updates, GMC doctor changes) on local servers,
     /// then check that they are in the live index, or how long each takes.
     LiveChanges(LiveChangesArgs),
@@ -123,6 +128,18 @@ struct RecommendationSimulatorArgs {
     batch_size: usize,
 }
 
+#[derive(Debug, Args)]
+struct ConnectionSimulatorArgs {
+    #[command(flatten)]
+    dataset: DatasetArgs,
+    /// Serve one sync of each, then exit.
+    #[arg(long)]
+    once: bool,
+    /// Items per IndexSyncMessage batch (today's ESSYNC_*_BATCH_SIZE).
+    #[arg(long, default_value_t = rebuilder_dev::connection_simulator::DEFAULT_BATCH_SIZE)]
+    batch_size: usize,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     rebuilder::telemetry::init();
@@ -148,6 +165,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Seed(args) => seed(&settings, &args).await,
         Command::TcsSimulator(args) => simulate(&settings, &args).await,
         Command::RecommendationSimulator(args) => simulate_recommendations(&settings, &args).await,
+        Command::ConnectionSimulator(args) => simulate_connections(&settings, &args).await,
         Command::LiveChanges(args) => live_changes(&settings, &args).await,
     }
 }
@@ -319,6 +337,34 @@ async fn simulate_recommendations(
             }
         }
         _ = tokio::signal::ctrl_c() => println!("Recommendation simulator stopped."),
+    }
+    Ok(())
+}
+
+async fn simulate_connections(
+    settings: &Settings,
+    args: &ConnectionSimulatorArgs,
+) -> anyhow::Result<()> {
+    use rebuilder_dev::connection_simulator::{
+        run_connection_simulator, ConnectionSimulatorOptions,
+    };
+    let options = ConnectionSimulatorOptions {
+        once: args.once,
+        batch_size: args.batch_size,
+        ..ConnectionSimulatorOptions::default()
+    };
+    let spec = args.dataset.spec();
+    tokio::select! {
+        served = run_connection_simulator(&settings.rabbitmq, &settings.connection, spec, options) => {
+            let served = served.context("while simulating the connection service")?;
+            for s in &served.logs {
+                println!("Served a connection-log sync: {} logs in {} batches and syncEnd.", s.items, s.batches);
+            }
+            for s in &served.hidden {
+                println!("Served a hidden-discrepancy sync: {} entries in {} batches and syncEnd.", s.items, s.batches);
+            }
+        }
+        _ = tokio::signal::ctrl_c() => println!("Connection simulator stopped."),
     }
     Ok(())
 }

@@ -15,25 +15,15 @@
 //! `recommendation-simulator` command runs; tests spawn it as a task.
 
 use bson::{Bson, Document};
-use futures::StreamExt;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions,
-};
-use lapin::types::FieldTable;
-use lapin::Channel;
 use serde_json::{json, Map, Value};
-use tracing::{info, warn};
 
 use rebuilder::config::{GmcSettings, RabbitSettings};
 use rebuilder::domain::GmcStatus;
-use rebuilder::sources::gmc::queue::{declare_queues, GMC_SYNC_START};
-use rebuilder::sources::tcs::json_properties;
-use rebuilder::sources::{rabbit_connection, SourceError};
+use rebuilder::sources::gmc::queue::gmc_protocol;
 
 use crate::datagen::DatasetSpec;
-use crate::guard::check_amqp_uri;
 use crate::simulator::SimulatorError;
+use crate::sync_service::{serve, ServeOptions};
 
 /// Today's `ESSYNC_BATCH_SIZE`.
 pub const DEFAULT_BATCH_SIZE: usize = 9_000;
@@ -76,115 +66,22 @@ pub async fn run_recommendation_simulator(
     spec: DatasetSpec,
     options: RecommendationSimulatorOptions,
 ) -> Result<Vec<GmcSyncServed>, SimulatorError> {
-    check_amqp_uri(rabbit.uri.expose())?;
-    let connection = rabbit_connection(rabbit).await?;
-    declare_queues(&connection, rabbit, gmc).await?;
-    let listen = connection.create_channel().await?;
-    listen.basic_qos(1, BasicQosOptions::default()).await?;
-    let mut requests = listen
-        .basic_consume(
-            gmc.sync_start_queue.as_str().into(),
-            "recommendation-simulator".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    let publish = connection.create_channel().await?;
-    publish
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
-    info!(
-        queue = %gmc.sync_start_queue,
-        doctors = spec.doctors,
-        seed = spec.seed,
-        variant = spec.variant,
-        batch_size = options.batch_size,
-        "Recommendation simulator listening for gmcSyncStart."
-    );
-    let mut served = Vec::new();
-    while let Some(delivery) = requests.next().await {
-        let delivery = delivery?;
-        let expected: String = serde_json::from_slice(GMC_SYNC_START).expect("a JSON string");
-        let body: Option<String> = serde_json::from_slice(&delivery.data).ok();
-        if body.as_deref() != Some(expected.as_str()) {
-            warn!(
-                body = %String::from_utf8_lossy(&delivery.data),
-                "Ignoring a request that is not \"gmcSyncStart\"."
-            );
-            delivery.acker.ack(BasicAckOptions::default()).await?;
-            continue;
-        }
-        let sync = publish_gmc_sync(&publish, rabbit, gmc, &spec, &options).await?;
-        delivery.acker.ack(BasicAckOptions::default()).await?;
-        served.push(sync);
-        if options.once {
-            break;
-        }
-    }
-    let _ = connection.close(200, "simulator done".into()).await;
-    Ok(served)
-}
-
-/// Publishes one sync: the batches, the extra messages, then `syncEnd`.
-/// `channel` must be in confirm mode.
-pub async fn publish_gmc_sync(
-    channel: &Channel,
-    rabbit: &RabbitSettings,
-    gmc: &GmcSettings,
-    spec: &DatasetSpec,
-    options: &RecommendationSimulatorOptions,
-) -> Result<GmcSyncServed, SourceError> {
-    let started = std::time::Instant::now();
-    let batch_size = options.batch_size.max(1);
-    let mut served = GmcSyncServed::default();
-    let mut pending = Vec::new();
-    let mut payload = Vec::with_capacity(batch_size);
-    let mut items = index_sync_items(spec).peekable();
-    while let Some(item) = items.next() {
-        payload.push(item);
-        if payload.len() == batch_size || items.peek().is_none() {
-            served.doctors += payload.len() as u64;
-            served.batches += 1;
-            let body = json!({"payload": std::mem::take(&mut payload), "syncEnd": false});
-            pending.push(publish(channel, rabbit, gmc, &body.to_string().into_bytes()).await?);
-        }
-    }
-    for body in &options.extra_messages {
-        pending.push(publish(channel, rabbit, gmc, body).await?);
-    }
-    let end = json!({"payload": [], "syncEnd": true})
-        .to_string()
-        .into_bytes();
-    pending.push(publish(channel, rabbit, gmc, &end).await?);
-    for confirm in futures::future::try_join_all(pending).await? {
-        if confirm.is_nack() {
-            return Err(SourceError::BrokerRefused("a simulated GMC batch".into()));
-        }
-    }
-    info!(
-        batches = served.batches,
-        doctors = served.doctors,
-        secs = started.elapsed().as_secs_f64(),
-        "Recommendation simulator published a GMC sync."
-    );
-    Ok(served)
-}
-
-async fn publish(
-    channel: &Channel,
-    rabbit: &RabbitSettings,
-    gmc: &GmcSettings,
-    body: &[u8],
-) -> Result<lapin::PublisherConfirm, SourceError> {
-    Ok(channel
-        .basic_publish(
-            rabbit.exchange.as_str().into(),
-            gmc.sync_data_routing_key.as_str().into(),
-            BasicPublishOptions::default(),
-            body,
-            json_properties(),
-        )
-        .await?)
+    let serve_options = ServeOptions {
+        once: options.once,
+        extra_messages: options.extra_messages,
+        ..ServeOptions::new(options.batch_size)
+    };
+    let served = serve(rabbit, &gmc_protocol(gmc), &serve_options, || {
+        index_sync_items(&spec)
+    })
+    .await?;
+    Ok(served
+        .into_iter()
+        .map(|s| GmcSyncServed {
+            batches: s.batches,
+            doctors: s.items,
+        })
+        .collect())
 }
 
 /// Every payload item of a sync: each generated doctor of `doctorsForDB`

@@ -1,9 +1,10 @@
 //! The `connection` section: where a rebuild reads the connection service's
 //! data from (the connection logs that give `updatedBy` and
 //! `lastConnectionDateTime`, and the hidden discrepancies). `mongodb` reads
-//! its two collections directly; `none` reads nothing and leaves the three
-//! fields out of every document. (The connection service's queue protocol
-//! is a later `queue` source; its names will join this section.)
+//! its two collections directly; `queue` asks the connection service for
+//! them over RabbitMQ (`"connectionLogSyncStart"` and
+//! `"hiddenDiscrepancySyncStart"`, then `IndexSyncMessage` batches); `none`
+//! reads nothing and leaves the three fields out of every document.
 
 use std::fmt;
 use std::str::FromStr;
@@ -20,16 +21,19 @@ pub enum ConnectionSourceKind {
     /// collection that does not exist reads as empty.
     #[default]
     Mongodb,
+    /// The connection service's two batch protocols over RabbitMQ.
+    Queue,
     /// Nothing: documents carry no connection fields.
     None,
 }
 
 impl ConnectionSourceKind {
-    pub const ALL: [ConnectionSourceKind; 2] = [Self::Mongodb, Self::None];
+    pub const ALL: [ConnectionSourceKind; 3] = [Self::Mongodb, Self::Queue, Self::None];
 
     pub fn as_str(self) -> &'static str {
         match self {
             ConnectionSourceKind::Mongodb => "mongodb",
+            ConnectionSourceKind::Queue => "queue",
             ConnectionSourceKind::None => "none",
         }
     }
@@ -47,12 +51,16 @@ impl FromStr for ConnectionSourceKind {
         Self::ALL
             .into_iter()
             .find(|k| k.as_str().eq_ignore_ascii_case(s.trim()))
-            .ok_or_else(|| format!("unknown connection source {s:?}; expected mongodb or none"))
+            .ok_or_else(|| {
+                format!("unknown connection source {s:?}; expected mongodb, queue or none")
+            })
     }
 }
 
-/// The connection source and the names of the connection service's
-/// collections (on the server of the `mongodb` section).
+/// The connection source, the names of the connection service's
+/// collections (on the server of the `mongodb` section) and, for `queue`,
+/// the names of its two protocols (on the exchange of the `rabbitmq`
+/// section; dead letters go to its dead-letter queue), today's by default.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ConnectionSettings {
@@ -64,6 +72,26 @@ pub struct ConnectionSettings {
     pub logs_collection: String,
     /// Hidden discrepancies: the nested `hiddenDiscrepancies` of a document.
     pub hidden_collection: String,
+    /// The routing key of `"connectionLogSyncStart"`.
+    pub log_sync_start_routing_key: String,
+    /// The connection service's queue for it (declared where missing).
+    pub log_sync_start_queue: String,
+    /// The routing key the connection service publishes log batches with.
+    pub log_sync_data_routing_key: String,
+    /// Our queue for the log batches.
+    pub log_sync_data_queue: String,
+    /// The routing key of `"hiddenDiscrepancySyncStart"`.
+    pub hidden_sync_start_routing_key: String,
+    /// The connection service's queue for it (declared where missing).
+    pub hidden_sync_start_queue: String,
+    /// The routing key the connection service publishes hidden-discrepancy
+    /// batches with.
+    pub hidden_sync_data_routing_key: String,
+    /// Our queue for the hidden-discrepancy batches.
+    pub hidden_sync_data_queue: String,
+    /// A connection service silent this long (before its first batch or
+    /// between two) fails the run.
+    pub idle_timeout_secs: u64,
 }
 
 impl Default for ConnectionSettings {
@@ -73,6 +101,15 @@ impl Default for ConnectionSettings {
             database: None,
             logs_collection: "connectionLogs".into(),
             hidden_collection: "hiddenDiscrepancy".into(),
+            log_sync_start_routing_key: "reval.routingkey.connectionlog.essyncstart".into(),
+            log_sync_start_queue: "reval.queue.connectionlog.essyncstart.connection".into(),
+            log_sync_data_routing_key: "reval.routingkey.connectionlog.essyncdata".into(),
+            log_sync_data_queue: "reval.queue.connectionlog.essyncdata.integration".into(),
+            hidden_sync_start_routing_key: "reval.routingkey.hiddendiscrepancy.essyncstart".into(),
+            hidden_sync_start_queue: "reval.queue.hiddendiscrepancy.essyncstart.connection".into(),
+            hidden_sync_data_routing_key: "reval.routingkey.hiddendiscrepancy.essyncdata".into(),
+            hidden_sync_data_queue: "reval.queue.hiddendiscrepancy.essyncdata.integration".into(),
+            idle_timeout_secs: 300,
         }
     }
 }
@@ -98,10 +135,42 @@ impl ConnectionSettings {
         for (field, name) in [
             ("connection.logs_collection", &self.logs_collection),
             ("connection.hidden_collection", &self.hidden_collection),
+            (
+                "connection.log_sync_start_routing_key",
+                &self.log_sync_start_routing_key,
+            ),
+            (
+                "connection.log_sync_start_queue",
+                &self.log_sync_start_queue,
+            ),
+            (
+                "connection.log_sync_data_routing_key",
+                &self.log_sync_data_routing_key,
+            ),
+            ("connection.log_sync_data_queue", &self.log_sync_data_queue),
+            (
+                "connection.hidden_sync_start_routing_key",
+                &self.hidden_sync_start_routing_key,
+            ),
+            (
+                "connection.hidden_sync_start_queue",
+                &self.hidden_sync_start_queue,
+            ),
+            (
+                "connection.hidden_sync_data_routing_key",
+                &self.hidden_sync_data_routing_key,
+            ),
+            (
+                "connection.hidden_sync_data_queue",
+                &self.hidden_sync_data_queue,
+            ),
         ] {
             if name.trim().is_empty() {
                 return Some((field, "must not be empty"));
             }
+        }
+        if self.idle_timeout_secs == 0 {
+            return Some(("connection.idle_timeout_secs", "must be at least 1"));
         }
         None
     }
@@ -117,6 +186,14 @@ mod tests {
         assert_eq!(s.source, ConnectionSourceKind::Mongodb);
         assert_eq!(s.logs_collection, "connectionLogs");
         assert_eq!(s.hidden_collection, "hiddenDiscrepancy");
+        assert_eq!(
+            s.log_sync_data_queue,
+            "reval.queue.connectionlog.essyncdata.integration"
+        );
+        assert_eq!(
+            s.hidden_sync_start_routing_key,
+            "reval.routingkey.hiddendiscrepancy.essyncstart"
+        );
         assert_eq!(s.problem(), None);
     }
 
@@ -132,9 +209,10 @@ mod tests {
     #[test]
     fn sources_parse_and_unknown_ones_list_the_valid_values() {
         assert_eq!("none".parse(), Ok(ConnectionSourceKind::None));
+        assert_eq!("queue".parse(), Ok(ConnectionSourceKind::Queue));
         assert_eq!(" MongoDB ".parse(), Ok(ConnectionSourceKind::Mongodb));
-        let error = "queue".parse::<ConnectionSourceKind>().unwrap_err();
-        assert!(error.contains("mongodb or none"), "{error}");
+        let error = "sqs".parse::<ConnectionSourceKind>().unwrap_err();
+        assert!(error.contains("mongodb, queue or none"), "{error}");
     }
 
     #[test]

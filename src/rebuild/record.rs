@@ -205,6 +205,9 @@ pub struct RunCounts {
     pub tcs_redelivered: u64,
     /// Batches of an earlier GMC sync over the queue discarded at the start.
     pub gmc_stale_discarded: u64,
+    /// Batches of earlier connection-service syncs over the queues
+    /// discarded at the start.
+    pub connection_stale_discarded: u64,
     /// Doctors with a latest recommendation outcome.
     pub gmc_outcomes: u64,
     /// Usable documents read from `doctorsForDB`.

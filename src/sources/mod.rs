@@ -5,6 +5,7 @@
 pub mod changes;
 pub mod connection;
 pub mod gmc;
+pub mod index_sync;
 pub mod tcs;
 
 use std::time::Duration;

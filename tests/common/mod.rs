@@ -72,6 +72,20 @@ impl TestEnv {
             *q = format!("{id}.{q}");
         }
         g.idle_timeout_secs = 20;
+        let c = &mut settings.connection;
+        for q in [
+            &mut c.log_sync_start_queue,
+            &mut c.log_sync_start_routing_key,
+            &mut c.log_sync_data_queue,
+            &mut c.log_sync_data_routing_key,
+            &mut c.hidden_sync_start_queue,
+            &mut c.hidden_sync_start_routing_key,
+            &mut c.hidden_sync_data_queue,
+            &mut c.hidden_sync_data_routing_key,
+        ] {
+            *q = format!("{id}.{q}");
+        }
+        c.idle_timeout_secs = 20;
         settings.validate().expect("test settings are valid");
         Self { settings, id }
     }
@@ -133,6 +147,10 @@ impl TestEnv {
                     &r.dead_letter_queue,
                     &self.settings.gmc.sync_start_queue,
                     &self.settings.gmc.sync_data_queue,
+                    &self.settings.connection.log_sync_start_queue,
+                    &self.settings.connection.log_sync_data_queue,
+                    &self.settings.connection.hidden_sync_start_queue,
+                    &self.settings.connection.hidden_sync_data_queue,
                 ] {
                     let _ = ch.queue_delete(q.as_str().into(), Default::default()).await;
                 }

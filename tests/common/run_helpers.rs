@@ -14,7 +14,13 @@ use rebuilder::rebuild::record::{RunHistory, RunOutcome, RunRecord};
 use rebuilder::rebuild::{run_rebuild, RunOptions};
 use rebuilder::search::SearchClient;
 use rebuilder::sources::tcs::REASON_HEADER;
+use rebuilder_dev::connection_simulator::{
+    run_connection_simulator, ConnectionSimulatorOptions, ConnectionSyncsServed,
+};
 use rebuilder_dev::datagen::{Category, DatasetSpec};
+use rebuilder_dev::recommendation_simulator::{
+    run_recommendation_simulator, GmcSyncServed, RecommendationSimulatorOptions,
+};
 use rebuilder_dev::seed::seed_mongo_with;
 use rebuilder_dev::simulator::{run_simulator, SimulatorError, SimulatorOptions, SyncServed};
 
@@ -86,6 +92,41 @@ pub fn simulator_once(
             ..SimulatorOptions::default()
         },
     )
+}
+
+/// The recommendation simulator of this test, serving one GMC sync of
+/// `spec` in batches of `batch_size`, then `extra_messages` as they are.
+pub fn recommendations_once(
+    env: &TestEnv,
+    spec: DatasetSpec,
+    batch_size: usize,
+    extra_messages: Vec<Vec<u8>>,
+) -> JoinHandle<Result<Vec<GmcSyncServed>, SimulatorError>> {
+    let (rabbit, gmc) = (env.settings.rabbitmq.clone(), env.settings.gmc.clone());
+    let options = RecommendationSimulatorOptions {
+        once: true,
+        batch_size,
+        extra_messages,
+    };
+    tokio::spawn(async move { run_recommendation_simulator(&rabbit, &gmc, spec, options).await })
+}
+
+/// The connection simulator of this test, serving one sync of each of
+/// its protocols from `spec` (`options.once` is set here).
+pub fn connection_service_once(
+    env: &TestEnv,
+    spec: DatasetSpec,
+    options: ConnectionSimulatorOptions,
+) -> JoinHandle<Result<ConnectionSyncsServed, SimulatorError>> {
+    let (rabbit, connection) = (
+        env.settings.rabbitmq.clone(),
+        env.settings.connection.clone(),
+    );
+    let options = ConnectionSimulatorOptions {
+        once: true,
+        ..options
+    };
+    tokio::spawn(async move { run_connection_simulator(&rabbit, &connection, spec, options).await })
 }
 
 /// One rebuild in-process, bounded in time.

@@ -1,8 +1,10 @@
 //! Part of step 2: the connection service's data (connection logs and
-//! hidden discrepancies), read once from MongoDB by a task of its own while
-//! the GMC side is read, so that it adds no time to the run's critical
-//! path. With `connection.source = "none"` nothing is read and documents
-//! carry no connection fields.
+//! hidden discrepancies), read once by a task of its own while the GMC
+//! side is read, so that it adds no time to the run's critical path: from
+//! MongoDB (`connection.source = "mongodb"`), or asked of the connection
+//! service over its two queues (`"queue"`; the batches stay unacked until
+//! the load has written the documents). With `"none"` nothing is read and
+//! documents carry no connection fields.
 
 use anyhow::Context;
 use tokio::task::JoinHandle;
@@ -12,10 +14,16 @@ use super::RunContext;
 use crate::config::ConnectionSourceKind;
 use crate::rebuild::record::RunRecord;
 use crate::retry::with_retry;
+use crate::sources::connection::queue::read_over_queues;
 use crate::sources::connection::{ConnectionMap, ConnectionRead, ConnectionSource};
+use crate::sources::index_sync::PendingBatches;
+
+/// What the task delivers: the data, the batches that carried it (queue
+/// mode) and the stale batches discarded first.
+type Delivered = (ConnectionRead, Vec<PendingBatches>, u64);
 
 /// The read in progress; aborted if dropped (a failed or stopped run).
-pub(super) struct PendingConnectionRead(Option<JoinHandle<anyhow::Result<ConnectionRead>>>);
+pub(super) struct PendingConnectionRead(Option<JoinHandle<anyhow::Result<Delivered>>>);
 
 impl Drop for PendingConnectionRead {
     fn drop(&mut self) {
@@ -28,8 +36,22 @@ impl Drop for PendingConnectionRead {
 /// Starts the read (nothing to read for `none`).
 pub(super) fn start(context: &RunContext<'_>) -> PendingConnectionRead {
     let settings = &context.settings.connection;
-    if settings.source == ConnectionSourceKind::None {
-        return PendingConnectionRead(None);
+    match settings.source {
+        ConnectionSourceKind::None => return PendingConnectionRead(None),
+        ConnectionSourceKind::Queue => {
+            let (rabbit, settings) = (context.settings.rabbitmq.clone(), settings.clone());
+            return PendingConnectionRead(Some(tokio::spawn(async move {
+                let read = read_over_queues(&rabbit, &settings)
+                    .await
+                    .context("while reading the connection service's data from its queues")?;
+                info!(
+                    batches = read.batches,
+                    "Read the connection service's syncs over its queues."
+                );
+                Ok((read.read, read.pending, read.purged_stale))
+            })));
+        }
+        ConnectionSourceKind::Mongodb => {}
     }
     let source = ConnectionSource::new(&context.mongo, settings, &context.settings.mongodb);
     let retry = context.retry;
@@ -38,22 +60,24 @@ pub(super) fn start(context: &RunContext<'_>) -> PendingConnectionRead {
         settings.logs_collection, settings.hidden_collection
     );
     PendingConnectionRead(Some(tokio::spawn(async move {
-        with_retry(&retry, &what, || source.read())
+        let read = with_retry(&retry, &what, || source.read())
             .await
-            .with_context(|| format!("while reading the connection service's data ({what})"))
+            .with_context(|| format!("while reading the connection service's data ({what})"))?;
+        Ok((read, Vec::new(), 0))
     })))
 }
 
-/// Waits for the read and records what it found.
+/// Waits for the read and records what it found; gives the data and the
+/// batches to ack once the documents are written (queue mode).
 pub(super) async fn finish(
     context: &mut RunContext<'_>,
     mut pending: PendingConnectionRead,
-) -> anyhow::Result<ConnectionMap> {
+) -> anyhow::Result<(ConnectionMap, Vec<PendingBatches>)> {
     // Awaited through a borrow, so that a stopped run drops (aborts) it.
     let Some(handle) = pending.0.as_mut() else {
-        return Ok(ConnectionMap::new());
+        return Ok((ConnectionMap::new(), Vec::new()));
     };
-    let read = context
+    let (read, batches, stale) = context
         .cancellable(async {
             handle
                 .await
@@ -61,6 +85,7 @@ pub(super) async fn finish(
         })
         .await?;
     record(&mut context.tracker.record, &read);
+    context.tracker.record.counts.connection_stale_discarded = stale;
     info!(
         doctors = read.map.len(),
         logs = read.logs,
@@ -69,7 +94,7 @@ pub(super) async fn finish(
         rejected = read.rejects.values().sum::<u64>(),
         "Read the connection service's data: connection logs and hidden discrepancies."
     );
-    Ok(read.map)
+    Ok((read.map, batches))
 }
 
 fn record(record: &mut RunRecord, read: &ConnectionRead) {

@@ -9,7 +9,7 @@
 //! With `gmc.source = "queue"` the GMC side comes from the recommendation
 //! service's batches instead (`sources::gmc::queue`), into the same maps,
 //! still while TCS publishes; the batches stay unacked until the load has
-//! written their documents ([`GmcBatches`]).
+//! written their documents ([`QueueBatches`]).
 //!
 //! Beside either, the connection service's data is read once
 //! ([`super::connection_read`]).
@@ -24,8 +24,9 @@ use crate::rebuild::record::RunPhase;
 use crate::retry::with_retry;
 use crate::sources::connection::ConnectionMap;
 use crate::sources::gmc::{
-    read_over_queue, DoctorRead, DoctorStore, GmcSource, OutcomeLoad, OutcomeMap, PendingBatches,
+    read_over_queue, DoctorRead, DoctorStore, GmcSource, OutcomeLoad, OutcomeMap,
 };
+use crate::sources::index_sync::PendingBatches;
 use crate::sources::tcs::TcsSync;
 
 /// Reject keys of recommendations that give no usable outcome.
@@ -48,27 +49,29 @@ impl Sources {
     }
 }
 
-/// The recommendation service's batches of a queue read, unacked until the
-/// load has written their documents (nothing to ack for a MongoDB read).
-pub(super) struct GmcBatches(Option<PendingBatches>);
+/// The services' batches of the queue reads (GMC, connection logs, hidden
+/// discrepancies), unacked until the load has written their documents
+/// (nothing to ack for MongoDB reads).
+#[derive(Default)]
+pub(super) struct QueueBatches(Vec<PendingBatches>);
 
-impl GmcBatches {
+impl QueueBatches {
     /// The load has written every document: ack the batches that carried them.
     pub async fn ack_written(self) {
-        if let Some(pending) = self.0 {
+        for pending in self.0 {
             pending.ack_written().await;
         }
     }
 
     /// The run failed: give the batches back (the next run discards them).
     pub async fn abandon(self) {
-        if let Some(pending) = self.0 {
+        for pending in self.0 {
             pending.abandon().await;
         }
     }
 }
 
-pub(super) async fn run(context: &mut RunContext<'_>) -> anyhow::Result<(Sources, GmcBatches)> {
+pub(super) async fn run(context: &mut RunContext<'_>) -> anyhow::Result<(Sources, QueueBatches)> {
     context.tracker.begin(RunPhase::GmcRead).await;
     let sync = TcsSync::start(&context.settings.rabbitmq, context.retry)
         .await
@@ -77,20 +80,29 @@ pub(super) async fn run(context: &mut RunContext<'_>) -> anyhow::Result<(Sources
     let connections = connection_read::start(context);
     if context.settings.gmc.source == GmcSourceKind::Queue {
         let read = match read_queue(context).await {
-            Ok(read) => connection_read::finish(context, connections)
-                .await
-                .map(|c| (read, c)),
+            Ok((outcomes, doctors, pending)) => {
+                match connection_read::finish(context, connections).await {
+                    Ok((connections, mut batches)) => {
+                        batches.insert(0, pending);
+                        Ok((outcomes, doctors, connections, QueueBatches(batches)))
+                    }
+                    Err(e) => {
+                        pending.abandon().await;
+                        Err(e)
+                    }
+                }
+            }
             Err(e) => Err(e),
         };
         return match read {
-            Ok(((outcomes, doctors, pending), connections)) => Ok((
+            Ok((outcomes, doctors, connections, batches)) => Ok((
                 Sources {
                     sync,
                     outcomes,
                     doctors,
                     connections,
                 },
-                GmcBatches(Some(pending)),
+                batches,
             )),
             Err(e) => {
                 sync.close().await;
@@ -129,7 +141,7 @@ pub(super) async fn run(context: &mut RunContext<'_>) -> anyhow::Result<(Sources
             .map(|c| (read, c)),
         Err(e) => Err(e),
     };
-    let (((outcomes, load), read), connections) = match read {
+    let (((outcomes, load), read), (connections, batches)) = match read {
         Ok(read) => read,
         Err(e) => {
             sync.close().await;
@@ -153,7 +165,7 @@ pub(super) async fn run(context: &mut RunContext<'_>) -> anyhow::Result<(Sources
             doctors: read.doctors,
             connections,
         },
-        GmcBatches(None),
+        QueueBatches(batches),
     ))
 }
 

@@ -265,25 +265,25 @@ impl StartedRun {
 async fn execute(context: &mut RunContext<'_>) -> anyhow::Result<RunOutcome> {
     cleanup::run(context).await?;
     context.check_continue()?;
-    let (sources, gmc_batches) = gmc_read::run(context).await?;
+    let (sources, queue_batches) = gmc_read::run(context).await?;
     let master = match load::create_master(context).await {
         Ok(master) => master,
         Err(e) => {
             sources.abandon().await;
-            gmc_batches.abandon().await;
+            queue_batches.abandon().await;
             return Err(e);
         }
     };
     let loaded = match load::run(context, &master, sources).await {
         Ok(loaded) => loaded,
         Err(e) => {
-            gmc_batches.abandon().await;
+            queue_batches.abandon().await;
             return Err(e);
         }
     };
-    // Every document is written (or counted as failed): the recommendation
-    // service's batches that carried them may go (queue mode only).
-    gmc_batches.ack_written().await;
+    // Every document is written (or counted as failed): the services'
+    // batches that carried them may go (queue modes only).
+    queue_batches.ack_written().await;
     context.check_continue()?;
     let gates = validate::run(context, &master, loaded).await?;
     context.check_continue()?;

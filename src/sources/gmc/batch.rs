@@ -14,28 +14,14 @@ use serde_json::{Map, Value};
 
 use super::reject_key;
 use crate::domain::{GmcDoctor, GmcNumber, GmcStatus};
+use crate::sources::index_sync::{ext_json_date, kind_of, MessageRejects};
 
-/// Why a whole message cannot be a batch (it is dead-lettered).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum BatchError {
-    #[error("not JSON: {0}")]
-    InvalidJson(String),
-    #[error("not an IndexSyncMessage (an object with payload and syncEnd): {0}")]
-    NotASyncMessage(String),
-    #[error("the payload is not a list: {0}")]
-    PayloadNotAList(String),
-}
-
-impl BatchError {
-    /// The reject key it is counted and dead-lettered under.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            BatchError::InvalidJson(_) => "gmc_batch_invalid_json",
-            BatchError::NotASyncMessage(_) => "gmc_batch_not_a_sync_message",
-            BatchError::PayloadNotAList(_) => "gmc_batch_payload_not_a_list",
-        }
-    }
-}
+/// The reject keys of a message that is not a batch.
+pub const GMC_MESSAGE_REJECTS: MessageRejects = MessageRejects {
+    invalid_json: "gmc_batch_invalid_json",
+    not_a_sync_message: "gmc_batch_not_a_sync_message",
+    payload_not_a_list: "gmc_batch_payload_not_a_list",
+};
 
 /// The reject key of a payload item that holds no doctor object.
 pub const REJECT_ITEM_NOT_A_DOCTOR: &str = "gmc_item_not_a_doctor";
@@ -64,47 +50,6 @@ pub enum BatchItem {
         detail: String,
         item: Value,
     },
-}
-
-/// A parsed batch.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Batch {
-    pub items: Vec<BatchItem>,
-    pub sync_end: bool,
-}
-
-/// Parses one message body.
-pub fn parse_batch(body: &[u8]) -> Result<Batch, BatchError> {
-    let value: Value =
-        serde_json::from_slice(body).map_err(|e| BatchError::InvalidJson(e.to_string()))?;
-    let Value::Object(message) = value else {
-        return Err(BatchError::NotASyncMessage(format!(
-            "a JSON {}",
-            kind_of(&value)
-        )));
-    };
-    let sync_end = message.get("syncEnd").and_then(Value::as_bool);
-    let payload = message.get("payload");
-    let items = match (payload, sync_end) {
-        (Some(Value::Array(items)), _) => items.iter().map(parse_item).collect(),
-        // The last message may carry no payload at all.
-        (None | Some(Value::Null), Some(true)) => Vec::new(),
-        (None, _) => {
-            return Err(BatchError::NotASyncMessage(
-                "an object without a payload".into(),
-            ))
-        }
-        (Some(other), _) => {
-            return Err(BatchError::PayloadNotAList(format!(
-                "a JSON {}",
-                kind_of(other)
-            )))
-        }
-    };
-    Ok(Batch {
-        items,
-        sync_end: sync_end == Some(true),
-    })
 }
 
 /// Parses one payload item: `{"doctor": {...}, "gmcOutcome": "..."}`.
@@ -190,22 +135,7 @@ fn scalar(value: &Value) -> Bson {
 fn date(value: &Value) -> Bson {
     match value {
         Value::String(s) => Bson::String(s.clone()),
-        Value::Object(o) => match o.get("$date") {
-            Some(Value::String(s)) => {
-                bson::DateTime::parse_rfc3339_str(s).map_or(Bson::Null, Bson::DateTime)
-            }
-            Some(Value::Number(n)) => n.as_i64().map_or(Bson::Null, |ms| {
-                Bson::DateTime(bson::DateTime::from_millis(ms))
-            }),
-            Some(Value::Object(long)) => long
-                .get("$numberLong")
-                .and_then(Value::as_str)
-                .and_then(|s| s.parse::<i64>().ok())
-                .map_or(Bson::Null, |ms| {
-                    Bson::DateTime(bson::DateTime::from_millis(ms))
-                }),
-            _ => Bson::Null,
-        },
+        Value::Object(_) => ext_json_date(value).map_or(Bson::Null, Bson::DateTime),
         // Jackson without JavaTimeModule's string form: [2024, 3, 5] or
         // [2024, 3, 5, 10, 30, 0].
         Value::Array(parts) => match parts.as_slice() {
@@ -216,17 +146,6 @@ fn date(value: &Value) -> Bson {
             _ => Bson::Null,
         },
         _ => Bson::Null,
-    }
-}
-
-fn kind_of(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "boolean",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "list",
-        Value::Object(_) => "object",
     }
 }
 
@@ -347,40 +266,5 @@ mod tests {
             REJECT_ITEM_NOT_A_DOCTOR
         );
         assert_eq!(reason(json!("1234567")), REJECT_ITEM_NOT_A_DOCTOR);
-    }
-
-    #[test]
-    fn malformed_messages_say_what_they_are_not() {
-        let error = |body: &[u8]| parse_batch(body).unwrap_err().as_str();
-        assert_eq!(error(b"{\"payload\": ["), "gmc_batch_invalid_json");
-        assert_eq!(error(b"\"gmcSyncStart\""), "gmc_batch_not_a_sync_message");
-        assert_eq!(error(b"[{\"doctor\": {}}]"), "gmc_batch_not_a_sync_message");
-        assert_eq!(error(b"{\"doctors\": []}"), "gmc_batch_not_a_sync_message");
-        assert_eq!(
-            error(b"{\"payload\": {\"doctor\": {}}, \"syncEnd\": false}"),
-            "gmc_batch_payload_not_a_list"
-        );
-        assert_eq!(
-            error(b"{\"payload\": null, \"syncEnd\": false}"),
-            "gmc_batch_payload_not_a_list"
-        );
-    }
-
-    #[test]
-    fn a_batch_keeps_every_item_in_order_and_the_end_is_recognised() {
-        let batch = parse_batch(
-            br#"{"payload": [{"doctor": {"gmcReferenceNumber": "1"}}, {"doctor": {}}], "syncEnd": false}"#,
-        )
-        .unwrap();
-        assert!(!batch.sync_end);
-        assert_eq!(batch.items.len(), 2);
-        assert!(matches!(batch.items[1], BatchItem::Rejected { .. }));
-        for end in [
-            &br#"{"payload": [], "syncEnd": true}"#[..],
-            br#"{"syncEnd": true}"#,
-        ] {
-            let batch = parse_batch(end).unwrap();
-            assert!(batch.sync_end && batch.items.is_empty());
-        }
     }
 }

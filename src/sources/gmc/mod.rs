@@ -41,7 +41,7 @@ use tracing::{debug, info};
 
 pub use numbers::{GmcNumberMap, GmcNumberSet};
 pub use pages::{DoctorPage, DoctorPages, CURSOR_STALL_GUARD};
-pub use queue::{read_over_queue, GmcQueueError, GmcQueueRead, PendingBatches};
+pub use queue::{read_over_queue, GmcQueueRead};
 pub use store::DoctorStore;
 
 use super::SourceError;

@@ -17,6 +17,8 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use futures::TryStreamExt;
 use mongodb::{Client, Collection};
 
+pub mod queue;
+
 use super::SourceError;
 use crate::config::{ConnectionSettings, MongoSettings};
 use crate::domain::connection::{format_connection_time, HiddenAdded};
@@ -129,35 +131,54 @@ impl ConnectionSource {
 }
 
 /// The map from the documents of both collections (see the module notes).
-/// Hidden discrepancies are taken in the order they were hidden (then by
-/// id), so that "the first for a body is kept" does not depend on the
-/// order the server returns them in.
 pub fn build(logs: &[Document], hidden: &[Document]) -> ConnectionRead {
-    let mut read = ConnectionRead::default();
+    let mut builder = ConnectionBuilder::default();
     for log in logs {
+        let _ = builder.add_log(log);
+    }
+    for h in hidden {
+        let _ = builder.add_hidden(h);
+    }
+    builder.finish()
+}
+
+/// Collects connection logs and hidden discrepancies, one at a time, into
+/// a [`ConnectionRead`]. Hidden discrepancies are taken in the order they
+/// were hidden (then by id) at the end, so that "the first for a body is
+/// kept" does not depend on the order they arrived in.
+#[derive(Default)]
+pub struct ConnectionBuilder {
+    read: ConnectionRead,
+    hidden: Vec<(Option<DateTime<Utc>>, GmcNumber, HiddenDiscrepancy)>,
+}
+
+impl ConnectionBuilder {
+    /// Takes one connection log (`gmcId`, `updatedBy`, `requestTime`), or
+    /// counts it under the reason it is unusable and returns that reason.
+    pub fn add_log(&mut self, log: &Document) -> Result<(), &'static str> {
         let Some(number) = gmc_number(log.get("gmcId")) else {
-            *read.rejects.entry(REJECT_LOG_GMC_NUMBER).or_default() += 1;
-            continue;
+            return Err(self.reject(REJECT_LOG_GMC_NUMBER));
         };
         let Some(event_time) = date_time(log.get("requestTime")) else {
-            *read.rejects.entry(REJECT_LOG_TIME).or_default() += 1;
-            continue;
+            return Err(self.reject(REJECT_LOG_TIME));
         };
-        read.logs += 1;
-        entry(&mut read.map, number).add_log(ConnectionLog {
+        self.read.logs += 1;
+        entry(&mut self.read.map, number).add_log(ConnectionLog {
             updated_by: text(log.get("updatedBy")),
             event_time,
         });
+        Ok(())
     }
-    let mut usable = Vec::with_capacity(hidden.len());
-    for h in hidden {
+
+    /// Takes one hidden discrepancy (`_id`, `gmcId`,
+    /// `hiddenForDesignatedBodyCode`, `hiddenBy`, `reason`,
+    /// `hiddenDateTime`), or counts it under the reason it is unusable.
+    pub fn add_hidden(&mut self, h: &Document) -> Result<(), &'static str> {
         let Some(number) = gmc_number(h.get("gmcId")) else {
-            *read.rejects.entry(REJECT_HIDDEN_GMC_NUMBER).or_default() += 1;
-            continue;
+            return Err(self.reject(REJECT_HIDDEN_GMC_NUMBER));
         };
         let Some(body) = text(h.get("hiddenForDesignatedBodyCode")) else {
-            *read.rejects.entry(REJECT_HIDDEN_BODY).or_default() += 1;
-            continue;
+            return Err(self.reject(REJECT_HIDDEN_BODY));
         };
         let at = date_time(h.get("hiddenDateTime"));
         let entry = HiddenDiscrepancy {
@@ -168,17 +189,28 @@ pub fn build(logs: &[Document], hidden: &[Document]) -> ConnectionRead {
             reason: text(h.get("reason")),
             hidden_date_time: at.map(format_connection_time),
         };
-        usable.push((at, number, entry));
+        self.hidden.push((at, number, entry));
+        Ok(())
     }
-    // Undated ones last: they cannot be placed in time.
-    usable.sort_by(|a, b| (a.0.is_none(), a.0, &a.2.id).cmp(&(b.0.is_none(), b.0, &b.2.id)));
-    for (_, number, h) in usable {
-        read.hidden += 1;
-        if entry(&mut read.map, number).add_hidden(h) == HiddenAdded::SameBodyKept {
-            read.hidden_same_body += 1;
+
+    fn reject(&mut self, reason: &'static str) -> &'static str {
+        *self.read.rejects.entry(reason).or_default() += 1;
+        reason
+    }
+
+    pub fn finish(mut self) -> ConnectionRead {
+        let mut usable = std::mem::take(&mut self.hidden);
+        // Undated ones last: they cannot be placed in time.
+        usable.sort_by(|a, b| (a.0.is_none(), a.0, &a.2.id).cmp(&(b.0.is_none(), b.0, &b.2.id)));
+        let mut read = self.read;
+        for (_, number, h) in usable {
+            read.hidden += 1;
+            if entry(&mut read.map, number).add_hidden(h) == HiddenAdded::SameBodyKept {
+                read.hidden_same_body += 1;
+            }
         }
+        read
     }
-    read
 }
 
 fn entry(map: &mut ConnectionMap, number: GmcNumber) -> &mut DoctorConnection {
