@@ -3,7 +3,10 @@
 //! deleted from `hiddenDiscrepancy`) reach the live generation through the
 //! change streams of the connection service's collections, as GMC changes
 //! do; made during a rebuild, they are in the new generation after the
-//! swap (journaled, replayed), none lost.
+//! swap (journaled, replayed), none lost. Change events with text dates
+//! (`yyyy-MM-dd HH:mm:ss`) and Extended-JSON ones are read as the sync
+//! reads them; one for a doctor no source knows makes no document and
+//! holds nothing up.
 //!
 //! Needs the local stack (`scripts/stack start`).
 
@@ -235,6 +238,108 @@ async fn connection_changes_made_during_a_rebuild_are_in_the_new_generation() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    applier.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn change_events_with_text_and_extended_json_dates_are_read_as_the_sync_reads_them() {
+    logs();
+    let env = TestEnv::new("connection_live_dates");
+    let spec = DatasetSpec::new(73, 300);
+    baseline(&env, &spec).await;
+    let client = env.search().await;
+    let alias = env.name("masterdoctorindex");
+    let doctors: Vec<String> = spec
+        .doctors()
+        .filter(|d| d.category == Category::Both)
+        .map(|d| d.gmc_number)
+        .take(4)
+        .collect();
+    let (logs, hiddens) = connection_collections(&env).await;
+    let mongo = env.mongo().await;
+    let gmc = mongo
+        .database(&env.settings.mongodb.database)
+        .collection::<Document>(&env.settings.mongodb.doctors_collection);
+    let applier = Applier::start(&env).await;
+
+    // A connection log and a hidden discrepancy whose times are text in
+    // `yyyy-MM-dd HH:mm:ss` (as a relay may write them), taken as UTC.
+    let mut spaced = log(&doctors[0], "live.spaced", 0);
+    spaced.insert("requestTime", "2030-02-03 04:05:06");
+    logs.insert_one(spaced).await.unwrap();
+    let mut hidden_spaced = hidden("hide-spaced", &doctors[1], "1-SPACED");
+    hidden_spaced.insert("hiddenDateTime", "2029-01-02 03:04:05");
+    hiddens.insert_one(hidden_spaced).await.unwrap();
+    // A GMC doctor change with a text date and one with an Extended-JSON
+    // date (what a relay's `{"$date": ...}` is once parsed: a BSON date).
+    gmc.update_one(
+        doc! {"_id": &doctors[2]},
+        doc! {"$set": {"submissionDate": "2031-04-06 13:14:15"}},
+    )
+    .await
+    .unwrap();
+    let extended: Document = bson::Bson::try_from(serde_json::json!({
+        "submissionDate": {"$date": "2031-05-07T00:00:00Z"},
+        "lastUpdatedDate": {"$date": {"$numberLong": "1950000000000"}},
+    }))
+    .unwrap()
+    .as_document()
+    .unwrap()
+    .clone();
+    gmc.update_one(doc! {"_id": &doctors[3]}, doc! {"$set": extended})
+        .await
+        .unwrap();
+    // A hidden discrepancy for a doctor no source knows: no document.
+    hiddens
+        .insert_one(hidden("hide-nobody", "9999993", "1-SPACED"))
+        .await
+        .unwrap();
+    // ...and what comes after it still arrives (2031-01-01, the latest).
+    logs.insert_one(log(&doctors[0], "live.after", 1_924_992_000_000))
+        .await
+        .unwrap();
+
+    wait_for_doc(&client, &alias, &doctors[0], Duration::from_secs(30), |d| {
+        d.is_some_and(|d| {
+            d["updatedBy"] == "live.after"
+                && d["lastConnectionDateTime"] == "2031-01-01T00:00:00.000"
+        })
+    })
+    .await;
+    // The text-dated log was read: it is the latest but for the one after.
+    let mut spaced_only = log(&doctors[1], "live.spaced-2", 0);
+    spaced_only.insert("requestTime", "2030-02-03 04:05:06");
+    logs.insert_one(spaced_only).await.unwrap();
+    wait_for_doc(&client, &alias, &doctors[1], Duration::from_secs(30), |d| {
+        d.is_some_and(|d| {
+            d["updatedBy"] == "live.spaced-2"
+                && d["lastConnectionDateTime"] == "2030-02-03T04:05:06.000"
+        })
+    })
+    .await;
+    wait_for_doc(&client, &alias, &doctors[1], Duration::from_secs(30), |d| {
+        d.is_some_and(|d| {
+            d["hiddenDiscrepancies"].as_array().is_some_and(|a| {
+                a.iter().any(|h| {
+                    h["hiddenForDesignatedBodyCode"] == "1-SPACED"
+                        && h["hiddenDateTime"] == "2029-01-02T03:04:05.000"
+                })
+            })
+        })
+    })
+    .await;
+    wait_for_doc(&client, &alias, &doctors[2], Duration::from_secs(30), |d| {
+        d.is_some_and(|d| d["submissionDate"] == "2031-04-06")
+    })
+    .await;
+    wait_for_doc(&client, &alias, &doctors[3], Duration::from_secs(30), |d| {
+        d.is_some_and(|d| {
+            d["submissionDate"] == "2031-05-07" && d["lastUpdatedDate"] == "2031-10-17"
+        })
+    })
+    .await;
+    assert!(doc_of(&client, &alias, "9999993").await.is_none());
     applier.stop().await;
     env.cleanup().await;
 }

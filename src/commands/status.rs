@@ -95,8 +95,27 @@ pub fn render(r: &RunRecord) -> String {
     );
     let _ = writeln!(
         out,
-        "  GMC: {} doctors, {} latest outcomes",
-        c.gmc_doctors, c.gmc_outcomes
+        "  GMC: {} doctors, {} latest outcomes{}",
+        c.gmc_doctors,
+        c.gmc_outcomes,
+        if c.gmc_stale_discarded > 0 {
+            format!(", {} stale batches discarded", c.gmc_stale_discarded)
+        } else {
+            String::new()
+        }
+    );
+    let _ = writeln!(
+        out,
+        "  connection data: {} connection logs, {} hidden discrepancies ({} for a body already kept), {} for doctors not in the index{}",
+        c.connection_logs,
+        c.hidden_discrepancies,
+        c.hidden_same_body,
+        c.connection_orphans,
+        if c.connection_stale_discarded > 0 {
+            format!(", {} stale batches discarded", c.connection_stale_discarded)
+        } else {
+            String::new()
+        }
     );
     let b = &r.bulk;
     let _ = writeln!(
@@ -202,5 +221,22 @@ mod tests {
         assert!(text.contains(": refused after"));
         assert!(text.contains("rejects: invalid_json 1"));
         assert!(text.contains("error: another rebuild is running"));
+    }
+
+    #[test]
+    fn the_connection_data_and_stale_batches_discarded_are_shown() {
+        let mut r = RunRecord::start("r2", Trigger::Cli, false, false);
+        r.counts.connection_logs = 12;
+        r.counts.hidden_discrepancies = 5;
+        r.counts.connection_orphans = 1;
+        r.counts.gmc_stale_discarded = 3;
+        r.counts.connection_stale_discarded = 2;
+        r.finish(RunOutcome::Succeeded, None);
+        let text = render(&r);
+        assert!(
+            text.contains("connection data: 12 connection logs, 5 hidden discrepancies (0 for a body already kept), 1 for doctors not in the index, 2 stale batches discarded"),
+            "{text}"
+        );
+        assert!(text.contains(", 3 stale batches discarded\n"), "{text}");
     }
 }
