@@ -16,7 +16,7 @@ use opensearch::http::Method;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::full_run::{self, RebuilderBin, Simulator};
+use crate::full_run::{self, RebuilderBin, SimulatedService, Simulator};
 use crate::process::read_status;
 use crate::round3;
 use rebuilder::config::Settings;
@@ -395,6 +395,7 @@ pub async fn measure(
     let simulator = Simulator::start(
         bin,
         settings,
+        SimulatedService::Tcs,
         spec.doctors,
         spec.seed,
         "flood-simulator.log",

@@ -1,9 +1,11 @@
 //! C, the rebuilder end to end: `rebuilder run` as a child process of the
 //! built binary, with `rebuilder-dev tcs-simulator` answering its `syncStart`
-//! and the GMC data seeded in MongoDB. While the measured run lives, the
-//! benchmark samples the child's memory and CPU, the documents written to
-//! the new generation (indexing totals, every 0.5 s) and the reader's probe;
-//! afterwards `rebuilder status --json` gives the phase durations.
+//! and the GMC data seeded in MongoDB (the recommendation and connection
+//! services can be simulated too: [`SimulatedService`]). While the measured
+//! run lives, the benchmark samples the child's memory and CPU, the
+//! documents written to the new generation (indexing totals, every 0.5 s)
+//! and the reader's probe; afterwards `rebuilder status --json` gives the
+//! phase durations.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -24,7 +26,7 @@ use rebuilder::search::SearchClient;
 #[derive(Clone, Debug)]
 pub struct RebuilderBin {
     pub path: PathBuf,
-    /// The `rebuilder-dev` binary (the TCS simulator).
+    /// The `rebuilder-dev` binary (the simulated services).
     pub dev_path: PathBuf,
     /// `REBUILDER_*` variables that isolate the child (see `isolation`).
     pub env: Vec<(String, String)>,
@@ -101,52 +103,91 @@ impl RebuilderBin {
     }
 }
 
-/// The TCS simulator, running as a child until stopped.
+/// A service that `rebuilder-dev` plays for a run: TCS, or the
+/// recommendation or connection service of the queue sources.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SimulatedService {
+    Tcs,
+    Recommendation,
+    Connection,
+}
+
+impl SimulatedService {
+    pub const ALL: [SimulatedService; 3] = [Self::Tcs, Self::Recommendation, Self::Connection];
+
+    /// The `rebuilder-dev` subcommand that plays it.
+    pub fn subcommand(self) -> &'static str {
+        match self {
+            SimulatedService::Tcs => "tcs-simulator",
+            SimulatedService::Recommendation => "recommendation-simulator",
+            SimulatedService::Connection => "connection-simulator",
+        }
+    }
+
+    /// The start queues it consumes: a run's sync requests go there.
+    pub fn start_queues(self, settings: &Settings) -> Vec<&str> {
+        match self {
+            SimulatedService::Tcs => vec![settings.rabbitmq.sync_start_queue.as_str()],
+            SimulatedService::Recommendation => vec![settings.gmc.sync_start_queue.as_str()],
+            SimulatedService::Connection => vec![
+                settings.connection.log_sync_start_queue.as_str(),
+                settings.connection.hidden_sync_start_queue.as_str(),
+            ],
+        }
+    }
+}
+
+/// A simulated service, running as a child until stopped.
 pub struct Simulator {
     child: Child,
     pub log: PathBuf,
 }
 
 impl Simulator {
-    /// Starts `rebuilder-dev tcs-simulator` and waits until it consumes the
-    /// sync-start queue, so that no `syncStart` can go unanswered.
+    /// Starts `rebuilder-dev <service's subcommand>` and waits until it
+    /// consumes each of its start queues, so that no sync request can go
+    /// unanswered.
     pub async fn start(
         bin: &RebuilderBin,
         settings: &Settings,
+        service: SimulatedService,
         doctors: usize,
         seed: u64,
         log_name: &str,
     ) -> anyhow::Result<Self> {
         let (doctors, seed) = (doctors.to_string(), seed.to_string());
+        let name = service.subcommand();
         let (mut cmd, log) = bin.command_of(
             &bin.dev_path,
-            &["tcs-simulator", "--doctors", &doctors, "--seed", &seed],
+            &[name, "--doctors", &doctors, "--seed", &seed],
             log_name,
         )?;
         let child = cmd
             .spawn()
-            .context("while starting rebuilder-dev tcs-simulator")?;
+            .with_context(|| format!("while starting rebuilder-dev {name}"))?;
         let mut simulator = Self { child, log };
-        let queue = &settings.rabbitmq.sync_start_queue;
         let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = simulator.child.try_wait()? {
-                bail!(
-                    "the TCS simulator exited ({status}) before listening; its output:\n{}",
-                    tail(&simulator.log, 20)
-                );
+        for queue in service.start_queues(settings) {
+            loop {
+                if let Some(status) = simulator.child.try_wait()? {
+                    bail!(
+                        "rebuilder-dev {name} exited ({status}) before listening; its output:\n{}",
+                        tail(&simulator.log, 20)
+                    );
+                }
+                if consumers(settings, queue).await.unwrap_or(0) > 0 {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!(
+                        "rebuilder-dev {name} did not consume {queue} within 60 s; its output:\n{}",
+                        tail(&simulator.log, 20)
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            if consumers(settings, queue).await.unwrap_or(0) > 0 {
-                return Ok(simulator);
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "the TCS simulator did not consume {queue} within 60 s; its output:\n{}",
-                    tail(&simulator.log, 20)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
         }
+        Ok(simulator)
     }
 
     pub fn pid(&self) -> Option<u32> {

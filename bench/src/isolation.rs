@@ -2,7 +2,7 @@
 //! database `rebuilder_bench`, and an exchange, queues and routing keys that
 //! start with `bench.`; the smoke has names of its own, so a CI smoke never
 //! touches a full run in progress. The same names reach the child processes
-//! (the rebuilder and the TCS simulator) as `REBUILDER_*` environment
+//! (the rebuilder and the simulated services) as `REBUILDER_*` environment
 //! variables. Also the guard that keeps every benchmark request on this
 //! machine.
 
@@ -59,6 +59,7 @@ pub fn isolate(settings: &mut Settings, names: BenchNames) {
     settings.mongodb.state_database = Some(names.database.to_string());
     let r = &mut settings.rabbitmq;
     let g = &mut settings.gmc;
+    let c = &mut settings.connection;
     for name in [
         &mut r.exchange,
         &mut r.sync_start_queue,
@@ -72,6 +73,14 @@ pub fn isolate(settings: &mut Settings, names: BenchNames) {
         &mut g.sync_start_routing_key,
         &mut g.sync_data_queue,
         &mut g.sync_data_routing_key,
+        &mut c.log_sync_start_queue,
+        &mut c.log_sync_start_routing_key,
+        &mut c.log_sync_data_queue,
+        &mut c.log_sync_data_routing_key,
+        &mut c.hidden_sync_start_queue,
+        &mut c.hidden_sync_start_routing_key,
+        &mut c.hidden_sync_data_queue,
+        &mut c.hidden_sync_data_routing_key,
     ] {
         if !name.starts_with(names.rabbit_prefix) {
             *name = format!("{}{name}", names.rabbit_prefix);
@@ -79,52 +88,51 @@ pub fn isolate(settings: &mut Settings, names: BenchNames) {
     }
 }
 
-/// The environment that gives a child process the same isolated names.
+/// The environment that gives a child process the same isolated names
+/// (and the same sources).
 pub fn child_env(settings: &Settings) -> Vec<(String, String)> {
-    let r = &settings.rabbitmq;
     let m = &settings.mongodb;
     [
         ("NAMES__PREFIX", settings.names.prefix.as_str()),
         ("MONGODB__DATABASE", m.database.as_str()),
         ("MONGODB__STATE_DATABASE", m.state_database()),
-        ("RABBITMQ__EXCHANGE", r.exchange.as_str()),
-        ("RABBITMQ__SYNC_START_QUEUE", r.sync_start_queue.as_str()),
-        (
-            "RABBITMQ__SYNC_START_ROUTING_KEY",
-            r.sync_start_routing_key.as_str(),
-        ),
-        ("RABBITMQ__SYNC_DATA_QUEUE", r.sync_data_queue.as_str()),
-        (
-            "RABBITMQ__SYNC_DATA_ROUTING_KEY",
-            r.sync_data_routing_key.as_str(),
-        ),
-        ("RABBITMQ__UPDATE_QUEUE", r.update_queue.as_str()),
-        (
-            "RABBITMQ__UPDATE_ROUTING_KEY",
-            r.update_routing_key.as_str(),
-        ),
-        ("RABBITMQ__DEAD_LETTER_QUEUE", r.dead_letter_queue.as_str()),
         ("GMC__SOURCE", settings.gmc.source.as_str()),
-        (
-            "GMC__SYNC_START_QUEUE",
-            settings.gmc.sync_start_queue.as_str(),
-        ),
-        (
-            "GMC__SYNC_START_ROUTING_KEY",
-            settings.gmc.sync_start_routing_key.as_str(),
-        ),
-        (
-            "GMC__SYNC_DATA_QUEUE",
-            settings.gmc.sync_data_queue.as_str(),
-        ),
-        (
-            "GMC__SYNC_DATA_ROUTING_KEY",
-            settings.gmc.sync_data_routing_key.as_str(),
-        ),
+        ("CONNECTION__SOURCE", settings.connection.source.as_str()),
     ]
     .into_iter()
-    .map(|(k, v)| (format!("REBUILDER_{k}"), v.to_string()))
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .chain(rabbit_names(settings))
+    .map(|(k, v)| (format!("REBUILDER_{k}"), v))
     .collect()
+}
+
+/// Every exchange, queue and routing-key name of the sections that have
+/// them, each under the key of the environment variable that sets it
+/// (`RABBITMQ__SYNC_DATA_QUEUE`), read from the sections' serialized keys
+/// so that a name added to a section is passed on and cleaned up too.
+fn rabbit_names(settings: &Settings) -> Vec<(String, String)> {
+    let sections = [
+        ("RABBITMQ", serde_json::to_value(&settings.rabbitmq)),
+        ("GMC", serde_json::to_value(&settings.gmc)),
+        ("CONNECTION", serde_json::to_value(&settings.connection)),
+    ];
+    let mut names = Vec::new();
+    for (section, value) in sections {
+        let Ok(serde_json::Value::Object(fields)) = value else {
+            continue;
+        };
+        for (key, value) in fields {
+            let is_name =
+                key == "exchange" || key.ends_with("_queue") || key.ends_with("_routing_key");
+            if let (true, Some(name)) = (is_name, value.as_str()) {
+                names.push((
+                    format!("{section}__{}", key.to_uppercase()),
+                    name.to_string(),
+                ));
+            }
+        }
+    }
+    names
 }
 
 /// Refuses settings that would send benchmark traffic anywhere but this
@@ -189,14 +197,11 @@ pub async fn clean(
     let mongo = rebuilder::sources::mongo_client(&settings.mongodb).await?;
     mongo.database(&settings.mongodb.database).drop().await?;
     let connection = rebuilder::sources::rabbit_connection(&settings.rabbitmq).await?;
-    let r = &settings.rabbitmq;
+    let queues = rabbit_names(settings)
+        .into_iter()
+        .filter(|(key, _)| key.ends_with("_QUEUE"));
     // A fresh channel for each deletion: a refused one closes its channel.
-    for queue in [
-        &r.sync_start_queue,
-        &r.sync_data_queue,
-        &r.update_queue,
-        &r.dead_letter_queue,
-    ] {
+    for (_, queue) in queues {
         if let Ok(channel) = connection.create_channel().await {
             let _ = channel
                 .queue_delete(queue.as_str().into(), Default::default())
@@ -205,7 +210,10 @@ pub async fn clean(
     }
     if let Ok(channel) = connection.create_channel().await {
         let _ = channel
-            .exchange_delete(r.exchange.as_str().into(), Default::default())
+            .exchange_delete(
+                settings.rabbitmq.exchange.as_str().into(),
+                Default::default(),
+            )
             .await;
     }
     let _ = connection.close(200, "bench: cleaned".into()).await;
@@ -233,11 +241,30 @@ mod tests {
             s.gmc.sync_data_queue,
             "bench.reval.queue.revalidationsummary.essync.integration"
         );
+        assert_eq!(
+            s.connection.hidden_sync_start_routing_key,
+            "bench.reval.routingkey.hiddendiscrepancy.essyncstart"
+        );
         let env = child_env(&s);
         assert!(env
             .iter()
             .any(|(k, v)| k == "REBUILDER_NAMES__PREFIX" && v == "bench_"));
+        assert!(env
+            .iter()
+            .any(|(k, v)| k == "REBUILDER_CONNECTION__LOG_SYNC_DATA_QUEUE"
+                && v == "bench.reval.queue.connectionlog.essyncdata.integration"));
+        assert!(env
+            .iter()
+            .any(|(k, v)| k == "REBUILDER_CONNECTION__SOURCE" && v == "mongodb"));
         assert!(env.iter().all(|(k, _)| k.starts_with("REBUILDER_")));
+        // Every exchange, queue and routing key of every section: 8 of
+        // `rabbitmq`, 4 of `gmc`, 8 of `connection`, all renamed.
+        let names = rabbit_names(&s);
+        assert_eq!(names.len(), 20, "{names:?}");
+        assert!(
+            names.iter().all(|(_, v)| v.starts_with("bench.")),
+            "{names:?}"
+        );
         s.validate().unwrap();
     }
 

@@ -14,7 +14,8 @@
 //!   ([`stages`]), which with A and D give the machine's bound `L` for the
 //!   run and the pipeline efficiency `E = L / C`.
 //! - With `--latency-ms`, B and C again through latency proxies
-//!   ([`network`]).
+//!   ([`network`]); with `--queues`, C again with every source over the
+//!   queues ([`queues`]); both are [`rerun`]s of C.
 //!
 //! - The nightly flood ([`flood`], binary `rebuilder-flood`): the live
 //!   applier under a whole-population change burst, alone and with a
@@ -34,9 +35,11 @@ pub mod isolation;
 pub mod network;
 pub mod probe;
 pub mod process;
+pub mod queues;
 pub mod raw;
 pub mod reindex;
 pub mod report;
+pub mod rerun;
 pub mod stages;
 pub mod upsert;
 

@@ -16,15 +16,16 @@ use rebuilder::config::Settings;
 use rebuilder::search::{Family, IndexTemplate, SearchClient};
 use rebuilder_bench::ceiling::{self, SweepPlan};
 use rebuilder_bench::corpus::Corpus;
-use rebuilder_bench::full_run::{self, RebuilderBin, Simulator};
+use rebuilder_bench::full_run::{self, RebuilderBin, SimulatedService, Simulator};
 use rebuilder_bench::indices::{self, IndexSettings};
 use rebuilder_bench::network::LatencyNetwork;
 use rebuilder_bench::process::{self, CpuSnapshot, CpuUsage, MEASURED_RUN};
+use rebuilder_bench::report::NetworkFigures;
 use rebuilder_bench::report::{
     Dataset, ForeignLoad, Machine, ProbeFigures, Ratios, RebuilderFigures, Report,
 };
-use rebuilder_bench::report::{NetworkFigures, NetworkRun};
-use rebuilder_bench::{isolation, probe, reindex, round3, stages, upsert};
+use rebuilder_bench::rerun::{Rerun, RerunFigures};
+use rebuilder_bench::{isolation, probe, queues, reindex, round3, stages, upsert};
 use rebuilder_dev::datagen::DatasetSpec;
 
 /// Above this share of the machine spent on other work, a figure is flagged.
@@ -95,6 +96,11 @@ struct Args {
     /// loopback figures (Toxiproxy is started by `scripts/stack start`).
     #[arg(long, value_name = "MS")]
     latency_ms: Option<u64>,
+    /// Also run C with every source over the queues (GMC from the
+    /// recommendation service, connection data from the connection
+    /// service, both simulated), beside C with MongoDB reads.
+    #[arg(long)]
+    queues: bool,
     /// Keep the benchmark's indices, database and queues afterwards.
     #[arg(long)]
     keep: bool,
@@ -253,6 +259,7 @@ async fn measure(
         s_tcs: None,
         s_gmc: None,
         network: None,
+        c_over_queues: None,
         bound: None,
         efficiency: None,
         probe: None,
@@ -486,6 +493,7 @@ async fn measure_rebuilder(
     let mut simulator = Simulator::start(
         &bin,
         settings,
+        SimulatedService::Tcs,
         warmup_spec.doctors,
         spec.seed,
         "simulator-warmup.log",
@@ -518,14 +526,21 @@ async fn measure_rebuilder(
         warmup.docs,
         warmup.generation.as_deref().unwrap_or("?")
     );
-    if warmup_spec.doctors < spec.doctors {
+    let reseed = warmup_spec.doctors < spec.doctors;
+    if reseed || !simulator.is_running() {
         simulator.stop().await;
-        seed_full(&mongo, settings, spec, report).await?;
-        simulator =
-            Simulator::start(&bin, settings, spec.doctors, spec.seed, "simulator.log").await?;
-    } else if !simulator.is_running() {
-        simulator =
-            Simulator::start(&bin, settings, spec.doctors, spec.seed, "simulator.log").await?;
+        if reseed {
+            seed_full(&mongo, settings, spec, report).await?;
+        }
+        simulator = Simulator::start(
+            &bin,
+            settings,
+            SimulatedService::Tcs,
+            spec.doctors,
+            spec.seed,
+            "simulator.log",
+        )
+        .await?;
     }
 
     // The stages alone, on the same data, just before C.
@@ -616,23 +631,27 @@ async fn measure_rebuilder(
         run.docs as f64 / run.wall_secs.max(1e-9),
         run.usage.peak_rss_mb
     );
+    let rerun = Rerun {
+        bin: &bin,
+        settings,
+        search,
+        spec,
+        alias: &alias,
+        probe_every,
+        timeout,
+        c: &run,
+    };
     if let Some(net) = network {
-        let through = c_through(
-            &bin,
-            net,
-            settings,
-            search,
-            spec,
-            &alias,
-            probe_every,
-            timeout,
-            &run,
-        )
-        .await?;
+        let through = c_through(&rerun, net).await?;
         report.warnings.extend(through.failures.iter().cloned());
         if let Some(figures) = report.network.as_mut() {
             figures.c_rebuilder = Some(through);
         }
+    }
+    if args.queues {
+        let over_queues = queues::measure(&rerun).await?;
+        report.warnings.extend(over_queues.failures.iter().cloned());
+        report.c_over_queues = Some(over_queues);
     }
     report.c_rebuilder = Some(RebuilderFigures {
         docs_per_sec: round3(run.docs as f64 / run.wall_secs.max(1e-9)),
@@ -687,84 +706,27 @@ async fn old_path_through(
 /// C again, every process (the rebuilder and the simulator) reaching every
 /// server through the latency proxies; the probe reads directly, as the
 /// readers' view is not what is measured here.
-#[allow(clippy::too_many_arguments)]
-async fn c_through(
-    bin: &RebuilderBin,
-    net: &LatencyNetwork,
-    settings: &Settings,
-    search: &SearchClient,
-    spec: &DatasetSpec,
-    alias: &str,
-    probe_every: Duration,
-    timeout: Duration,
-    loopback: &full_run::RunMeasurement,
-) -> anyhow::Result<NetworkRun> {
-    let bin = RebuilderBin {
-        path: bin.path.clone(),
-        dev_path: bin.dev_path.clone(),
-        env: bin.env.iter().cloned().chain(net.child_env()).collect(),
-        log_dir: bin.log_dir.clone(),
-    };
-    let simulator = Simulator::start(
-        &bin,
-        settings,
-        spec.doctors,
-        spec.seed,
-        "simulator-latency.log",
-    )
-    .await?;
+async fn c_through(rerun: &Rerun<'_>, net: &LatencyNetwork) -> anyhow::Result<RerunFigures> {
     println!(
         "C on the {} ms network: measured run through the proxies ...",
         net.latency_ms
     );
-    let before = CpuSnapshot::take();
-    let measured = full_run::run_once(
-        &bin,
-        search,
-        settings,
-        "c-latency-run",
-        Some(alias),
-        probe_every,
-        timeout,
-    )
-    .await;
-    let after = CpuSnapshot::take();
-    simulator.stop().await;
-    let (run, probe_run) = measured?;
-    let cpu = CpuUsage::between(&before, &after, &[(MEASURED_RUN, run.usage.cpu_secs)]);
-    let mut failures = Vec::new();
-    if run.docs != spec.doctors as u64 {
-        failures.push(format!(
-            "FAILED: the run on the {} ms network promoted {} documents, the data set has {}",
-            net.latency_ms, run.docs, spec.doctors
-        ));
-    }
-    if run.generation == loopback.generation {
-        failures.push(format!(
-            "FAILED: the run on the {} ms network did not promote a new generation",
-            net.latency_ms
-        ));
-    }
-    let probe_errors = probe_run
-        .map(|p| probe::summarize(alias, probe_every, &p.samples).errors)
-        .unwrap_or(0);
+    let figures = rerun
+        .measure(
+            &rerun.bin_with(net.child_env()),
+            &[SimulatedService::Tcs],
+            "c-latency-run",
+            &format!("the run on the {} ms network", net.latency_ms),
+        )
+        .await?;
     println!(
-        "C on the {} ms network: {} documents in {:.1} s = {:.0} docs/s ({:.0}% of loopback's time).",
-        net.latency_ms,
-        run.docs,
-        run.wall_secs,
-        run.docs as f64 / run.wall_secs.max(1e-9),
-        run.wall_secs * 100.0 / loopback.wall_secs.max(1e-9)
+        "{}.",
+        figures.line(
+            &format!("C on the {} ms network", net.latency_ms),
+            "loopback's time"
+        )
     );
-    Ok(NetworkRun {
-        docs_per_sec: round3(run.docs as f64 / run.wall_secs.max(1e-9)),
-        docs: run.docs,
-        wall_secs: run.wall_secs,
-        peak_rss_mb: run.usage.peak_rss_mb,
-        probe_errors,
-        failures,
-        cpu,
-    })
+    Ok(figures)
 }
 
 /// Records what the node did for others since `before`, and warns when it

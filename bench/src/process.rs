@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::sync::watch;
 
+use super::full_run::SimulatedService;
 use super::{round3, Point};
 
 /// Linux reports CPU time in clock ticks of 1/100 s (`USER_HZ`) on every
@@ -189,8 +190,12 @@ pub fn role_of(cmdline: &str) -> &'static str {
         "mongo (SecantusDB)"
     } else if cmdline.contains("toxiproxy") {
         TOXIPROXY
-    } else if cmdline.contains("tcs-simulator") {
-        "tcs-simulator"
+    } else if let Some(simulator) = SimulatedService::ALL
+        .into_iter()
+        .map(SimulatedService::subcommand)
+        .find(|s| cmdline.contains(s))
+    {
+        simulator
     } else if cmdline.contains("rebuilder-bench") {
         "bench (loader, probe, samplers)"
     } else if cmdline.contains("rustc") || cmdline.contains("cargo") {
@@ -489,6 +494,10 @@ mod tests {
         assert_eq!(
             role_of("/x/target/release/rebuilder tcs-simulator --doctors 5"),
             "tcs-simulator"
+        );
+        assert_eq!(
+            role_of("/x/target/debug/rebuilder-dev connection-simulator --doctors 5"),
+            "connection-simulator"
         );
         assert_eq!(
             role_of("python -m secantus --port 27017"),

@@ -14,6 +14,7 @@ use super::full_run::{PhaseTime, RunMeasurement};
 use super::probe::{ProbeSample, ProbeSummary};
 use super::process::CpuUsage;
 use super::reindex::ReindexResult;
+use super::rerun::RerunFigures;
 use super::round3;
 use super::upsert::OldPathResult;
 
@@ -42,6 +43,8 @@ pub struct Report {
     pub s_gmc: Option<StageFigures>,
     /// B and C through latency proxies (`--latency-ms`).
     pub network: Option<NetworkFigures>,
+    /// C with every source over the queues (`--queues`).
+    pub c_over_queues: Option<RerunFigures>,
     /// The machine's bound for the run, `L`.
     pub bound: Option<Bound>,
     /// `E = L / C`.
@@ -111,20 +114,7 @@ pub struct RebuilderFigures {
 pub struct NetworkFigures {
     pub latency_ms: u64,
     pub b_old_path: Option<OldPathResult>,
-    pub c_rebuilder: Option<NetworkRun>,
-}
-
-/// C's figures through the proxies.
-#[derive(Clone, Debug, Serialize)]
-pub struct NetworkRun {
-    pub docs_per_sec: f64,
-    pub docs: u64,
-    pub wall_secs: f64,
-    pub peak_rss_mb: f64,
-    pub probe_errors: u64,
-    /// `FAILED: ...` lines (wrong count, nothing promoted).
-    pub failures: Vec<String>,
-    pub cpu: CpuUsage,
+    pub c_rebuilder: Option<RerunFigures>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -465,6 +455,9 @@ impl Report {
                 net.latency_ms
             );
         }
+        if let Some(q) = &self.c_over_queues {
+            s.push_str(&super::queues::summary(q));
+        }
         if let Some(c) = &self.c_rebuilder {
             if !c.phases.is_empty() {
                 let phases: Vec<String> = c
@@ -660,6 +653,7 @@ mod tests {
             s_tcs: None,
             s_gmc: None,
             network: None,
+            c_over_queues: None,
             bound: None,
             efficiency: None,
             probe: None,
@@ -667,6 +661,20 @@ mod tests {
             targets: Vec::new(),
             foreign_opensearch: Vec::new(),
             warnings: Vec::new(),
+        }
+    }
+
+    /// C again: `docs` in `wall_secs`, against C's `c_secs`.
+    fn rerun(docs: u64, wall_secs: f64, c_secs: f64) -> RerunFigures {
+        RerunFigures {
+            docs_per_sec: docs as f64 / wall_secs,
+            docs,
+            wall_secs,
+            time_over_c: wall_secs / c_secs,
+            peak_rss_mb: 100.0,
+            probe_errors: 0,
+            failures: Vec::new(),
+            cpu: CpuUsage::default(),
         }
     }
 
@@ -752,15 +760,7 @@ mod tests {
         r.network = Some(NetworkFigures {
             latency_ms: 1,
             b_old_path: Some(b),
-            c_rebuilder: Some(NetworkRun {
-                docs_per_sec: 200_000.0 / 57.5,
-                docs: 200_000,
-                wall_secs: 57.5,
-                peak_rss_mb: 100.0,
-                probe_errors: 0,
-                failures: Vec::new(),
-                cpu: CpuUsage::default(),
-            }),
+            c_rebuilder: Some(rerun(200_000, 57.5, 50.0)),
         });
         r.judge();
         let slower = target(&r, "1 ms network: C at most 10% slower");
@@ -777,6 +777,27 @@ mod tests {
         assert!(vs_b.actual.starts_with("C is 12x B"), "{}", vs_b.actual);
         assert!(vs_b.note.contains("missed by 7.6x"), "{}", vs_b.note);
         assert!(r.summary().contains("on the 1 ms network: C/B = 12x"));
+    }
+
+    #[test]
+    fn c_over_the_queues_is_reported_beside_c_with_mongodb_reads() {
+        // C with MongoDB reads: 50 s; over the queues: 55 s.
+        let mut r = report(200_000, 20_000.0, 100.0, 4_000.0, 120.0);
+        assert!(!r.summary().contains("over the queues"));
+        r.c_over_queues = Some(rerun(200_000, 55.0, 50.0));
+        r.judge();
+        let summary = r.summary();
+        assert!(
+            summary.contains(
+                "  C with every source over the queues: 200000 documents in 55.0 s = 3636 docs/s \
+                 (110% of C's time with MongoDB reads)\n    peak RSS 100 MB, 0 probe errors; "
+            ),
+            "{summary}"
+        );
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["c_over_queues"]["docs"], 200_000);
+        assert_eq!(json["c_over_queues"]["wall_secs"], 55.0);
+        assert!(json["c_over_queues"]["time_over_c"].as_f64().unwrap() > 1.09);
     }
 
     #[test]
