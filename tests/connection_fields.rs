@@ -18,7 +18,7 @@ mod run_helpers;
 use std::collections::{BTreeMap, BTreeSet};
 
 use bson::doc;
-use rebuilder::config::{ConnectionSourceKind, GmcSourceKind};
+use rebuilder::config::ConnectionSourceKind;
 use rebuilder::domain::MasterDoctor;
 use rebuilder::search::SearchClient;
 use rebuilder::sources::connection::queue::REJECT_LOG_ITEM_NOT_AN_OBJECT;
@@ -57,18 +57,7 @@ fn assert_succeeded(run: &RunRecord) {
 async fn rebuild_again(env: &mut TestEnv, spec: &DatasetSpec, over_queues: bool) {
     let mut services = None;
     if over_queues {
-        let db = env.mongo().await.database(&env.settings.mongodb.database);
-        for collection in [
-            &env.settings.connection.logs_collection,
-            &env.settings.connection.hidden_collection,
-        ] {
-            db.collection::<bson::Document>(collection)
-                .drop()
-                .await
-                .unwrap();
-        }
-        env.settings.gmc.source = GmcSourceKind::Queue;
-        env.settings.connection.source = ConnectionSourceKind::Queue;
+        run_helpers::read_every_source_over_the_queues(env, false).await;
         services = Some((
             recommendations_once(env, *spec, 500, Vec::new()),
             connection_service_once(env, *spec, ConnectionSimulatorOptions::default()),

@@ -75,6 +75,15 @@ fn hidden_bodies(doc: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The GMC numbers of the first `n` doctors both TCS and GMC know.
+fn in_both(spec: &DatasetSpec, n: usize) -> Vec<String> {
+    spec.doctors()
+        .filter(|d| d.category == Category::Both)
+        .map(|d| d.gmc_number)
+        .take(n)
+        .collect()
+}
+
 /// 2030-01-01T00:00:00Z plus `minutes`: later than every seeded log.
 fn later(minutes: i64) -> i64 {
     1_893_456_000_000 + minutes * 60_000
@@ -88,12 +97,7 @@ async fn a_connection_logged_a_discrepancy_hidden_and_one_unhidden_reach_the_liv
     baseline(&env, &spec).await;
     let client = env.search().await;
     let alias = env.name("masterdoctorindex");
-    let doctors: Vec<String> = spec
-        .doctors()
-        .filter(|d| d.category == Category::Both)
-        .map(|d| d.gmc_number)
-        .take(3)
-        .collect();
+    let doctors = in_both(&spec, 3);
     let (logs, hiddens) = connection_collections(&env).await;
     let applier = Applier::start(&env).await;
 
@@ -250,12 +254,7 @@ async fn change_events_with_text_and_extended_json_dates_are_read_as_the_sync_re
     baseline(&env, &spec).await;
     let client = env.search().await;
     let alias = env.name("masterdoctorindex");
-    let doctors: Vec<String> = spec
-        .doctors()
-        .filter(|d| d.category == Category::Both)
-        .map(|d| d.gmc_number)
-        .take(4)
-        .collect();
+    let doctors = in_both(&spec, 4);
     let (logs, hiddens) = connection_collections(&env).await;
     let mongo = env.mongo().await;
     let gmc = mongo

@@ -12,7 +12,7 @@ mod run_helpers;
 
 use std::collections::BTreeMap;
 
-use rebuilder::config::{ConnectionSourceKind, GmcSourceKind};
+use rebuilder::config::GmcSourceKind;
 use rebuilder::domain::MasterDoctor;
 use rebuilder::rebuild::record::RunOutcome;
 use rebuilder_dev::connection_simulator::ConnectionSimulatorOptions;
@@ -96,20 +96,7 @@ async fn a_rebuild_with_every_source_over_the_queues_builds_the_generation_mongo
 
     // Over the queues, the GMC and connection collections are never read:
     // take them away.
-    let db = env.mongo().await.database(&env.settings.mongodb.database);
-    for collection in [
-        &env.settings.mongodb.doctors_collection,
-        &env.settings.mongodb.recommendation_collection,
-        &env.settings.connection.logs_collection,
-        &env.settings.connection.hidden_collection,
-    ] {
-        db.collection::<bson::Document>(collection)
-            .drop()
-            .await
-            .unwrap();
-    }
-    env.settings.gmc.source = GmcSourceKind::Queue;
-    env.settings.connection.source = ConnectionSourceKind::Queue;
+    run_helpers::read_every_source_over_the_queues(&mut env, true).await;
     let batch_size = 200;
     let recommendations = recommendations_once(&env, spec, batch_size, Vec::new());
     let connection_batch = 50;

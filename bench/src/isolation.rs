@@ -57,31 +57,7 @@ pub fn isolate(settings: &mut Settings, names: BenchNames) {
     settings.names.prefix = names.prefix.to_string();
     settings.mongodb.database = names.database.to_string();
     settings.mongodb.state_database = Some(names.database.to_string());
-    let r = &mut settings.rabbitmq;
-    let g = &mut settings.gmc;
-    let c = &mut settings.connection;
-    for name in [
-        &mut r.exchange,
-        &mut r.sync_start_queue,
-        &mut r.sync_start_routing_key,
-        &mut r.sync_data_queue,
-        &mut r.sync_data_routing_key,
-        &mut r.update_queue,
-        &mut r.update_routing_key,
-        &mut r.dead_letter_queue,
-        &mut g.sync_start_queue,
-        &mut g.sync_start_routing_key,
-        &mut g.sync_data_queue,
-        &mut g.sync_data_routing_key,
-        &mut c.log_sync_start_queue,
-        &mut c.log_sync_start_routing_key,
-        &mut c.log_sync_data_queue,
-        &mut c.log_sync_data_routing_key,
-        &mut c.hidden_sync_start_queue,
-        &mut c.hidden_sync_start_routing_key,
-        &mut c.hidden_sync_data_queue,
-        &mut c.hidden_sync_data_routing_key,
-    ] {
+    for name in settings.amqp_names_mut() {
         if !name.starts_with(names.rabbit_prefix) {
             *name = format!("{}{name}", names.rabbit_prefix);
         }

@@ -120,6 +120,45 @@ impl ConnectionSettings {
         self.database.as_deref().unwrap_or(&mongo.database)
     }
 
+    /// The queue and routing-key names of both protocols, with their keys
+    /// (validation, and the prefix the tests and the benchmark give them).
+    pub fn queue_names_mut(&mut self) -> [(&'static str, &mut String); 8] {
+        [
+            (
+                "connection.log_sync_start_routing_key",
+                &mut self.log_sync_start_routing_key,
+            ),
+            (
+                "connection.log_sync_start_queue",
+                &mut self.log_sync_start_queue,
+            ),
+            (
+                "connection.log_sync_data_routing_key",
+                &mut self.log_sync_data_routing_key,
+            ),
+            (
+                "connection.log_sync_data_queue",
+                &mut self.log_sync_data_queue,
+            ),
+            (
+                "connection.hidden_sync_start_routing_key",
+                &mut self.hidden_sync_start_routing_key,
+            ),
+            (
+                "connection.hidden_sync_start_queue",
+                &mut self.hidden_sync_start_queue,
+            ),
+            (
+                "connection.hidden_sync_data_routing_key",
+                &mut self.hidden_sync_data_routing_key,
+            ),
+            (
+                "connection.hidden_sync_data_queue",
+                &mut self.hidden_sync_data_queue,
+            ),
+        ]
+    }
+
     /// Why these settings cannot work, naming the key.
     pub fn problem(&self) -> Option<(&'static str, &'static str)> {
         if self
@@ -135,39 +174,13 @@ impl ConnectionSettings {
         for (field, name) in [
             ("connection.logs_collection", &self.logs_collection),
             ("connection.hidden_collection", &self.hidden_collection),
-            (
-                "connection.log_sync_start_routing_key",
-                &self.log_sync_start_routing_key,
-            ),
-            (
-                "connection.log_sync_start_queue",
-                &self.log_sync_start_queue,
-            ),
-            (
-                "connection.log_sync_data_routing_key",
-                &self.log_sync_data_routing_key,
-            ),
-            ("connection.log_sync_data_queue", &self.log_sync_data_queue),
-            (
-                "connection.hidden_sync_start_routing_key",
-                &self.hidden_sync_start_routing_key,
-            ),
-            (
-                "connection.hidden_sync_start_queue",
-                &self.hidden_sync_start_queue,
-            ),
-            (
-                "connection.hidden_sync_data_routing_key",
-                &self.hidden_sync_data_routing_key,
-            ),
-            (
-                "connection.hidden_sync_data_queue",
-                &self.hidden_sync_data_queue,
-            ),
         ] {
             if name.trim().is_empty() {
                 return Some((field, "must not be empty"));
             }
+        }
+        if let Some(field) = super::blank_name(self.clone().queue_names_mut()) {
+            return Some((field, "must not be empty"));
         }
         if self.idle_timeout_secs == 0 {
             return Some(("connection.idle_timeout_secs", "must be at least 1"));

@@ -111,6 +111,23 @@ impl Default for RabbitSettings {
     }
 }
 
+impl RabbitSettings {
+    /// The exchange and every queue and routing-key name of the TCS
+    /// topology (the prefix the tests and the benchmark give them).
+    pub fn names_mut(&mut self) -> [&mut String; 8] {
+        [
+            &mut self.exchange,
+            &mut self.sync_start_queue,
+            &mut self.sync_start_routing_key,
+            &mut self.sync_data_queue,
+            &mut self.sync_data_routing_key,
+            &mut self.update_queue,
+            &mut self.update_routing_key,
+            &mut self.dead_letter_queue,
+        ]
+    }
+}
+
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MongoSettings {

@@ -83,17 +83,24 @@ impl Default for GmcSettings {
 }
 
 impl GmcSettings {
+    /// The queue and routing-key names of the protocol, with their keys
+    /// (validation, and the prefix the tests and the benchmark give them).
+    pub fn queue_names_mut(&mut self) -> [(&'static str, &mut String); 4] {
+        [
+            (
+                "gmc.sync_start_routing_key",
+                &mut self.sync_start_routing_key,
+            ),
+            ("gmc.sync_start_queue", &mut self.sync_start_queue),
+            ("gmc.sync_data_routing_key", &mut self.sync_data_routing_key),
+            ("gmc.sync_data_queue", &mut self.sync_data_queue),
+        ]
+    }
+
     /// Why these settings cannot work, naming the key.
     pub fn problem(&self) -> Option<(&'static str, &'static str)> {
-        for (field, name) in [
-            ("gmc.sync_start_routing_key", &self.sync_start_routing_key),
-            ("gmc.sync_start_queue", &self.sync_start_queue),
-            ("gmc.sync_data_routing_key", &self.sync_data_routing_key),
-            ("gmc.sync_data_queue", &self.sync_data_queue),
-        ] {
-            if name.trim().is_empty() {
-                return Some((field, "must not be empty"));
-            }
+        if let Some(field) = super::blank_name(self.clone().queue_names_mut()) {
+            return Some((field, "must not be empty"));
         }
         if self.idle_timeout_secs == 0 {
             return Some(("gmc.idle_timeout_secs", "must be at least 1"));

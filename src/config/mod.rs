@@ -65,7 +65,32 @@ pub enum ConfigError {
     },
 }
 
+/// The key of the first name that is empty or blank.
+pub(crate) fn blank_name<'a>(
+    names: impl IntoIterator<Item = (&'static str, &'a mut String)>,
+) -> Option<&'static str> {
+    names
+        .into_iter()
+        .find(|(_, name)| name.trim().is_empty())
+        .map(|(key, _)| key)
+}
+
 impl Settings {
+    /// Every RabbitMQ exchange, queue and routing-key name (the `rabbitmq`,
+    /// `gmc` and `connection` sections), for giving them all one prefix:
+    /// the tests and the benchmark isolate themselves so.
+    pub fn amqp_names_mut(&mut self) -> Vec<&mut String> {
+        let mut names: Vec<&mut String> = self.rabbitmq.names_mut().into_iter().collect();
+        names.extend(self.gmc.queue_names_mut().into_iter().map(|(_, n)| n));
+        names.extend(
+            self.connection
+                .queue_names_mut()
+                .into_iter()
+                .map(|(_, n)| n),
+        );
+        names
+    }
+
     /// These settings with every secret redacted, for printing.
     pub fn redacted(&self) -> Settings {
         let mut out = self.clone();

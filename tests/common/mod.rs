@@ -48,44 +48,12 @@ impl TestEnv {
         }
         settings.names.prefix = format!("{id}_");
         settings.mongodb.database = format!("rbt_{id}");
-        let r = &mut settings.rabbitmq;
-        r.exchange = format!("{id}.{}", r.exchange);
-        for q in [
-            &mut r.sync_start_queue,
-            &mut r.sync_data_queue,
-            &mut r.update_queue,
-            &mut r.dead_letter_queue,
-            &mut r.sync_start_routing_key,
-            &mut r.sync_data_routing_key,
-            &mut r.update_routing_key,
-        ] {
-            *q = format!("{id}.{q}");
+        for name in settings.amqp_names_mut() {
+            *name = format!("{id}.{name}");
         }
-        r.idle_timeout_secs = 10;
-        let g = &mut settings.gmc;
-        for q in [
-            &mut g.sync_start_queue,
-            &mut g.sync_start_routing_key,
-            &mut g.sync_data_queue,
-            &mut g.sync_data_routing_key,
-        ] {
-            *q = format!("{id}.{q}");
-        }
-        g.idle_timeout_secs = 20;
-        let c = &mut settings.connection;
-        for q in [
-            &mut c.log_sync_start_queue,
-            &mut c.log_sync_start_routing_key,
-            &mut c.log_sync_data_queue,
-            &mut c.log_sync_data_routing_key,
-            &mut c.hidden_sync_start_queue,
-            &mut c.hidden_sync_start_routing_key,
-            &mut c.hidden_sync_data_queue,
-            &mut c.hidden_sync_data_routing_key,
-        ] {
-            *q = format!("{id}.{q}");
-        }
-        c.idle_timeout_secs = 20;
+        settings.rabbitmq.idle_timeout_secs = 10;
+        settings.gmc.idle_timeout_secs = 20;
+        settings.connection.idle_timeout_secs = 20;
         settings.validate().expect("test settings are valid");
         Self { settings, id }
     }

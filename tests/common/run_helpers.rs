@@ -129,6 +129,26 @@ pub fn connection_service_once(
     tokio::spawn(async move { run_connection_simulator(&rabbit, &connection, spec, options).await })
 }
 
+/// Switches every source to the queues (`gmc.source` and
+/// `connection.source` = `queue`) and drops the collections those modes
+/// never read (GMC's too with `drop_gmc`), to prove they are not read.
+pub async fn read_every_source_over_the_queues(env: &mut TestEnv, drop_gmc: bool) {
+    let db = env.mongo().await.database(&env.settings.mongodb.database);
+    let m = &env.settings.mongodb;
+    let c = &env.settings.connection;
+    let gmc = [&m.doctors_collection, &m.recommendation_collection];
+    let connection = [&c.logs_collection, &c.hidden_collection];
+    let dropped = if drop_gmc { &gmc[..] } else { &[] };
+    for collection in dropped.iter().chain(&connection) {
+        db.collection::<bson::Document>(collection)
+            .drop()
+            .await
+            .unwrap();
+    }
+    env.settings.gmc.source = rebuilder::config::GmcSourceKind::Queue;
+    env.settings.connection.source = rebuilder::config::ConnectionSourceKind::Queue;
+}
+
 /// One rebuild in-process, bounded in time.
 pub async fn rebuild(env: &TestEnv) -> anyhow::Result<RunRecord> {
     rebuild_with(env, RunOptions::default()).await
