@@ -9,14 +9,9 @@
 //! that dies mid-sync, for failure tests. [`run_simulator`] is what the
 //! `tcs-simulator` command runs; tests spawn it as a tokio task.
 
-use futures::StreamExt;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions,
-};
-use lapin::types::FieldTable;
+use lapin::options::{BasicAckOptions, BasicPublishOptions};
 use lapin::Channel;
-use tracing::{info, warn};
+use tracing::info;
 
 use rebuilder::config::RabbitSettings;
 use rebuilder::sources::tcs::{declare_topology, json_properties, publish_confirmed};
@@ -24,6 +19,7 @@ use rebuilder::sources::{rabbit_connection, SourceError};
 
 use crate::datagen::DatasetSpec;
 use crate::guard::{check_amqp_uri, GuardError};
+use crate::sync_service::Requests;
 
 /// How the simulator behaves.
 #[derive(Clone, Copy, Debug)]
@@ -80,20 +76,13 @@ pub async fn run_simulator(
     check_amqp_uri(settings.uri.expose())?;
     let connection = rabbit_connection(settings).await?;
     declare_topology(&connection, settings).await?;
-    let listen = connection.create_channel().await?;
-    listen.basic_qos(1, BasicQosOptions::default()).await?;
-    let mut starts = listen
-        .basic_consume(
-            settings.sync_start_queue.as_str().into(),
-            "tcs-simulator".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    let publish = connection.create_channel().await?;
-    publish
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
+    let mut requests = Requests::listen(
+        &connection,
+        &settings.sync_start_queue,
+        "tcs-simulator",
+        "syncStart",
+    )
+    .await?;
     info!(
         queue = %settings.sync_start_queue,
         doctors = spec.doctors,
@@ -102,19 +91,9 @@ pub async fn run_simulator(
         "TCS simulator listening for syncStart."
     );
     let mut served = Vec::new();
-    while let Some(delivery) = starts.next().await {
-        let delivery = delivery?;
-        let body: Option<String> = serde_json::from_slice(&delivery.data).ok();
-        if body.as_deref() != Some("syncStart") {
-            warn!(
-                body = %String::from_utf8_lossy(&delivery.data),
-                "Ignoring a message on the sync-start queue that is not \"syncStart\"."
-            );
-            delivery.acker.ack(BasicAckOptions::default()).await?;
-            continue;
-        }
-        let sync = publish_sync(&publish, settings, &spec, options).await?;
-        delivery.acker.ack(BasicAckOptions::default()).await?;
+    while let Some(request) = requests.next().await? {
+        let sync = publish_sync(&requests.publisher, settings, &spec, options).await?;
+        request.ack(BasicAckOptions::default()).await?;
         served.push(sync);
         if options.once {
             break;

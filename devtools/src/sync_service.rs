@@ -71,38 +71,14 @@ where
     check_amqp_uri(rabbit.uri.expose())?;
     let connection = rabbit_connection(rabbit).await?;
     declare_protocol_queues(&connection, rabbit, protocol).await?;
-    let listen = connection.create_channel().await?;
-    listen.basic_qos(1, BasicQosOptions::default()).await?;
-    let mut requests = listen
-        .basic_consume(
-            protocol.start_queue.into(),
-            format!("{}-simulator", protocol.consumer_tag)
-                .as_str()
-                .into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    let publish = connection.create_channel().await?;
-    publish
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
+    let tag = format!("{}-simulator", protocol.consumer_tag);
     let expected: String = serde_json::from_slice(protocol.request).expect("a JSON string");
+    let mut requests = Requests::listen(&connection, protocol.start_queue, &tag, &expected).await?;
     info!(queue = %protocol.start_queue, request = %expected, batch_size = options.batch_size, "Simulated {} listening.", protocol.service);
     let mut served = Vec::new();
-    while let Some(delivery) = requests.next().await {
-        let delivery = delivery?;
-        let body: Option<String> = serde_json::from_slice(&delivery.data).ok();
-        if body.as_deref() != Some(expected.as_str()) {
-            warn!(
-                body = %String::from_utf8_lossy(&delivery.data),
-                "Ignoring a request that is not {expected:?}."
-            );
-            delivery.acker.ack(BasicAckOptions::default()).await?;
-            continue;
-        }
-        let sync = publish_sync(&publish, rabbit, protocol, options, items()).await?;
-        delivery.acker.ack(BasicAckOptions::default()).await?;
+    while let Some(request) = requests.next().await? {
+        let sync = publish_sync(&requests.publisher, rabbit, protocol, options, items()).await?;
+        request.ack(BasicAckOptions::default()).await?;
         served.push(sync);
         if options.once {
             break;
@@ -110,6 +86,63 @@ where
     }
     let _ = connection.close(200, "simulator done".into()).await;
     Ok(served)
+}
+
+/// The requests a simulated service answers: one at a time from its start
+/// queue, each a JSON string; anything else is acked and ignored, with a
+/// warning. `publisher` is a channel in confirm mode to answer on.
+pub struct Requests {
+    consumer: lapin::Consumer,
+    expected: String,
+    pub publisher: Channel,
+}
+
+impl Requests {
+    /// Starts consuming `queue` (one unacked request at a time).
+    pub async fn listen(
+        connection: &lapin::Connection,
+        queue: &str,
+        consumer_tag: &str,
+        expected: &str,
+    ) -> Result<Self, lapin::Error> {
+        let listen = connection.create_channel().await?;
+        listen.basic_qos(1, BasicQosOptions::default()).await?;
+        let consumer = listen
+            .basic_consume(
+                queue.into(),
+                consumer_tag.into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let publisher = connection.create_channel().await?;
+        publisher
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok(Self {
+            consumer,
+            expected: expected.to_string(),
+            publisher,
+        })
+    }
+
+    /// The next expected request (ack it once answered); `None` when the
+    /// consumer ends.
+    pub async fn next(&mut self) -> Result<Option<lapin::Acker>, lapin::Error> {
+        while let Some(delivery) = self.consumer.next().await {
+            let delivery = delivery?;
+            let body: Option<String> = serde_json::from_slice(&delivery.data).ok();
+            if body.as_deref() == Some(self.expected.as_str()) {
+                return Ok(Some(delivery.acker));
+            }
+            warn!(
+                body = %String::from_utf8_lossy(&delivery.data),
+                "Ignoring a request that is not {:?}.", self.expected
+            );
+            delivery.acker.ack(BasicAckOptions::default()).await?;
+        }
+        Ok(None)
+    }
 }
 
 /// Publishes one sync: the batches, the extra messages, then the end.
