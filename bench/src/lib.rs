@@ -22,17 +22,29 @@
 //!   rebuild running through it.
 //!
 //! Everything lives under the names of [`isolation`], so a benchmark never
-//! touches the demo's or the tests' indices, queues or database. The binary
-//! `rebuilder-bench` orchestrates; [`report`] holds the figures, the targets
-//! and the JSON that `scripts/bench-chart.py` draws.
+//! touches the demo's or the tests' indices, queues or database.
+//!
+//! The binary `rebuilder-bench` parses its flags ([`cli`]) and hands them to
+//! [`benchmark`], which runs the parts in order ([`parts`]: each measures
+//! one path into the report, printing as it goes), with the GMC data
+//! seeded by [`seeding`], the machine described by [`machine`] and what
+//! else used it noted by [`disturbance`]. [`report`] holds the figures, the
+//! targets, the text summary and the JSON that `scripts/bench-chart.py`
+//! draws; [`logging`] is shared by the binaries.
 
+pub mod benchmark;
 pub mod ceiling;
+pub mod cli;
 pub mod corpus;
+pub mod disturbance;
 pub mod flood;
 pub mod full_run;
 pub mod indices;
 pub mod isolation;
+pub mod logging;
+pub mod machine;
 pub mod network;
+pub mod parts;
 pub mod probe;
 pub mod process;
 pub mod queues;
@@ -40,6 +52,7 @@ pub mod raw;
 pub mod reindex;
 pub mod report;
 pub mod rerun;
+pub mod seeding;
 pub mod stages;
 pub mod upsert;
 

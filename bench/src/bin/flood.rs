@@ -14,7 +14,7 @@ use clap::Parser;
 use rebuilder::config::Settings;
 use rebuilder::search::SearchClient;
 use rebuilder_bench::full_run::RebuilderBin;
-use rebuilder_bench::{flood, isolation};
+use rebuilder_bench::{flood, isolation, logging};
 use rebuilder_dev::datagen::DatasetSpec;
 
 #[derive(Debug, Parser)]
@@ -51,13 +51,7 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,lapin=off,pinky_swear=off"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .try_init();
+    logging::init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
