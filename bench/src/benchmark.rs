@@ -16,7 +16,7 @@ use rebuilder_dev::datagen::DatasetSpec;
 use crate::cli::{Args, Part};
 use crate::corpus::Corpus;
 use crate::network::LatencyNetwork;
-use crate::parts::{a_ceiling, b_old_path, c_rebuilder, d_reindex, latency};
+use crate::parts::{a_ceiling, b_old_path, c_rebuilder, d_reindex, latency, OnTheNode};
 use crate::report::{Dataset, NetworkFigures, Report};
 use crate::{disturbance, indices, isolation, machine, round3};
 
@@ -87,16 +87,23 @@ async fn measure(
         dataset,
     );
 
+    let node = OnTheNode {
+        args,
+        search,
+        template,
+        corpus: &corpus,
+        prefix,
+    };
+
     // A, the ceiling; its best full load is D's source.
     let mut source_index = None;
     if args.runs(Part::A) || args.runs(Part::D) {
-        source_index =
-            Some(a_ceiling::measure(args, search, template, &corpus, prefix, &mut report).await?);
+        source_index = Some(a_ceiling::measure(&node, &mut report).await?);
     }
 
     // D, server-side _reindex of the same documents.
     if let (true, Some(source)) = (args.runs(Part::D), &source_index) {
-        d_reindex::measure(search, template, source, prefix, corpus.len(), &mut report).await?;
+        d_reindex::measure(&node, source, &mut report).await?;
     }
     if let Some(source) = &source_index {
         indices::delete(search, source).await?;
@@ -104,8 +111,7 @@ async fn measure(
 
     // B, the old path, time-boxed.
     if args.runs(Part::B) {
-        report.b_old_path =
-            Some(b_old_path::measure(args, search, template, &corpus, prefix).await?);
+        report.b_old_path = Some(b_old_path::measure(&node).await?);
     }
 
     // The same B and C on a slower network, through latency proxies.

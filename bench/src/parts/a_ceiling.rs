@@ -2,24 +2,22 @@
 //! fresh indices, with what OpenSearch did for others meanwhile; the best
 //! full load stays behind as D's source.
 
-use rebuilder::search::{IndexTemplate, SearchClient};
-
-use crate::cli::{Args, Part};
-use crate::corpus::Corpus;
+use super::OnTheNode;
+use crate::cli::Part;
 use crate::report::Report;
 use crate::{ceiling, disturbance, indices};
 
 /// Measures A into `report` (its figures only when A is not skipped: D
 /// needs the load either way) and returns the index of the best full load,
 /// which the caller deletes.
-pub async fn measure(
-    args: &Args,
-    search: &SearchClient,
-    template: &IndexTemplate,
-    corpus: &Corpus,
-    prefix: &str,
-    report: &mut Report,
-) -> anyhow::Result<String> {
+pub async fn measure(node: &OnTheNode<'_>, report: &mut Report) -> anyhow::Result<String> {
+    let OnTheNode {
+        args,
+        search,
+        template,
+        corpus,
+        prefix,
+    } = *node;
     let plan = args.sweep_plan();
     println!(
         "A: raw _bulk sweep over batch sizes {:?} x concurrency {:?} ({} docs per point, fresh index each):",

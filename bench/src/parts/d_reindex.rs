@@ -4,24 +4,21 @@
 
 use std::time::Duration;
 
-use rebuilder::search::{IndexTemplate, SearchClient};
-
+use super::OnTheNode;
 use crate::indices::{self, IndexSettings};
 use crate::process::{CpuSnapshot, CpuUsage};
 use crate::reindex;
 use crate::report::Report;
 
-/// Measures D into `report`, copying `source` (which holds `documents`).
+/// Measures D into `report`, copying `source` (which holds the corpus).
 pub async fn measure(
-    search: &SearchClient,
-    template: &IndexTemplate,
+    node: &OnTheNode<'_>,
     source: &str,
-    prefix: &str,
-    documents: usize,
     report: &mut Report,
 ) -> anyhow::Result<()> {
-    let dest = format!("{prefix}reindex-dest");
-    indices::create(search, template, &dest, IndexSettings::Build).await?;
+    let (search, documents) = (node.search, node.corpus.len());
+    let dest = format!("{}reindex-dest", node.prefix);
+    indices::create(search, node.template, &dest, IndexSettings::Build).await?;
     let before = CpuSnapshot::take();
     let d = reindex::run(search, source, &dest, Duration::from_secs(3600)).await?;
     report.d_cpu = Some(CpuUsage::between(&before, &CpuSnapshot::take(), &[]));

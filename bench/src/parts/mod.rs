@@ -14,3 +14,19 @@ pub mod c_warmup;
 pub mod d_reindex;
 pub mod latency;
 pub mod stages_alone;
+
+use rebuilder::search::{IndexTemplate, SearchClient};
+
+use crate::cli::Args;
+use crate::corpus::Corpus;
+
+/// What A, D and B share: the flags, the OpenSearch node on loopback, the
+/// master template their indices are created from, the generated documents
+/// and the benchmark's index prefix.
+pub struct OnTheNode<'a> {
+    pub args: &'a Args,
+    pub search: &'a SearchClient,
+    pub template: &'a IndexTemplate,
+    pub corpus: &'a Corpus,
+    pub prefix: &'a str,
+}
