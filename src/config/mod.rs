@@ -76,6 +76,11 @@ impl Settings {
         if let Some(url) = redact_uri(&out.opensearch.url) {
             out.opensearch.url = url;
         }
+        for url in &mut out.opensearch.urls {
+            if let Some(shown) = redact_uri(url) {
+                *url = shown;
+            }
+        }
         out
     }
 
@@ -131,6 +136,14 @@ impl Settings {
         };
         if url::Url::parse(&self.opensearch.url).is_err() {
             return invalid("opensearch.url", "not a URL");
+        }
+        if self
+            .opensearch
+            .urls
+            .iter()
+            .any(|u| url::Url::parse(u).is_err())
+        {
+            return invalid("opensearch.urls", "every entry must be a URL");
         }
         if !self.rabbitmq.uri.expose().starts_with("amqp") {
             return invalid("rabbitmq.uri", "must start with amqp:// or amqps://");
@@ -344,6 +357,35 @@ mod tests {
             Some("https://***@host/x")
         );
         assert_eq!(redact_uri("not a uri"), None);
+    }
+
+    #[test]
+    fn opensearch_urls_come_from_a_list_or_a_comma_separated_string() {
+        // A comma-separated string is what `REBUILDER_OPENSEARCH__URLS` gives.
+        let load = |toml: &str| -> Settings {
+            Figment::from(Serialized::defaults(Settings::default()))
+                .merge(Toml::string(toml))
+                .extract()
+                .unwrap()
+        };
+        let list =
+            load("[opensearch]\nurls = [\"http://127.0.0.1:9211\", \"http://127.0.0.1:9212\"]");
+        assert_eq!(
+            list.opensearch.node_urls(),
+            ["http://127.0.0.1:9211", "http://127.0.0.1:9212"]
+        );
+        list.validate().unwrap();
+        let text = load("[opensearch]\nurls = \"http://a:9200, http://b:9200,http://c:9200\"");
+        assert_eq!(
+            text.opensearch.node_urls(),
+            ["http://a:9200", "http://b:9200", "http://c:9200"]
+        );
+        let bad = load("[opensearch]\nurls = \"http://a:9200,not a url\"");
+        assert!(bad.validate().is_err());
+        assert_eq!(
+            Settings::default().opensearch.node_urls(),
+            ["http://127.0.0.1:9200"]
+        );
     }
 
     #[test]
