@@ -19,7 +19,8 @@ pub use connection::{ConnectionSettings, ConnectionSourceKind};
 pub use connections::{AwsSigV4Settings, MongoSettings, OpenSearchSettings, RabbitSettings};
 pub use gmc::{GmcSettings, GmcSourceKind};
 pub use rebuild::{
-    BulkSettings, GateSettings, IndexNames, RetentionSettings, RetrySettings, RunSettings,
+    BulkSettings, GateSettings, IndexNames, IndexShape, Replicas, RetentionSettings, RetrySettings,
+    RunSettings,
 };
 pub use secret::{redact_text, redact_uri, Secret};
 pub use service::{LiveSettings, ScheduleSettings, ServiceSettings};
@@ -37,6 +38,8 @@ pub struct Settings {
     /// Where a rebuild reads the connection service's logs and hidden discrepancies from.
     pub connection: ConnectionSettings,
     pub names: IndexNames,
+    /// Shards and replicas of every generation, and the wait for green.
+    pub index: IndexShape,
     pub bulk: BulkSettings,
     pub gates: GateSettings,
     pub retention: RetentionSettings,
@@ -190,6 +193,12 @@ impl Settings {
                 "names.recommendation_family",
                 "the two families must not share names: one family's generations would be taken for the other's",
             );
+        }
+        if self.index.number_of_shards == 0 {
+            return invalid("index.number_of_shards", "must be at least 1");
+        }
+        if let Some(reason) = self.index.number_of_replicas.problem() {
+            return invalid("index.number_of_replicas", reason);
         }
         if !(0.0..=1.0).contains(&self.gates.max_body_loss) {
             return invalid("gates.max_body_loss", "must be between 0 and 1");

@@ -17,7 +17,7 @@ use chrono::{DateTime, NaiveDateTime, TimeDelta, Utc};
 use opensearch::http::Method;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use super::client::{SearchClient, SearchError};
 use super::templates::{Family, IndexTemplate};
@@ -268,8 +268,10 @@ pub fn serving_settings_update(template: &IndexTemplate) -> Value {
     walk(&template.build_settings, Some(&template.settings))
 }
 
-/// Restores the serving settings, refreshes, waits for the generation's
-/// shards, and marks it `ready`.
+/// Restores the serving settings (the replicas come back and start
+/// recovering), refreshes, and marks the generation `ready`. The wait for
+/// the replicas is the finish's (`search::health::wait_green`), before the
+/// aliases move.
 pub async fn finish_load(
     client: &SearchClient,
     generation: &Generation,
@@ -288,17 +290,6 @@ pub async fn finish_load(
     client
         .json(Method::Post, &format!("/{name}/_refresh"), &[], None)
         .await?;
-    let health = client
-        .json(
-            Method::Get,
-            &format!("/_cluster/health/{name}"),
-            &[("wait_for_status", "green"), ("timeout", "60s")],
-            None,
-        )
-        .await?;
-    if health["timed_out"].as_bool() == Some(true) {
-        warn!(generation = %name, status = %health["status"], "Generation is not green after 60 s; continuing.");
-    }
     update_meta(client, name, |meta| meta.state = GenerationState::Ready).await?;
     info!(generation = %name, "Generation loaded, serving settings restored.");
     Ok(())
