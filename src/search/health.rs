@@ -91,7 +91,7 @@ pub async fn wait_green(
         let wait = left.min(MAX_HEALTH_WAIT).max(Duration::from_secs(1));
         let wait_text = format!("{}s", wait.as_secs());
         match client
-            .json(
+            .request(
                 Method::Get,
                 &path,
                 &[("wait_for_status", "green"), ("timeout", &wait_text)],
@@ -99,7 +99,8 @@ pub async fn wait_green(
             )
             .await
         {
-            Ok(health) => {
+            // A wait that ran out answers 408, with the health as it is.
+            Ok((200 | 408, health)) => {
                 status = health["status"].as_str().unwrap_or("unknown").to_string();
                 if status == "green" {
                     let waited_secs = started.elapsed().as_secs();
@@ -111,9 +112,20 @@ pub async fn wait_green(
                     });
                 }
             }
-            // 408 is what a `wait_for_status` that timed out answers on
-            // some versions; a node gone is waited through.
-            Err(e) if e.is_retriable() || e.status() == Some(408) => {
+            // A node gone, no cluster manager for a moment: waited through.
+            Ok((answered, health)) if answered == 429 || answered >= 500 => {
+                warn!(status = answered, answer = %clip(&health.to_string(), 300), "Cluster health did not answer; waiting on.");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Ok((answered, health)) => {
+                return Err(SearchError::Status {
+                    method: "GET".into(),
+                    path,
+                    status: answered,
+                    body: clip(&health.to_string(), 2000).into_owned(),
+                })
+            }
+            Err(e) if e.is_retriable() => {
                 warn!(error = %e, "Cluster health did not answer; waiting on.");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
