@@ -355,11 +355,20 @@ impl ReaderProbe {
     }
 }
 
-/// How many times the run's log says it retried or moved to another node.
-fn retries_in(log: &str) -> (usize, usize) {
-    (
+/// The figures of the run a case faulted: bulk items retried, one-shot
+/// calls retried, requests moved to another node (from its record and log).
+async fn retries_of(cluster: &Cluster, log: &str) -> String {
+    let record = history(&cluster.env)
+        .await
+        .current_or_last()
+        .await
+        .unwrap()
+        .expect("the run is recorded");
+    format!(
+        "{} bulk items retried, {} calls retried, {} requests moved to another node",
+        record.bulk.retried_items,
         log.matches("Retrying").count(),
-        log.matches("trying the next node").count(),
+        log.matches("trying the next node").count()
     )
 }
 
@@ -443,11 +452,11 @@ async fn a_data_node_killed_during_the_load_loses_no_doctor() {
     )
     .await;
     let outcome = judge_outcome(&cluster, &ended, &before).await;
-    let (retries, failovers) = retries_in(&ended.1);
+    let retries = retries_of(&cluster, &ended.1).await;
     let next = cluster.next_run_is_whole().await;
     let figures = probe.finish("load").await;
     eprintln!(
-        "cluster: node lost during the load: killed {victim} (the generation's primary), back after 5 s; run {outcome} {secs:.1} s after the kill ({retries} retries, {failovers} node failovers logged); next run succeeded ({} docs); case {:.1} s; probe {} rounds, {} queries, {} skipped, 0 errors, 0 empty",
+        "cluster: node lost during the load: killed {victim} (the generation's primary), back after 5 s; run {outcome} {secs:.1} s after the kill ({retries}); next run succeeded ({} docs); case {:.1} s; probe {} rounds, {} queries, {} skipped, 0 errors, 0 empty",
         next.counts.docs_expected,
         started.elapsed().as_secs_f64(),
         figures.rounds,
@@ -479,7 +488,7 @@ async fn a_data_node_killed_during_the_replica_recovery_after_the_load_loses_no_
     )
     .await;
     let outcome = judge_outcome(&cluster, &ended, &before).await;
-    let (retries, failovers) = retries_in(&ended.1);
+    let retries = retries_of(&cluster, &ended.1).await;
     let green = history(&cluster.env)
         .await
         .current_or_last()
@@ -491,7 +500,7 @@ async fn a_data_node_killed_during_the_replica_recovery_after_the_load_loses_no_
     let next = cluster.next_run_is_whole().await;
     let figures = probe.finish("recovery").await;
     eprintln!(
-        "cluster: node lost during the replica recovery: killed {victim} (the primary's), back after 5 s; run {outcome} {secs:.1} s after the kill ({retries} retries, {failovers} node failovers logged; green gate: {green}); next run succeeded ({} docs); case {:.1} s; probe {} rounds, {} queries, {} skipped, 0 errors, 0 empty",
+        "cluster: node lost during the replica recovery: killed {victim} (the primary's), back after 5 s; run {outcome} {secs:.1} s after the kill ({retries}; green gate: {green}); next run succeeded ({} docs); case {:.1} s; probe {} rounds, {} queries, {} skipped, 0 errors, 0 empty",
         next.counts.docs_expected,
         started.elapsed().as_secs_f64(),
         figures.rounds,
@@ -523,7 +532,7 @@ async fn a_data_node_killed_at_the_swap_and_a_rollback_keep_every_alias_whole_an
     )
     .await;
     let outcome = judge_outcome(&cluster, &ended, &before).await;
-    let (retries, failovers) = retries_in(&ended.1);
+    let retries = retries_of(&cluster, &ended.1).await;
     let promoted = cluster.serving().await;
 
     // A rollback while the readers read, then the node of the live
@@ -542,7 +551,7 @@ async fn a_data_node_killed_at_the_swap_and_a_rollback_keep_every_alias_whole_an
     let next = cluster.next_run_is_whole().await;
     let figures = probe.finish("swap").await;
     eprintln!(
-        "cluster: node lost at the swap: killed {victim} (the new primary's) just before the _aliases call, back after 5 s; run {outcome} {secs:.1} s after the kill ({retries} retries, {failovers} node failovers logged), serving {promoted:?}; rollback {rollback_secs:.1} s; next run succeeded ({} docs); case {:.1} s; probe {} rounds, {} queries, {} skipped, 0 errors, 0 empty",
+        "cluster: node lost at the swap: killed {victim} (the new primary's) just before the _aliases call, back after 5 s; run {outcome} {secs:.1} s after the kill ({retries}), serving {promoted:?}; rollback {rollback_secs:.1} s; next run succeeded ({} docs); case {:.1} s; probe {} rounds, {} queries, {} skipped, 0 errors, 0 empty",
         next.counts.docs_expected,
         started.elapsed().as_secs_f64(),
         figures.rounds,

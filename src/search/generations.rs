@@ -268,8 +268,13 @@ pub fn serving_settings_update(template: &IndexTemplate) -> Value {
     walk(&template.build_settings, Some(&template.settings))
 }
 
-/// Restores the serving settings (the replicas come back and start
-/// recovering), refreshes, and marks the generation `ready`. The wait for
+/// Makes the load durable, restores the serving settings (the replicas
+/// come back and start recovering), refreshes, and marks the generation
+/// `ready`. The load wrote with an asynchronous translog and no replica:
+/// until the flush, the only copy of what it wrote may sit in the memory
+/// of one node, and a node lost then loses acknowledged documents (the
+/// count gate would refuse the generation). After it, a node lost during
+/// the replicas' recovery comes back with every document. The wait for
 /// the replicas is the finish's (`search::health::wait_green`), before the
 /// aliases move.
 pub async fn finish_load(
@@ -278,6 +283,18 @@ pub async fn finish_load(
     template: &IndexTemplate,
 ) -> Result<(), SearchError> {
     let name = &generation.name;
+    let flushed = client
+        .json(Method::Post, &format!("/{name}/_flush"), &[], None)
+        .await?;
+    if flushed["_shards"]["failed"].as_u64().unwrap_or(0) > 0 {
+        // A shard not flushed is not durable: retried as a server failure.
+        return Err(SearchError::Status {
+            method: "POST".into(),
+            path: format!("/{name}/_flush"),
+            status: 503,
+            body: clip(&flushed.to_string(), 2000).into_owned(),
+        });
+    }
     let update = serving_settings_update(template);
     client
         .json(
@@ -291,7 +308,7 @@ pub async fn finish_load(
         .json(Method::Post, &format!("/{name}/_refresh"), &[], None)
         .await?;
     update_meta(client, name, |meta| meta.state = GenerationState::Ready).await?;
-    info!(generation = %name, "Generation loaded, serving settings restored.");
+    info!(generation = %name, "Generation loaded and flushed, serving settings restored.");
     Ok(())
 }
 
