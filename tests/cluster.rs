@@ -247,6 +247,30 @@ impl Cluster {
             .unwrap_or_else(|| panic!("{node} is not a node of the stack's cluster"))
     }
 
+    /// Waits until `index` has taken `writes` documents (its indexing
+    /// statistics: nothing is refreshed while it loads).
+    async fn wait_for_writes(&self, index: &str, writes: u64) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let stats = self
+                .client
+                .json(Method::Get, &format!("/{index}/_stats/indexing"), &[], None)
+                .await
+                .unwrap();
+            let taken = stats["_all"]["primaries"]["indexing"]["index_total"]
+                .as_u64()
+                .unwrap_or(0);
+            if taken >= writes {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{index} took {taken} documents, not {writes}, in 120 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     async fn end(self) {
         self.tcs.abort();
         self.env.cleanup().await;
@@ -372,19 +396,27 @@ async fn retries_of(cluster: &Cluster, log: &str) -> String {
     )
 }
 
-/// A paused child run, a node SIGKILLed at the pause, the run released,
-/// the node started again after `down_for`: the run's end, the node, and
-/// the seconds from the kill to the run's end.
+/// A child run paused at `point`; there the node holding the primary of
+/// the generation in the making is SIGKILLed, at once or, with
+/// `writes_first`, once the run (released) has written that many documents
+/// into it; it is started again after `down_for`. The run's end, the node,
+/// and the seconds from the kill to the run's end.
 async fn kill_at(
     cluster: &Cluster,
     probe: &ReaderProbe,
     point: &str,
-    victim_of: impl AsyncFnOnce(&Cluster) -> &'static str,
+    writes_first: Option<u64>,
+    extra_env: &[(&str, &str)],
     down_for: Duration,
 ) -> ((std::process::ExitStatus, String), &'static str, f64) {
-    let mut run = PausedRun::start(&cluster.env, point);
+    let mut run = PausedRun::start_with(&cluster.env, point, extra_env);
     run.wait_for("Failpoint reached", 180).await;
-    let victim = victim_of(cluster).await;
+    let generation = cluster.building_master().await;
+    let victim = cluster.primary_node(&generation).await;
+    if let Some(writes) = writes_first {
+        run.release();
+        cluster.wait_for_writes(&generation, writes).await;
+    }
     let killed = Instant::now();
     probe.kill(victim);
     run.release();
@@ -438,16 +470,15 @@ async fn a_data_node_killed_during_the_load_loses_no_doctor() {
     let before = cluster.serving().await;
     let probe = ReaderProbe::start(&cluster);
     let started = Instant::now();
-    // The load's TCS merge writes into a generation without replicas: the
-    // node with its primary is lost, and back 5 s later.
+    // The load writes into a generation without replicas, in batches of
+    // 200: once it has written 400 documents, the node with its primary
+    // is lost, and back 5 s later.
     let (ended, victim, secs) = kill_at(
         &cluster,
         &probe,
         "tcs_merge",
-        async |c: &Cluster| {
-            let generation = c.building_master().await;
-            c.primary_node(&generation).await
-        },
+        Some(400),
+        &[("REBUILDER_BULK__MAX_BATCH_DOCS", "200")],
         Duration::from_secs(5),
     )
     .await;
@@ -456,7 +487,7 @@ async fn a_data_node_killed_during_the_load_loses_no_doctor() {
     let next = cluster.next_run_is_whole().await;
     let figures = probe.finish("load").await;
     eprintln!(
-        "cluster: node lost during the load: killed {victim} (the generation's primary), back after 5 s; run {outcome} {secs:.1} s after the kill ({retries}); next run succeeded ({} docs); case {:.1} s; probe {} rounds, {} queries, {} skipped, 0 errors, 0 empty",
+        "cluster: node lost during the load: killed {victim} (the generation's primary) after 400 documents written, back after 5 s; run {outcome} {secs:.1} s after the kill ({retries}); next run succeeded ({} docs); case {:.1} s; probe {} rounds, {} queries, {} skipped, 0 errors, 0 empty",
         next.counts.docs_expected,
         started.elapsed().as_secs_f64(),
         figures.rounds,
@@ -480,10 +511,8 @@ async fn a_data_node_killed_during_the_replica_recovery_after_the_load_loses_no_
         &cluster,
         &probe,
         "catch_up",
-        async |c: &Cluster| {
-            let generation = c.building_master().await;
-            c.primary_node(&generation).await
-        },
+        None,
+        &[],
         Duration::from_secs(5),
     )
     .await;
@@ -524,10 +553,8 @@ async fn a_data_node_killed_at_the_swap_and_a_rollback_keep_every_alias_whole_an
         &cluster,
         &probe,
         "before_aliases",
-        async |c: &Cluster| {
-            let generation = c.building_master().await;
-            c.primary_node(&generation).await
-        },
+        None,
+        &[],
         Duration::from_secs(5),
     )
     .await;
