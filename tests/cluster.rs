@@ -413,6 +413,19 @@ async fn kill_at(
     run.wait_for("Failpoint reached", 180).await;
     let generation = cluster.building_master().await;
     let victim = cluster.primary_node(&generation).await;
+    let manager = cluster
+        .client
+        .json(
+            Method::Get,
+            "/_cat/cluster_manager",
+            &[("format", "json"), ("h", "node")],
+            None,
+        )
+        .await
+        .unwrap();
+    if manager[0]["node"] == victim {
+        eprintln!("{victim} is the elected cluster manager too");
+    }
     if let Some(writes) = writes_first {
         run.release();
         cluster.wait_for_writes(&generation, writes).await;
