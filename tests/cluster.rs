@@ -379,40 +379,46 @@ impl ReaderProbe {
     }
 }
 
-/// The figures of the run a case faulted: bulk items retried, one-shot
-/// calls retried, requests moved to another node (from its record and log).
-async fn retries_of(cluster: &Cluster, log: &str) -> String {
-    let record = history(&cluster.env)
-        .await
-        .current_or_last()
-        .await
-        .unwrap()
-        .expect("the run is recorded");
-    format!(
-        "{} bulk items retried, {} calls retried, {} requests moved to another node",
-        record.bulk.retried_items,
-        log.matches("Retrying").count(),
-        log.matches("trying the next node").count()
-    )
+/// What a node-loss case measured.
+struct Faulted {
+    /// The node killed.
+    victim: &'static str,
+    /// `promoted`, or `refused: <the cause>`.
+    outcome: String,
+    /// Seconds from the kill to the run's end.
+    secs: f64,
+    retries: String,
+    /// The pair the aliases were on before the run.
+    before: (String, String),
 }
 
-/// A child run paused at `point`; there the node holding the primary of
-/// the generation in the making is SIGKILLed, at once or, with
+/// Which node a case kills.
+#[derive(Clone, Copy, PartialEq)]
+enum Victim {
+    /// The node holding the primary of the generation in the making.
+    Primary,
+    /// The elected cluster manager (two of three left keep the quorum).
+    ClusterManager,
+}
+
+/// A child run paused at `point`; there the `victim` node is SIGKILLed, at once or, with
 /// `writes_first`, once the run (released) has written that many documents
-/// into it; it is started again after `down_for`. The run's end, the node,
-/// and the seconds from the kill to the run's end.
-async fn kill_at(
+/// into it; it is started again 5 s later. The run must end promoted and
+/// whole, or refused cleanly with the aliases where they were, naming the
+/// cause.
+async fn lose_a_node(
     cluster: &Cluster,
     probe: &ReaderProbe,
+    victim: Victim,
     point: &str,
     writes_first: Option<u64>,
     extra_env: &[(&str, &str)],
-    down_for: Duration,
-) -> ((std::process::ExitStatus, String), &'static str, f64) {
+) -> Faulted {
+    let before = cluster.serving().await;
     let mut run = PausedRun::start_with(&cluster.env, point, extra_env);
     run.wait_for("Failpoint reached", 180).await;
     let generation = cluster.building_master().await;
-    let victim = cluster.primary_node(&generation).await;
+    let primary = cluster.primary_node(&generation).await;
     let manager = cluster
         .client
         .json(
@@ -423,9 +429,17 @@ async fn kill_at(
         )
         .await
         .unwrap();
-    if manager[0]["node"] == victim {
-        eprintln!("{victim} is the elected cluster manager too");
-    }
+    let manager = NODES
+        .into_iter()
+        .find(|n| manager[0]["node"] == *n)
+        .unwrap_or_else(|| panic!("no elected cluster manager among the nodes: {manager}"));
+    let victim = match victim {
+        Victim::Primary => primary,
+        Victim::ClusterManager => manager,
+    };
+    eprintln!(
+        "killing {victim}: the new generation's primary is on {primary}, the elected cluster manager is {manager}"
+    );
     if let Some(writes) = writes_first {
         run.release();
         cluster.wait_for_writes(&generation, writes).await;
@@ -433,36 +447,20 @@ async fn kill_at(
     let killed = Instant::now();
     probe.kill(victim);
     run.release();
-    tokio::time::sleep(down_for).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
     probe.restart(victim);
-    let ended = run.finish(420).await;
-    (ended, victim, killed.elapsed().as_secs_f64())
-}
-
-/// A node-loss case's end: promoted and whole, or refused cleanly with the
-/// aliases where they were, the cause named. Returns what happened.
-async fn judge_outcome(
-    cluster: &Cluster,
-    ended: &(std::process::ExitStatus, String),
-    before: &(String, String),
-) -> String {
-    let (status, log) = ended;
+    let (status, log) = run.finish(420).await;
+    let secs = killed.elapsed().as_secs_f64();
     let after = cluster.serving().await;
-    if status.success() {
-        assert_ne!(&after, before, "a run that succeeded moved the aliases");
-        cluster.assert_whole().await;
-        "promoted".into()
+    let outcome = if status.success() {
+        assert_ne!(after, before, "a run that succeeded moved the aliases");
+        "promoted".to_string()
     } else {
         assert_eq!(
-            &after, before,
+            after, before,
             "a refused run left the aliases where they were"
         );
-        let record = history(&cluster.env)
-            .await
-            .current_or_last()
-            .await
-            .unwrap()
-            .expect("the run is recorded");
+        let record = last_record(cluster).await;
         let cause = record.error.clone().unwrap_or_default();
         assert!(
             matches!(record.outcome, RunOutcome::Refused | RunOutcome::Failed) && !cause.is_empty(),
@@ -470,9 +468,53 @@ async fn judge_outcome(
             record.outcome,
             log.lines().rev().take(20).collect::<Vec<_>>().join("\n")
         );
-        cluster.assert_whole().await;
         format!("refused: {cause}")
+    };
+    cluster.assert_whole().await;
+    let record = last_record(cluster).await;
+    let retries = format!(
+        "{} bulk items retried, {} calls retried, {} requests moved to another node",
+        record.bulk.retried_items,
+        log.matches("Retrying").count(),
+        log.matches("trying the next node").count()
+    );
+    Faulted {
+        victim,
+        outcome,
+        secs,
+        retries,
+        before,
     }
+}
+
+async fn last_record(cluster: &Cluster) -> RunRecord {
+    history(&cluster.env)
+        .await
+        .current_or_last()
+        .await
+        .unwrap()
+        .expect("the run is recorded")
+}
+
+/// A case's end: the next run whole, the probe's verdict, the figures printed.
+async fn finish_case(
+    cluster: Cluster,
+    probe: ReaderProbe,
+    case: &str,
+    started: Instant,
+    detail: String,
+) {
+    let next = cluster.next_run_is_whole().await;
+    let figures = probe.finish(case).await;
+    eprintln!(
+        "cluster: {case}: {detail}; next run succeeded ({} docs); case {:.1} s; probe {} rounds, {} queries, {} skipped, 0 errors, 0 empty",
+        next.counts.docs_expected,
+        started.elapsed().as_secs_f64(),
+        figures.rounds,
+        figures.queries,
+        figures.skipped
+    );
+    cluster.end().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -480,34 +522,26 @@ async fn judge_outcome(
 async fn a_data_node_killed_during_the_load_loses_no_doctor() {
     logs();
     let cluster = Cluster::with_a_first_run("cl_load", 301).await;
-    let before = cluster.serving().await;
     let probe = ReaderProbe::start(&cluster);
     let started = Instant::now();
     // The load writes into a generation without replicas, in batches of
     // 200: once it has written 400 documents, the node with its primary
     // is lost, and back 5 s later.
-    let (ended, victim, secs) = kill_at(
+    let batches = [("REBUILDER_BULK__MAX_BATCH_DOCS", "200")];
+    let f = lose_a_node(
         &cluster,
         &probe,
+        Victim::Primary,
         "tcs_merge",
         Some(400),
-        &[("REBUILDER_BULK__MAX_BATCH_DOCS", "200")],
-        Duration::from_secs(5),
+        &batches,
     )
     .await;
-    let outcome = judge_outcome(&cluster, &ended, &before).await;
-    let retries = retries_of(&cluster, &ended.1).await;
-    let next = cluster.next_run_is_whole().await;
-    let figures = probe.finish("load").await;
-    eprintln!(
-        "cluster: node lost during the load: killed {victim} (the generation's primary) after 400 documents written, back after 5 s; run {outcome} {secs:.1} s after the kill ({retries}); next run succeeded ({} docs); case {:.1} s; probe {} rounds, {} queries, {} skipped, 0 errors, 0 empty",
-        next.counts.docs_expected,
-        started.elapsed().as_secs_f64(),
-        figures.rounds,
-        figures.queries,
-        figures.skipped
+    let detail = format!(
+        "killed {} (the generation's primary) after 400 documents written, back after 5 s; run {} {:.1} s after the kill ({})",
+        f.victim, f.outcome, f.secs, f.retries
     );
-    cluster.end().await;
+    finish_case(cluster, probe, "node lost during the load", started, detail).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -515,41 +549,29 @@ async fn a_data_node_killed_during_the_load_loses_no_doctor() {
 async fn a_data_node_killed_during_the_replica_recovery_after_the_load_loses_no_doctor() {
     logs();
     let cluster = Cluster::with_a_first_run("cl_recovery", 302).await;
-    let before = cluster.serving().await;
     let probe = ReaderProbe::start(&cluster);
     let started = Instant::now();
     // `catch_up` begins right after the finish restored the replicas: they
     // are recovering when the primary's node is lost.
-    let (ended, victim, secs) = kill_at(
-        &cluster,
-        &probe,
-        "catch_up",
-        None,
-        &[],
-        Duration::from_secs(5),
+    let f = lose_a_node(&cluster, &probe, Victim::Primary, "catch_up", None, &[]).await;
+    let green = last_record(&cluster)
+        .await
+        .gates
+        .into_iter()
+        .find(|g| g.name == "green")
+        .map_or_else(|| "not reached".into(), |g| g.detail);
+    let detail = format!(
+        "killed {} (the primary's), back after 5 s; run {} {:.1} s after the kill ({}; green gate: {green})",
+        f.victim, f.outcome, f.secs, f.retries
+    );
+    finish_case(
+        cluster,
+        probe,
+        "node lost during the replica recovery",
+        started,
+        detail,
     )
     .await;
-    let outcome = judge_outcome(&cluster, &ended, &before).await;
-    let retries = retries_of(&cluster, &ended.1).await;
-    let green = history(&cluster.env)
-        .await
-        .current_or_last()
-        .await
-        .unwrap()
-        .and_then(|r| r.gates.into_iter().find(|g| g.name == "green"))
-        .map(|g| g.detail)
-        .unwrap_or_else(|| "not reached".into());
-    let next = cluster.next_run_is_whole().await;
-    let figures = probe.finish("recovery").await;
-    eprintln!(
-        "cluster: node lost during the replica recovery: killed {victim} (the primary's), back after 5 s; run {outcome} {secs:.1} s after the kill ({retries}; green gate: {green}); next run succeeded ({} docs); case {:.1} s; probe {} rounds, {} queries, {} skipped, 0 errors, 0 empty",
-        next.counts.docs_expected,
-        started.elapsed().as_secs_f64(),
-        figures.rounds,
-        figures.queries,
-        figures.skipped
-    );
-    cluster.end().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -557,48 +579,72 @@ async fn a_data_node_killed_during_the_replica_recovery_after_the_load_loses_no_
 async fn a_data_node_killed_at_the_swap_and_a_rollback_keep_every_alias_whole_and_answering() {
     logs();
     let cluster = Cluster::with_a_first_run("cl_swap", 303).await;
-    let before = cluster.serving().await;
     let probe = ReaderProbe::start(&cluster);
     let started = Instant::now();
     // Just before the one `_aliases` call: the node holding the new
     // generation's primary is lost (its replica, green a moment ago, takes over).
-    let (ended, victim, secs) = kill_at(
+    let f = lose_a_node(
         &cluster,
         &probe,
+        Victim::Primary,
         "before_aliases",
         None,
         &[],
-        Duration::from_secs(5),
     )
     .await;
-    let outcome = judge_outcome(&cluster, &ended, &before).await;
-    let retries = retries_of(&cluster, &ended.1).await;
     let promoted = cluster.serving().await;
-
-    // A rollback while the readers read, then the node of the live
-    // generation's primary lost and back, then forward again by a run.
+    // A rollback while the readers read.
     let rollback_started = Instant::now();
     roll_back(&cluster.env.settings, None)
         .await
         .expect("the rollback");
-    let rolled_back = cluster.serving().await;
     assert_eq!(
-        rolled_back, before,
+        cluster.serving().await,
+        f.before,
         "the rollback put the first run's pair back"
     );
     cluster.assert_whole().await;
-    let rollback_secs = rollback_started.elapsed().as_secs_f64();
-    let next = cluster.next_run_is_whole().await;
-    let figures = probe.finish("swap").await;
-    eprintln!(
-        "cluster: node lost at the swap: killed {victim} (the new primary's) just before the _aliases call, back after 5 s; run {outcome} {secs:.1} s after the kill ({retries}), serving {promoted:?}; rollback {rollback_secs:.1} s; next run succeeded ({} docs); case {:.1} s; probe {} rounds, {} queries, {} skipped, 0 errors, 0 empty",
-        next.counts.docs_expected,
-        started.elapsed().as_secs_f64(),
-        figures.rounds,
-        figures.queries,
-        figures.skipped
+    let detail = format!(
+        "killed {} (the new primary's) just before the _aliases call, back after 5 s; run {} {:.1} s after the kill ({}), serving {promoted:?}; rollback {:.1} s",
+        f.victim,
+        f.outcome,
+        f.secs,
+        f.retries,
+        rollback_started.elapsed().as_secs_f64()
     );
-    cluster.end().await;
+    finish_case(cluster, probe, "node lost at the swap", started, detail).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs the three-node cluster: scripts/stack start --cluster"]
+async fn the_elected_cluster_manager_killed_at_the_swap_leaves_every_alias_whole() {
+    logs();
+    let cluster = Cluster::with_a_first_run("cl_manager", 306).await;
+    let probe = ReaderProbe::start(&cluster);
+    let started = Instant::now();
+    // The `_aliases` call is a change of the cluster state: the node that
+    // makes it is lost just before it, and the other two elect another.
+    let f = lose_a_node(
+        &cluster,
+        &probe,
+        Victim::ClusterManager,
+        "before_aliases",
+        None,
+        &[],
+    )
+    .await;
+    let detail = format!(
+        "killed {} (the elected cluster manager) just before the _aliases call, back after 5 s; run {} {:.1} s after the kill ({})",
+        f.victim, f.outcome, f.secs, f.retries
+    );
+    finish_case(
+        cluster,
+        probe,
+        "cluster manager lost at the swap",
+        started,
+        detail,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -733,13 +779,14 @@ async fn a_generation_whose_replicas_cannot_be_allocated_is_refused_naming_the_s
 
     cluster.env.settings.index.number_of_replicas = Replicas::Fixed(1);
     cluster.env.settings.index.green_timeout_secs = 180;
-    cluster.next_run_is_whole().await;
-    let figures = probe.finish("green").await;
-    eprintln!(
-        "cluster: replicas that cannot be allocated (3 replicas, 3 nodes): refused after {refused_secs:.1} s naming the shard: {message}; --force promoted; case {:.1} s; probe {} rounds, {} queries, 0 errors, 0 empty",
-        started.elapsed().as_secs_f64(),
-        figures.rounds,
-        figures.queries
-    );
-    cluster.end().await;
+    let detail =
+        format!("refused after {refused_secs:.1} s naming the shard: {message}; --force promoted");
+    finish_case(
+        cluster,
+        probe,
+        "replicas that cannot be allocated (3 replicas, 3 nodes)",
+        started,
+        detail,
+    )
+    .await;
 }

@@ -73,6 +73,13 @@ pub struct SearchClient {
     current: Arc<AtomicUsize>,
 }
 
+/// What SigV4 signing needs: credentials, the region, the service name.
+type SigV4 = (
+    aws_credential_types::provider::SharedCredentialsProvider,
+    aws_types::region::Region,
+    String,
+);
+
 /// One node: its own connection and its URL, credentials redacted.
 struct Node {
     inner: OpenSearch,
@@ -122,14 +129,7 @@ impl SearchClient {
         Self::build(settings, sigv4)
     }
 
-    fn build(
-        settings: &OpenSearchSettings,
-        sigv4: Option<(
-            aws_credential_types::provider::SharedCredentialsProvider,
-            aws_types::region::Region,
-            String,
-        )>,
-    ) -> Result<Self, SearchError> {
+    fn build(settings: &OpenSearchSettings, sigv4: Option<SigV4>) -> Result<Self, SearchError> {
         let nodes = settings
             .node_urls()
             .into_iter()
@@ -150,11 +150,7 @@ impl SearchClient {
     fn node(
         settings: &OpenSearchSettings,
         url: &str,
-        sigv4: Option<(
-            aws_credential_types::provider::SharedCredentialsProvider,
-            aws_types::region::Region,
-            String,
-        )>,
+        sigv4: Option<SigV4>,
     ) -> Result<Node, SearchError> {
         let shown = redact_uri(url).unwrap_or_else(|| url.to_string());
         let parsed = url::Url::parse(url)
