@@ -487,6 +487,26 @@ async fn lose_a_node(
     }
 }
 
+impl Faulted {
+    /// "killed <node> (<role>), back after 5 s; run <outcome> <secs> s after
+    /// the kill (<retries>)".
+    fn describe(&self, role: &str) -> String {
+        format!(
+            "killed {} ({role}), back after 5 s; run {} {:.1} s after the kill ({})",
+            self.victim, self.outcome, self.secs, self.retries
+        )
+    }
+}
+
+/// A case's start: the cluster with a first run behind it, the reader
+/// probe going, the clock.
+async fn start_case(name: &str, data_seed: u64) -> (Cluster, ReaderProbe, Instant) {
+    logs();
+    let cluster = Cluster::with_a_first_run(name, data_seed).await;
+    let probe = ReaderProbe::start(&cluster);
+    (cluster, probe, Instant::now())
+}
+
 async fn last_record(cluster: &Cluster) -> RunRecord {
     history(&cluster.env)
         .await
@@ -520,10 +540,7 @@ async fn finish_case(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "needs the three-node cluster: scripts/stack start --cluster"]
 async fn a_data_node_killed_during_the_load_loses_no_doctor() {
-    logs();
-    let cluster = Cluster::with_a_first_run("cl_load", 301).await;
-    let probe = ReaderProbe::start(&cluster);
-    let started = Instant::now();
+    let (cluster, probe, started) = start_case("cl_load", 301).await;
     // The load writes into a generation without replicas, in batches of
     // 200: once it has written 400 documents, the node with its primary
     // is lost, and back 5 s later.
@@ -537,20 +554,14 @@ async fn a_data_node_killed_during_the_load_loses_no_doctor() {
         &batches,
     )
     .await;
-    let detail = format!(
-        "killed {} (the generation's primary) after 400 documents written, back after 5 s; run {} {:.1} s after the kill ({})",
-        f.victim, f.outcome, f.secs, f.retries
-    );
+    let detail = f.describe("the generation's primary, after 400 documents written");
     finish_case(cluster, probe, "node lost during the load", started, detail).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "needs the three-node cluster: scripts/stack start --cluster"]
 async fn a_data_node_killed_during_the_replica_recovery_after_the_load_loses_no_doctor() {
-    logs();
-    let cluster = Cluster::with_a_first_run("cl_recovery", 302).await;
-    let probe = ReaderProbe::start(&cluster);
-    let started = Instant::now();
+    let (cluster, probe, started) = start_case("cl_recovery", 302).await;
     // `catch_up` begins right after the finish restored the replicas: they
     // are recovering when the primary's node is lost.
     let f = lose_a_node(&cluster, &probe, Victim::Primary, "catch_up", None, &[]).await;
@@ -560,10 +571,7 @@ async fn a_data_node_killed_during_the_replica_recovery_after_the_load_loses_no_
         .into_iter()
         .find(|g| g.name == "green")
         .map_or_else(|| "not reached".into(), |g| g.detail);
-    let detail = format!(
-        "killed {} (the primary's), back after 5 s; run {} {:.1} s after the kill ({}; green gate: {green})",
-        f.victim, f.outcome, f.secs, f.retries
-    );
+    let detail = format!("{}; green gate: {green}", f.describe("the primary's"));
     finish_case(
         cluster,
         probe,
@@ -577,10 +585,7 @@ async fn a_data_node_killed_during_the_replica_recovery_after_the_load_loses_no_
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "needs the three-node cluster: scripts/stack start --cluster"]
 async fn a_data_node_killed_at_the_swap_and_a_rollback_keep_every_alias_whole_and_answering() {
-    logs();
-    let cluster = Cluster::with_a_first_run("cl_swap", 303).await;
-    let probe = ReaderProbe::start(&cluster);
-    let started = Instant::now();
+    let (cluster, probe, started) = start_case("cl_swap", 303).await;
     // Just before the one `_aliases` call: the node holding the new
     // generation's primary is lost (its replica, green a moment ago, takes over).
     let f = lose_a_node(
@@ -605,11 +610,8 @@ async fn a_data_node_killed_at_the_swap_and_a_rollback_keep_every_alias_whole_an
     );
     cluster.assert_whole().await;
     let detail = format!(
-        "killed {} (the new primary's) just before the _aliases call, back after 5 s; run {} {:.1} s after the kill ({}), serving {promoted:?}; rollback {:.1} s",
-        f.victim,
-        f.outcome,
-        f.secs,
-        f.retries,
+        "{}; serving {promoted:?}; rollback {:.1} s",
+        f.describe("the new primary's, just before the _aliases call"),
         rollback_started.elapsed().as_secs_f64()
     );
     finish_case(cluster, probe, "node lost at the swap", started, detail).await;
@@ -618,10 +620,7 @@ async fn a_data_node_killed_at_the_swap_and_a_rollback_keep_every_alias_whole_an
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "needs the three-node cluster: scripts/stack start --cluster"]
 async fn the_elected_cluster_manager_killed_at_the_swap_leaves_every_alias_whole() {
-    logs();
-    let cluster = Cluster::with_a_first_run("cl_manager", 306).await;
-    let probe = ReaderProbe::start(&cluster);
-    let started = Instant::now();
+    let (cluster, probe, started) = start_case("cl_manager", 306).await;
     // The `_aliases` call is a change of the cluster state: the node that
     // makes it is lost just before it, and the other two elect another.
     let f = lose_a_node(
@@ -633,10 +632,7 @@ async fn the_elected_cluster_manager_killed_at_the_swap_leaves_every_alias_whole
         &[],
     )
     .await;
-    let detail = format!(
-        "killed {} (the elected cluster manager) just before the _aliases call, back after 5 s; run {} {:.1} s after the kill ({})",
-        f.victim, f.outcome, f.secs, f.retries
-    );
+    let detail = f.describe("the elected cluster manager, just before the _aliases call");
     finish_case(
         cluster,
         probe,
