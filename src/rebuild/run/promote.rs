@@ -2,12 +2,12 @@
 //! `green` gate: every replica allocated and started, waited for up to
 //! `index.green_timeout_secs`; else the promotion is refused, naming the
 //! shards and OpenSearch's reasons, unless `--force`). The lease is
-//! confirmed (a run that lost it stops here), the live applier pauses, the journal is sealed and the
-//! last live changes are replayed onto both generations, the lease and the
-//! seal are confirmed again, every alias of both families moves in one
-//! `_aliases` request, the journal ends (the applier goes on), and old
-//! generations beyond the retention are deleted. A
-//! retention failure does not fail the run: the new generation serves
+//! confirmed (a run that lost it stops here), the live applier pauses, the
+//! journal is sealed and the last live changes are replayed onto both
+//! generations, the lease and the seal are confirmed again, every alias of
+//! both families moves in one `_aliases` request, the journal ends (the
+//! applier goes on), and old generations beyond the retention are deleted.
+//! A retention failure does not fail the run: the new generation serves
 //! already, and old ones stay until next time.
 
 use anyhow::{anyhow, Context};
@@ -91,11 +91,14 @@ async fn green_gate(
     master: &Generation,
     recommendation: &Generation,
 ) -> anyhow::Result<()> {
-    let health = context
-        .engine
-        .wait_green(&[master, recommendation])
-        .await
-        .context("while waiting for the new generations to be green")?;
+    let wait = async {
+        context
+            .engine
+            .wait_green(&[master, recommendation])
+            .await
+            .context("while waiting for the new generations to be green")
+    };
+    let health = context.cancellable(wait).await?;
     let verdict = judge_green(
         &health,
         context.settings.index.green_timeout_secs,
