@@ -127,8 +127,10 @@ pub struct RunArgs {
     /// Build and validate the new generations, but move no alias.
     #[arg(long)]
     pub dry_run: bool,
-    /// Promote even if the new generation is much smaller than the live one
-    /// (overrides the share_of_previous gate; recorded in the run).
+    /// Promote even if the new generation is much smaller than the live one,
+    /// a designated body lost many doctors, or the new generations are not
+    /// green in time (replicas not allocated: overrides the
+    /// share_of_previous, drift and green gates; recorded in the run).
     #[arg(long)]
     pub force: bool,
     /// What started this run (cli, schedule, http), recorded in the run history.

@@ -114,11 +114,18 @@ fn rabbit_names(settings: &Settings) -> Vec<(String, String)> {
 /// Refuses settings that would send benchmark traffic anywhere but this
 /// machine: a load test only ever targets loopback addresses.
 pub fn ensure_loopback(settings: &Settings) -> anyhow::Result<()> {
+    let nodes = settings
+        .opensearch
+        .node_urls()
+        .into_iter()
+        .map(|url| ("opensearch.urls", url));
     let checks = [
         ("opensearch.url", settings.opensearch.url.as_str()),
         ("rabbitmq.uri", settings.rabbitmq.uri.expose()),
         ("mongodb.uri", settings.mongodb.uri.expose()),
-    ];
+    ]
+    .into_iter()
+    .chain(nodes);
     for (field, value) in checks {
         let hosts = hosts_of(value);
         if hosts.is_empty() || !hosts.iter().all(|h| is_loopback(h)) {
@@ -276,5 +283,11 @@ mod tests {
         let mut s = Settings::default();
         s.rabbitmq.uri = rebuilder::config::Secret::new("amqp://guest:guest@[::1]:5672/%2f");
         ensure_loopback(&s).unwrap();
+        let mut s = Settings::default();
+        s.opensearch.urls = vec![
+            "http://127.0.0.1:9211".into(),
+            "http://10.0.0.5:9200".into(),
+        ];
+        assert!(ensure_loopback(&s).is_err(), "a remote node among the urls");
     }
 }

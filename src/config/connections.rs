@@ -13,7 +13,18 @@ use super::Secret;
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OpenSearchSettings {
+    /// The one endpoint: a node, or what stands in front of the nodes
+    /// (Amazon OpenSearch Service's domain endpoint balances over its data
+    /// nodes and leaves out one that is gone, so one URL is right there).
     pub url: String,
+    /// Every node of a cluster that has no such endpoint, e.g.
+    /// `["http://10.0.1.5:9200", "http://10.0.2.5:9200"]` (or, from the
+    /// environment, `REBUILDER_OPENSEARCH__URLS=http://a:9200,http://b:9200`).
+    /// When given it replaces `url`: each request goes to one node, and a
+    /// node that does not answer, or answers 502/503/504, is left for the
+    /// next.
+    #[serde(deserialize_with = "list_or_commas")]
+    pub urls: Vec<String>,
     /// Basic authentication (with `password` or `password_file`).
     pub username: Option<String>,
     pub password: Option<Secret>,
@@ -34,6 +45,7 @@ impl Default for OpenSearchSettings {
     fn default() -> Self {
         Self {
             url: "http://127.0.0.1:9200".into(),
+            urls: Vec::new(),
             username: None,
             password: None,
             password_file: None,
@@ -43,6 +55,37 @@ impl Default for OpenSearchSettings {
             request_timeout_secs: 120,
         }
     }
+}
+
+impl OpenSearchSettings {
+    /// The nodes to send to: `urls` when given, else `url`.
+    pub fn node_urls(&self) -> Vec<&str> {
+        if self.urls.is_empty() {
+            vec![self.url.as_str()]
+        } else {
+            self.urls.iter().map(String::as_str).collect()
+        }
+    }
+}
+
+/// A list of strings from a list, or from one comma-separated string (the
+/// form an environment variable gives).
+fn list_or_commas<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Form {
+        List(Vec<String>),
+        Text(String),
+    }
+    Ok(match Form::deserialize(d)? {
+        Form::List(list) => list,
+        Form::Text(text) => text
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect(),
+    })
 }
 
 /// SigV4 request signing.

@@ -19,7 +19,8 @@ pub use connection::{ConnectionSettings, ConnectionSourceKind};
 pub use connections::{AwsSigV4Settings, MongoSettings, OpenSearchSettings, RabbitSettings};
 pub use gmc::{GmcSettings, GmcSourceKind};
 pub use rebuild::{
-    BulkSettings, GateSettings, IndexNames, RetentionSettings, RetrySettings, RunSettings,
+    BulkSettings, GateSettings, IndexNames, IndexShape, Replicas, RetentionSettings, RetrySettings,
+    RunSettings,
 };
 pub use secret::{redact_text, redact_uri, Secret};
 pub use service::{LiveSettings, ScheduleSettings, ServiceSettings};
@@ -37,6 +38,8 @@ pub struct Settings {
     /// Where a rebuild reads the connection service's logs and hidden discrepancies from.
     pub connection: ConnectionSettings,
     pub names: IndexNames,
+    /// Shards and replicas of every generation, and the wait for green.
+    pub index: IndexShape,
     pub bulk: BulkSettings,
     pub gates: GateSettings,
     pub retention: RetentionSettings,
@@ -101,6 +104,11 @@ impl Settings {
         if let Some(url) = redact_uri(&out.opensearch.url) {
             out.opensearch.url = url;
         }
+        for url in &mut out.opensearch.urls {
+            if let Some(shown) = redact_uri(url) {
+                *url = shown;
+            }
+        }
         out
     }
 
@@ -157,6 +165,14 @@ impl Settings {
         if url::Url::parse(&self.opensearch.url).is_err() {
             return invalid("opensearch.url", "not a URL");
         }
+        if self
+            .opensearch
+            .urls
+            .iter()
+            .any(|u| url::Url::parse(u).is_err())
+        {
+            return invalid("opensearch.urls", "every entry must be a URL");
+        }
         if !self.rabbitmq.uri.expose().starts_with("amqp") {
             return invalid("rabbitmq.uri", "must start with amqp:// or amqps://");
         }
@@ -202,6 +218,12 @@ impl Settings {
                 "names.recommendation_family",
                 "the two families must not share names: one family's generations would be taken for the other's",
             );
+        }
+        if self.index.number_of_shards == 0 {
+            return invalid("index.number_of_shards", "must be at least 1");
+        }
+        if let Some(reason) = self.index.number_of_replicas.problem() {
+            return invalid("index.number_of_replicas", reason);
         }
         if !(0.0..=1.0).contains(&self.gates.max_body_loss) {
             return invalid("gates.max_body_loss", "must be between 0 and 1");
@@ -369,6 +391,35 @@ mod tests {
             Some("https://***@host/x")
         );
         assert_eq!(redact_uri("not a uri"), None);
+    }
+
+    #[test]
+    fn opensearch_urls_come_from_a_list_or_a_comma_separated_string() {
+        // A comma-separated string is what `REBUILDER_OPENSEARCH__URLS` gives.
+        let load = |toml: &str| -> Settings {
+            Figment::from(Serialized::defaults(Settings::default()))
+                .merge(Toml::string(toml))
+                .extract()
+                .unwrap()
+        };
+        let list =
+            load("[opensearch]\nurls = [\"http://127.0.0.1:9211\", \"http://127.0.0.1:9212\"]");
+        assert_eq!(
+            list.opensearch.node_urls(),
+            ["http://127.0.0.1:9211", "http://127.0.0.1:9212"]
+        );
+        list.validate().unwrap();
+        let text = load("[opensearch]\nurls = \"http://a:9200, http://b:9200,http://c:9200\"");
+        assert_eq!(
+            text.opensearch.node_urls(),
+            ["http://a:9200", "http://b:9200", "http://c:9200"]
+        );
+        let bad = load("[opensearch]\nurls = \"http://a:9200,not a url\"");
+        assert!(bad.validate().is_err());
+        assert_eq!(
+            Settings::default().opensearch.node_urls(),
+            ["http://127.0.0.1:9200"]
+        );
     }
 
     #[test]

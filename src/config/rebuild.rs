@@ -1,4 +1,5 @@
-//! The sections that shape a rebuild: index names, the bulk writer, the
+//! The sections that shape a rebuild: index names, the shape of every
+//! generation (shards, replicas, the wait for green), the bulk writer, the
 //! retry policy, the gates, retention and the run itself.
 
 use serde::{Deserialize, Serialize};
@@ -135,5 +136,122 @@ impl Default for RunSettings {
             lease_ttl_secs: 30,
             merge_batch: 1000,
         }
+    }
+}
+
+/// The shape every generation serves with: shards, replicas, and how long
+/// the finish of a run waits for the replicas before it refuses to promote.
+/// Named here, not left to defaults: they are a decision per deployment
+/// (see the README's "Shards and replicas").
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IndexShape {
+    /// Primary shards of each generation. One is right up to 30–50 GB of
+    /// index; a million doctors make one to two.
+    pub number_of_shards: u32,
+    /// Replicas of each shard: a number (`1`: one copy more, on another
+    /// node, in another zone when the cluster knows zones), or an
+    /// auto-expand range (`0-1`: one replica when the cluster has two data
+    /// nodes or more, none on a lone node, where a replica can never be
+    /// allocated; `0-all`: one on every node).
+    pub number_of_replicas: Replicas,
+    /// How long the finish of a run waits for both generations to be green
+    /// (every replica allocated and started) before it refuses to promote.
+    pub green_timeout_secs: u64,
+}
+
+impl Default for IndexShape {
+    fn default() -> Self {
+        Self {
+            number_of_shards: 1,
+            number_of_replicas: Replicas::AutoExpand("0-1".into()),
+            green_timeout_secs: 600,
+        }
+    }
+}
+
+/// A replica count, fixed or an OpenSearch `auto_expand_replicas` range.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum Replicas {
+    Fixed(u32),
+    /// `MIN-MAX` or `MIN-all`; a plain number given as text is a fixed count.
+    AutoExpand(String),
+}
+
+impl Replicas {
+    /// Why this is not a replica count OpenSearch takes, if it is not.
+    pub fn problem(&self) -> Option<&'static str> {
+        let Replicas::AutoExpand(range) = self else {
+            return None;
+        };
+        if range.trim().parse::<u32>().is_ok() {
+            return None;
+        }
+        let Some((min, max)) = range.split_once('-') else {
+            return Some("must be a number (1) or an auto-expand range (0-1, 0-all)");
+        };
+        match (min.parse::<u32>(), max.parse::<u32>()) {
+            (Ok(_), _) if max == "all" => None,
+            (Ok(a), Ok(b)) if a <= b => None,
+            _ => Some("must be a number (1) or an auto-expand range (0-1, 0-all)"),
+        }
+    }
+
+    /// The index settings that say it: `number_of_replicas` with
+    /// auto-expand off, or `auto_expand_replicas` (which then sets the count).
+    pub fn index_settings(&self) -> serde_json::Value {
+        let fixed = match self {
+            Replicas::Fixed(n) => Some(*n),
+            Replicas::AutoExpand(text) => text.trim().parse().ok(),
+        };
+        match (fixed, self) {
+            (Some(n), _) => {
+                serde_json::json!({"number_of_replicas": n, "auto_expand_replicas": false})
+            }
+            (None, Replicas::AutoExpand(range)) => {
+                serde_json::json!({"auto_expand_replicas": range.trim()})
+            }
+            (None, Replicas::Fixed(_)) => unreachable!("a fixed count is a number"),
+        }
+    }
+}
+
+impl std::fmt::Display for Replicas {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Replicas::Fixed(n) => write!(f, "{n}"),
+            Replicas::AutoExpand(range) => f.write_str(range),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replicas_are_a_number_or_an_auto_expand_range() {
+        for good in ["0-1", "0-all", "1-2", "2"] {
+            assert_eq!(Replicas::AutoExpand(good.into()).problem(), None, "{good}");
+        }
+        for bad in ["", "one", "1-", "2-1", "all", "0-some"] {
+            assert!(
+                Replicas::AutoExpand(bad.into()).problem().is_some(),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            Replicas::Fixed(1).index_settings(),
+            serde_json::json!({"number_of_replicas": 1, "auto_expand_replicas": false})
+        );
+        assert_eq!(
+            Replicas::AutoExpand("2".into()).index_settings(),
+            Replicas::Fixed(2).index_settings()
+        );
+        assert_eq!(
+            Replicas::AutoExpand("0-1".into()).index_settings(),
+            serde_json::json!({"auto_expand_replicas": "0-1"})
+        );
     }
 }

@@ -14,7 +14,11 @@
 //! - `body_drift:<field>`: no designated body (GMC's `designatedBody`, TCS's
 //!   `tcsDesignatedBody`) loses more than `max_body_loss` of its documents
 //!   against the live generation, and `alias_drift` the same per alias: a
-//!   mass loss for one region is what total counts hide (`force` overrides).
+//!   mass loss for one region is what total counts hide (`force` overrides);
+//! - `green`, at the finish, just before the aliases move: both generations
+//!   green, every replica allocated and started, within
+//!   `index.green_timeout_secs`; else the shards not started and
+//!   OpenSearch's reasons (`force` overrides).
 
 use std::collections::BTreeMap;
 
@@ -22,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::search::breakdown::NO_BODY;
-use crate::search::BulkStats;
+use crate::search::{BulkStats, GenerationHealth};
 
 /// One gate's verdict: what the engine returns and the run record keeps.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -163,6 +167,34 @@ pub fn share_gate(
             "min_share": min_share,
             "required": required,
         }),
+    );
+    if !passed && force {
+        verdict.overridden = true;
+        verdict.detail.push_str("; overridden by --force");
+    }
+    verdict
+}
+
+/// Both generations are green: every shard's replicas allocated and
+/// started, so that the readers the aliases send there are served by more
+/// than one copy, and a node lost after the swap loses none of what they
+/// were served.
+pub fn green_gate(health: &GenerationHealth, timeout_secs: u64, force: bool) -> GateVerdict {
+    let passed = health.is_green();
+    let detail = if passed {
+        format!("green after {} s", health.waited_secs)
+    } else {
+        format!(
+            "not green after {} s (index.green_timeout_secs {timeout_secs}): {}",
+            health.waited_secs,
+            health.describe()
+        )
+    };
+    let mut verdict = GateVerdict::new(
+        "green",
+        passed,
+        detail,
+        serde_json::to_value(health).unwrap_or(Value::Null),
     );
     if !passed && force {
         verdict.overridden = true;

@@ -1,11 +1,13 @@
 //! Everything that talks to OpenSearch: the client, index templates,
-//! generations, the bulk writer, aliases, server-side reindex and retention.
+//! generations, their health, the bulk writer, aliases, server-side
+//! reindex and retention.
 
 pub mod aliases;
 pub mod breakdown;
 pub mod bulk;
 pub mod client;
 pub mod generations;
+pub mod health;
 pub mod reindex;
 pub mod retention;
 pub mod templates;
@@ -17,4 +19,5 @@ pub use bulk::{
 };
 pub use client::{SearchClient, SearchError};
 pub use generations::{Generation, GenerationInfo, GenerationMeta, GenerationState};
+pub use health::GenerationHealth;
 pub use templates::{Family, IndexTemplate};

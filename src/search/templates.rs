@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+use crate::config::IndexShape;
+
 /// The two index families a rebuild produces.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Family {
@@ -146,6 +148,21 @@ impl IndexTemplate {
         serde_json::json!({ "settings": settings, "mappings": mappings })
     }
 
+    /// This template with the shards and replicas of the configuration in
+    /// its serving settings, over whatever the file says: the deployment
+    /// decides them (`index.number_of_shards`, `index.number_of_replicas`).
+    /// The build settings keep no replicas while loading either way.
+    pub fn shaped(mut self, shape: &IndexShape) -> Self {
+        let mut index = shape.number_of_replicas.index_settings();
+        index["number_of_shards"] = shape.number_of_shards.into();
+        if let Some(Value::Object(serving)) = self.settings.get_mut("index") {
+            serving.remove("number_of_replicas");
+            serving.remove("auto_expand_replicas");
+        }
+        merge_json(&mut self.settings, &serde_json::json!({ "index": index }));
+        self
+    }
+
     /// The names of the mapped fields.
     pub fn field_names(&self) -> Vec<String> {
         self.mappings
@@ -174,6 +191,38 @@ mod tests {
 
     fn dir() -> PathBuf {
         PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/index-templates"))
+    }
+
+    #[test]
+    fn the_configured_shards_and_replicas_replace_the_templates_and_loading_keeps_none() {
+        use crate::config::Replicas;
+        use crate::search::generations::serving_settings_update;
+        let shape = |replicas| IndexShape {
+            number_of_shards: 2,
+            number_of_replicas: replicas,
+            ..IndexShape::default()
+        };
+        let fixed = IndexTemplate::builtin(Family::Master)
+            .unwrap()
+            .shaped(&shape(Replicas::Fixed(1)));
+        let index = &fixed.settings["index"];
+        assert_eq!(index["number_of_shards"], 2);
+        assert_eq!(index["number_of_replicas"], 1);
+        assert_eq!(index["auto_expand_replicas"], false);
+        let created = fixed.create_body(Value::Null);
+        assert_eq!(created["settings"]["index"]["number_of_replicas"], 0);
+        assert_eq!(created["settings"]["index"]["number_of_shards"], 2);
+        let finish = serving_settings_update(&fixed);
+        assert_eq!(finish["index"]["number_of_replicas"], 1);
+        assert_eq!(finish["index"]["auto_expand_replicas"], false);
+        let auto = IndexTemplate::builtin(Family::Recommendation)
+            .unwrap()
+            .shaped(&shape(Replicas::AutoExpand("0-all".into())));
+        assert_eq!(auto.settings["index"]["auto_expand_replicas"], "0-all");
+        assert!(auto.settings["index"].get("number_of_replicas").is_none());
+        let finish = serving_settings_update(&auto);
+        assert_eq!(finish["index"]["auto_expand_replicas"], "0-all");
+        assert_eq!(finish["index"]["number_of_replicas"], Value::Null);
     }
 
     #[test]

@@ -25,7 +25,7 @@ use super::client::{SearchClient, SearchError};
 use crate::domain::change::{leave_gmc_script, leave_tcs_script, merge_tcs_script};
 use crate::domain::DocUpdate;
 use crate::retry::RetryPolicy;
-use crate::search::bulk::classify::{index_refusal, BLOCKED, RETRIES_EXHAUSTED};
+use crate::search::bulk::classify::{index_refusal, node_departure, BLOCKED, RETRIES_EXHAUSTED};
 use crate::text::clip;
 
 /// One document update to send.
@@ -211,6 +211,11 @@ pub fn classify_update(item: &Value) -> Option<UpdateResult> {
     let op = item.as_object().and_then(|o| o.values().next())?;
     let status = op["status"].as_u64().unwrap_or(0);
     let kind = op["error"]["type"].as_str().unwrap_or("");
+    if !(200..300).contains(&status)
+        && node_departure(kind, op["error"]["reason"].as_str().unwrap_or(""))
+    {
+        return None;
+    }
     match status {
         200..=299 => Some(match op["result"].as_str() {
             Some("created") => UpdateResult::Created,

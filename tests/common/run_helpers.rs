@@ -330,6 +330,19 @@ pub fn child_env(env: &TestEnv) -> Vec<(String, String)> {
     let r = &s.rabbitmq;
     [
         ("OPENSEARCH__URL", s.opensearch.url.clone()),
+        ("OPENSEARCH__URLS", s.opensearch.urls.join(",")),
+        (
+            "INDEX__NUMBER_OF_SHARDS",
+            s.index.number_of_shards.to_string(),
+        ),
+        (
+            "INDEX__NUMBER_OF_REPLICAS",
+            s.index.number_of_replicas.to_string(),
+        ),
+        (
+            "INDEX__GREEN_TIMEOUT_SECS",
+            s.index.green_timeout_secs.to_string(),
+        ),
         ("NAMES__PREFIX", s.names.prefix.clone()),
         ("MONGODB__DATABASE", s.mongodb.database.clone()),
         ("RABBITMQ__EXCHANGE", r.exchange.clone()),

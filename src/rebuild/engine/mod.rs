@@ -35,6 +35,7 @@ use crate::search::bulk::{spawn_writer, BulkOutcomes, BulkSender, BulkWriter};
 use crate::search::generations::{
     self, Generation, GenerationInfo, GenerationMeta, GenerationState,
 };
+use crate::search::health::{self, GenerationHealth};
 use crate::search::reindex::{self, ReindexOptions, ReindexReport};
 use crate::search::retention::{self, RetentionReport};
 use crate::search::{Family, IndexTemplate, SearchClient, SearchError};
@@ -64,6 +65,7 @@ impl Engine {
     pub fn with_client(client: SearchClient, settings: &Settings) -> Result<Engine, SearchError> {
         let load = |family| {
             IndexTemplate::resolve(settings.templates_dir.as_deref(), family)
+                .map(|t| t.shaped(&settings.index))
                 .map_err(|e| SearchError::Invalid(e.to_string()))
         };
         let master_template = load(Family::Master)?;
@@ -145,6 +147,17 @@ impl Engine {
             generations::finish_load(&self.client, generation, template)
         })
         .await
+    }
+
+    /// Waits up to `index.green_timeout_secs` for `generations` to be green
+    /// (see `search::health`).
+    pub async fn wait_green(
+        &self,
+        generations: &[&Generation],
+    ) -> Result<GenerationHealth, SearchError> {
+        let names: Vec<&str> = generations.iter().map(|g| g.name.as_str()).collect();
+        let timeout = std::time::Duration::from_secs(self.settings.index.green_timeout_secs);
+        health::wait_green(&self.client, &names, timeout).await
     }
 
     /// Makes every write to `generation` visible to searches and counts.

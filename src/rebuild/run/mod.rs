@@ -65,7 +65,7 @@ use tracker::Tracker;
 pub struct RunOptions {
     /// Build and validate, do not promote.
     pub dry_run: bool,
-    /// Let the `share_of_previous` gate be overridden.
+    /// Let the `share_of_previous`, drift and `green` gates be overridden.
     pub force: bool,
     pub trigger: Trigger,
     /// Progress bars on stderr when it is a terminal (else log lines).

@@ -1,17 +1,20 @@
-//! Step 6: promotion and retention. The lease is confirmed (a run that lost
-//! it stops here), the live applier pauses, the journal is sealed and the
-//! last live changes are replayed onto both generations, the lease and the
-//! seal are confirmed again, every alias of both families moves in one
-//! `_aliases` request, the journal ends (the applier goes on), and old
-//! generations beyond the retention are deleted. A
-//! retention failure does not fail the run: the new generation serves
+//! Step 6: promotion and retention. Both generations must be green (the
+//! `green` gate: every replica allocated and started, waited for up to
+//! `index.green_timeout_secs`; else the promotion is refused, naming the
+//! shards and OpenSearch's reasons, unless `--force`). The lease is
+//! confirmed (a run that lost it stops here), the live applier pauses, the
+//! journal is sealed and the last live changes are replayed onto both
+//! generations, the lease and the seal are confirmed again, every alias of
+//! both families moves in one `_aliases` request, the journal ends (the
+//! applier goes on), and old generations beyond the retention are deleted.
+//! A retention failure does not fail the run: the new generation serves
 //! already, and old ones stay until next time.
 
 use anyhow::{anyhow, Context};
 use tracing::warn;
 
 use super::RunContext;
-use crate::rebuild::gates::GateReport;
+use crate::rebuild::gates::{green_gate as judge_green, GateReport};
 use crate::rebuild::record::RunPhase;
 use crate::rebuild::Refused;
 use crate::search::Generation;
@@ -24,6 +27,7 @@ pub(super) async fn run(
     gates: &GateReport,
 ) -> anyhow::Result<()> {
     context.tracker.begin(RunPhase::Promote).await;
+    green_gate(context, master, recommendation).await?;
     context
         .lease
         .confirm()
@@ -76,6 +80,40 @@ pub(super) async fn run(
     {
         Ok(report) => context.tracker.record.retention_deleted = report.deleted,
         Err(e) => warn!(error = %e, "Retention failed; old generations are kept."),
+    }
+    Ok(())
+}
+
+/// Waits for both generations to be green; refuses the promotion when they
+/// are not in time (unless forced). The verdict joins the run's gates.
+async fn green_gate(
+    context: &mut RunContext<'_>,
+    master: &Generation,
+    recommendation: &Generation,
+) -> anyhow::Result<()> {
+    let wait = async {
+        context
+            .engine
+            .wait_green(&[master, recommendation])
+            .await
+            .context("while waiting for the new generations to be green")
+    };
+    let health = context.cancellable(wait).await?;
+    let verdict = judge_green(
+        &health,
+        context.settings.index.green_timeout_secs,
+        context.options.force,
+    );
+    let blocking = !verdict.passed && !verdict.overridden;
+    if !verdict.passed {
+        warn!(detail = %verdict.detail, forced = verdict.overridden, "The new generations are not green.");
+    }
+    let detail = verdict.detail.clone();
+    context.tracker.record.gates.push(verdict);
+    if blocking {
+        return Err(anyhow!(Refused(format!(
+            "promotion refused, no alias moved: {master} and {recommendation} are {detail} (rebuilder run --force promotes anyway)"
+        ))));
     }
     Ok(())
 }

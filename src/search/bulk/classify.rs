@@ -17,6 +17,36 @@ pub const BLOCKED: &str = "cluster_block_exception";
 /// The kind of an item OpenSearch did not take through every retry.
 pub const RETRIES_EXHAUSTED: &str = "retries_exhausted";
 
+/// Whether a failure of kind `kind` with `reason` is a node leaving or the
+/// cluster moving shards after one left: the write may land once the
+/// cluster has settled (a replica promoted, the shard relocated, a cluster
+/// manager elected), whatever status it was answered with (a missing shard
+/// answers 404, a departed node 500). Such an item is retried, never failed.
+pub fn node_departure(kind: &str, reason: &str) -> bool {
+    const KINDS: [&str; 12] = [
+        "node_not_connected_exception",
+        "node_disconnected_exception",
+        "node_closed_exception",
+        "connect_transport_exception",
+        "receive_timeout_transport_exception",
+        "no_shard_available_action_exception",
+        "unavailable_shards_exception",
+        "shard_not_found_exception",
+        "primary_missing_action_exception",
+        "illegal_index_shard_state_exception",
+        "index_shard_closed_exception",
+        "retry_on_primary_exception",
+    ];
+    // The blocks a cluster sets on itself while it has no elected cluster
+    // manager or has not recovered its state (SERVICE_UNAVAILABLE), unlike
+    // an index's write block or the flood stage's.
+    KINDS.contains(&kind)
+        || (kind == BLOCKED
+            && ["no cluster-manager", "no master", "state not recovered"]
+                .iter()
+                .any(|r| reason.contains(r)))
+}
+
 /// Why a failure of kind `kind` (an OpenSearch error type, or
 /// [`RETRIES_EXHAUSTED`]) is the index's and not the document's, in words:
 /// a block, the index gone, OpenSearch not answering. `None`: the document
@@ -68,7 +98,9 @@ pub enum ItemVerdict {
 /// order. Items are matched by position and verified by `_id`; an item the
 /// answer lacks, or answers for another id, is retried, never lost.
 pub fn classify_response(sent: &[SentItem<'_>], status: u16, body: &Value) -> Vec<ItemVerdict> {
-    let blocked = body["error"]["type"].as_str() == Some(BLOCKED);
+    let kind = body["error"]["type"].as_str().unwrap_or("");
+    let reason = body["error"]["reason"].as_str().unwrap_or("");
+    let blocked = kind == BLOCKED && !node_departure(kind, reason);
     if (status == 429 || status >= 500) && !blocked {
         let reason = format!("request answered {status}: {}", error_summary(body));
         return sent
@@ -118,6 +150,14 @@ fn classify_item(sent: &SentItem<'_>, answered: Option<&Value>) -> ItemVerdict {
         return retry("no status for the item in the bulk answer");
     };
     let kind = op["error"]["type"].as_str().unwrap_or("");
+    if !(200..300).contains(&status)
+        && node_departure(kind, op["error"]["reason"].as_str().unwrap_or(""))
+    {
+        return ItemVerdict::Retry {
+            status,
+            reason: error_summary(op),
+        };
+    }
     match status {
         200..=299 => ItemVerdict::Written,
         409 if sent.versioned && kind == "version_conflict_engine_exception" => {
@@ -233,6 +273,38 @@ mod tests {
         assert!(matches!(
             &classify_response(&sent(&["1"], false), 429, &whole)[0],
             ItemVerdict::Failed { status: 429, kind, .. } if kind == BLOCKED
+        ));
+    }
+
+    #[test]
+    fn a_node_leaving_is_retried_whatever_its_status() {
+        let body = json!({"errors": true, "items": [
+            {"index": {"_id": "1", "status": 404, "error": {"type": "shard_not_found_exception", "reason": "no such shard"}}},
+            {"index": {"_id": "2", "status": 500, "error": {"type": "node_not_connected_exception", "reason": "[opensearch-c2][127.0.0.1:9312] Node not connected"}}},
+            {"index": {"_id": "3", "status": 503, "error": {"type": "no_shard_available_action_exception", "reason": "No shard available"}}},
+            {"index": {"_id": "4", "status": 503, "error": {"type": "cluster_block_exception", "reason": "blocked by: [SERVICE_UNAVAILABLE/2/no cluster-manager];"}}},
+            {"index": {"_id": "5", "status": 404, "error": {"type": "index_not_found_exception", "reason": "no such index [m]"}}}
+        ]});
+        let v = classify_response(&sent(&["1", "2", "3", "4", "5"], false), 200, &body);
+        for (i, verdict) in v[..4].iter().enumerate() {
+            assert!(
+                matches!(verdict, ItemVerdict::Retry { .. }),
+                "item {i}: {verdict:?}"
+            );
+        }
+        assert!(matches!(&v[4], ItemVerdict::Failed { status: 404, .. }));
+        let whole = json!({"error": {"type": "cluster_block_exception", "reason": "blocked by: [SERVICE_UNAVAILABLE/2/no cluster-manager];"}, "status": 503});
+        assert!(matches!(
+            &classify_response(&sent(&["1"], false), 503, &whole)[0],
+            ItemVerdict::Retry { status: 503, .. }
+        ));
+        assert!(node_departure(
+            BLOCKED,
+            "blocked by: [SERVICE_UNAVAILABLE/2/no cluster-manager];"
+        ));
+        assert!(!node_departure(
+            BLOCKED,
+            "blocked by: [FORBIDDEN/8/index write (api)];"
         ));
     }
 
