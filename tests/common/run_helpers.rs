@@ -36,17 +36,32 @@ pub fn logs() {
     }
 }
 
-/// Replaces the test's GMC and connection collections with the generated data.
+/// Replaces the test's GMC and connection collections with the generated
+/// data, bounded in time: a MongoDB side that crawls (SecantusDB with
+/// gigabytes of change history on disk) fails the test saying so instead
+/// of holding the suite.
 pub async fn seed(env: &TestEnv, spec: &DatasetSpec) {
+    const SEED_LIMIT: Duration = Duration::from_secs(180);
     let mongo = env.mongo().await;
-    seed_mongo_with(
-        &mongo,
-        &env.settings.mongodb,
-        &env.settings.connection,
-        spec,
+    let seeded = tokio::time::timeout(
+        SEED_LIMIT,
+        seed_mongo_with(
+            &mongo,
+            &env.settings.mongodb,
+            &env.settings.connection,
+            spec,
+        ),
     )
     .await
-    .unwrap_or_else(|e| panic!("seeding failed: {e:#}"));
+    .unwrap_or_else(|_| {
+        panic!(
+            "seeding {} doctors took over {} s: the MongoDB-compatible server is crawling; \
+             start its data afresh (scripts/stack stop; rm -rf /var/lib/rebuilder/mongo/data; scripts/stack start)",
+            spec.doctors,
+            SEED_LIMIT.as_secs()
+        )
+    });
+    seeded.unwrap_or_else(|e| panic!("seeding failed: {e:#}"));
 }
 
 /// The TCS simulator of this test, serving syncs from `spec` as a task.
