@@ -5,18 +5,14 @@
 //! recommendation and connection simulators are this with their items.
 
 use futures::StreamExt;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions,
-};
-use lapin::types::FieldTable;
+use lapin::options::{BasicAckOptions, BasicPublishOptions};
 use lapin::Channel;
 use serde_json::{json, Value};
 use tracing::{info, warn};
 
 use rebuilder::config::RabbitSettings;
 use rebuilder::sources::index_sync::{declare_protocol_queues, SyncProtocol};
-use rebuilder::sources::tcs::json_properties;
+use rebuilder::sources::tcs::{consume_with_dead_letters, json_properties};
 use rebuilder::sources::{rabbit_connection, SourceError};
 
 use crate::guard::check_amqp_uri;
@@ -92,6 +88,8 @@ where
 /// queue, each a JSON string; anything else is acked and ignored, with a
 /// warning. `publisher` is a channel in confirm mode to answer on.
 pub struct Requests {
+    /// The consuming channel, kept open as long as the consumer.
+    _channel: Channel,
     consumer: lapin::Consumer,
     expected: String,
     pub publisher: Channel,
@@ -104,22 +102,11 @@ impl Requests {
         queue: &str,
         consumer_tag: &str,
         expected: &str,
-    ) -> Result<Self, lapin::Error> {
-        let listen = connection.create_channel().await?;
-        listen.basic_qos(1, BasicQosOptions::default()).await?;
-        let consumer = listen
-            .basic_consume(
-                queue.into(),
-                consumer_tag.into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        let publisher = connection.create_channel().await?;
-        publisher
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
+    ) -> Result<Self, SourceError> {
+        let (channel, consumer, publisher) =
+            consume_with_dead_letters(connection, queue, consumer_tag, 1).await?;
         Ok(Self {
+            _channel: channel,
             consumer,
             expected: expected.to_string(),
             publisher,

@@ -18,7 +18,9 @@ pub mod updates;
 
 pub use acks::{DeliveryKey, TcsAcks, TcsTicket};
 pub use sync::{TcsEvent, TcsSync};
-pub use topology::{declare_topology, json_properties, publish_confirmed};
+pub use topology::{
+    consume_with_dead_letters, declare_topology, json_properties, publish_confirmed,
+};
 pub use updates::{QueueDepth, TcsUpdates, UpdateEvent};
 
 /// The header that carries a dead-lettered message's reason key.

@@ -151,9 +151,10 @@ async fn exists(connection: &Connection, what: Declared<'_>) -> Result<bool, Sou
 }
 
 /// A channel consuming `queue` with `prefetch` messages in flight (set
-/// before the consumer starts) and a channel in confirm mode for dead
-/// letters: what the sync and the update consumers both open.
-pub(super) async fn consume_with_dead_letters(
+/// before the consumer starts) and a channel in confirm mode (for dead
+/// letters, or answers): what the sync and the update consumers both open,
+/// and the simulators' request listeners.
+pub async fn consume_with_dead_letters(
     connection: &Connection,
     queue: &str,
     consumer_tag: &str,
