@@ -19,8 +19,8 @@ pub use connection::{ConnectionSettings, ConnectionSourceKind};
 pub use connections::{AwsSigV4Settings, MongoSettings, OpenSearchSettings, RabbitSettings};
 pub use gmc::{GmcSettings, GmcSourceKind};
 pub use rebuild::{
-    BulkSettings, GateSettings, IndexNames, IndexShape, Replicas, RetentionSettings, RetrySettings,
-    RunSettings,
+    BulkSettings, GateSettings, IndexNames, IndexShape, RecommendationBuild, Replicas,
+    RetentionSettings, RetrySettings, RunSettings,
 };
 pub use secret::{redact_text, redact_uri, Secret};
 pub use service::{LiveSettings, ScheduleSettings, ServiceSettings};

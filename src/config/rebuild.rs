@@ -128,6 +128,8 @@ pub struct RunSettings {
     pub lease_ttl_secs: u64,
     /// GMC numbers fetched per `$in` query while merging.
     pub merge_batch: usize,
+    /// How the recommendation generation is built (see [`RecommendationBuild`]).
+    pub recommendation_build: RecommendationBuild,
 }
 
 impl Default for RunSettings {
@@ -135,8 +137,25 @@ impl Default for RunSettings {
         Self {
             lease_ttl_secs: 30,
             merge_batch: 1000,
+            recommendation_build: RecommendationBuild::Alongside,
         }
     }
+}
+
+/// How a run builds its recommendation generation, which holds the same
+/// documents as its master generation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecommendationBuild {
+    /// Written in the load itself: every document goes to both generations,
+    /// in two bulk streams side by side, so nothing is left to do after the
+    /// load (no serial step while the rest of the machine idles).
+    #[default]
+    Alongside,
+    /// Copied from the loaded master by server-side `_reindex` after the
+    /// load: the server does the second copy instead of the client, at the
+    /// cost of a step that runs alone.
+    Reindex,
 }
 
 /// The shape every generation serves with: shards, replicas, and how long

@@ -233,6 +233,12 @@ pub struct RunCounts {
     /// Doctors with connection data but in neither TCS nor GMC: no
     /// document is made for them.
     pub connection_orphans: u64,
+    /// Documents written (or superseded) into the recommendation generation
+    /// loaded alongside the master (0 when it is built by `_reindex`).
+    pub recommendation_written: u64,
+    /// Documents that failed for good in the recommendation generation
+    /// loaded alongside the master.
+    pub recommendation_failed: u64,
 }
 
 /// What the catch-up of live changes did (see `rebuild::run::catchup`).

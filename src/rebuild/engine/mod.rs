@@ -219,14 +219,8 @@ impl Engine {
         )
         .await?;
         self.finish_load(&generation).await?;
-        report.source_count = self.count(&master.name, None).await?;
-        report.dest_count = self.count(&generation.name, None).await?;
-        if report.source_count != report.dest_count {
-            return Err(SearchError::Invalid(format!(
-                "recommendation generation {} holds {} documents but master generation {} holds {}",
-                generation.name, report.dest_count, master.name, report.source_count
-            )));
-        }
+        (report.source_count, report.dest_count) =
+            self.same_count_in_both(master, &generation).await?;
         info!(
             generation = %generation.name,
             master = %master.name,
@@ -234,6 +228,40 @@ impl Engine {
             "Recommendation generation built."
         );
         Ok((generation, report))
+    }
+
+    /// Creates the recommendation generation of `master` empty, for a load
+    /// that writes every document into both (`run.recommendation_build =
+    /// "alongside"`); its `_meta` pairs it with `master`.
+    pub async fn create_recommendation_generation(
+        &self,
+        master: &Generation,
+        run_id: &str,
+    ) -> Result<Generation, SearchError> {
+        self.expect_family(master, Family::Master)?;
+        self.create(Family::Recommendation, run_id, Some(&master.name))
+            .await
+    }
+
+    /// The recommendation generation's own count gate: after a refresh of
+    /// both, it must hold as many documents as its master. Returns the two
+    /// counts (master, recommendation).
+    pub async fn same_count_in_both(
+        &self,
+        master: &Generation,
+        recommendation: &Generation,
+    ) -> Result<(u64, u64), SearchError> {
+        self.refresh(master).await?;
+        self.refresh(recommendation).await?;
+        let in_master = self.count(&master.name, None).await?;
+        let in_recommendation = self.count(&recommendation.name, None).await?;
+        if in_master != in_recommendation {
+            return Err(SearchError::Invalid(format!(
+                "recommendation generation {} holds {in_recommendation} documents but master generation {} holds {in_master}",
+                recommendation.name, master.name
+            )));
+        }
+        Ok((in_master, in_recommendation))
     }
 
     fn expect_family(&self, generation: &Generation, family: Family) -> Result<(), SearchError> {

@@ -105,11 +105,12 @@ async fn replay_onto(
     Ok(report)
 }
 
-/// Replays until the backlog is small; returns documents created minus
-/// deleted (the count the generation must hold changes by it).
+/// Replays onto the loaded `generations` (the master first: the counts are
+/// its own) until the backlog is small; returns documents created minus
+/// deleted (the count the master must hold changes by it).
 pub(super) async fn rounds(
     context: &mut RunContext<'_>,
-    master: &Generation,
+    generations: &[&Generation],
 ) -> anyhow::Result<i64> {
     context.tracker.begin(RunPhase::CatchUp).await;
     let run_id = context.run_id();
@@ -117,7 +118,8 @@ pub(super) async fn rounds(
     let max_rounds = context.settings.live.catch_up_rounds.max(1);
     for _ in 0..max_rounds {
         context.check_continue()?;
-        let report = replay_onto(context, vec![&master.name], i64::MAX)
+        let names = generations.iter().map(|g| g.name.as_str()).collect();
+        let report = replay_onto(context, names, i64::MAX)
             .await
             .context("while replaying live changes onto the new generation")?;
         net += report.net_documents;
@@ -138,11 +140,13 @@ pub(super) async fn rounds(
             break;
         }
     }
-    context
-        .engine
-        .refresh(master)
-        .await
-        .context("while refreshing the new generation after the catch-up")?;
+    for generation in generations {
+        context
+            .engine
+            .refresh(generation)
+            .await
+            .context("while refreshing the new generation after the catch-up")?;
+    }
     Ok(net)
 }
 

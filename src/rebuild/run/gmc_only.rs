@@ -5,15 +5,16 @@
 //! makes no document, as today's integration only updates documents that
 //! exist.
 
-use anyhow::{anyhow, Context};
+use anyhow::Context;
 use tracing::warn;
 
 use super::settle::Ticket;
+use super::sink::DocumentSink;
 use super::tcs_merge::{now_for_documents, GmcInMemory};
 use super::RunContext;
 use crate::domain::merge;
 use crate::rebuild::record::RunPhase;
-use crate::search::{BulkItem, BulkSender};
+use crate::search::BulkItem;
 use crate::sources::gmc::GmcNumberSet;
 
 /// Documents between two checkpoints of the run record (and two looks at
@@ -23,7 +24,7 @@ const CHECKPOINT_EVERY: u64 = 5_000;
 pub(super) async fn write(
     context: &mut RunContext<'_>,
     gmc: &GmcInMemory,
-    sender: &BulkSender<Ticket>,
+    sender: &DocumentSink,
     seen: &mut GmcNumberSet,
 ) -> anyhow::Result<()> {
     context.tracker.begin(RunPhase::GmcOnly).await;
@@ -60,7 +61,6 @@ pub(super) async fn write(
         sender
             .send(item)
             .await
-            .map_err(|e| anyhow!("{e}"))
             .context("while writing GMC-only doctors")?;
     }
     progress.finish();

@@ -16,8 +16,10 @@ use tracing::{info, warn, Instrument};
 
 use super::gmc_read::Sources;
 use super::settle::{drain, SettleError, Ticket};
+use super::sink::{DocumentSink, RecommendationWriter};
 use super::tcs_merge::{consume, merge_stage, GmcInMemory, LOOKAHEAD};
 use super::{gmc_only, RunContext};
+use crate::config::RecommendationBuild;
 use crate::rebuild::record::RunPhase;
 use crate::search::{Family, Generation};
 use crate::sources::gmc::GmcNumberSet;
@@ -68,9 +70,34 @@ pub(super) async fn create_master(context: &mut RunContext<'_>) -> anyhow::Resul
     Ok(master)
 }
 
+/// Creates the recommendation generation when it is built alongside the
+/// master (`run.recommendation_build = "alongside"`); `None` when it is
+/// built by `_reindex` after the load.
+pub(super) async fn create_recommendation(
+    context: &mut RunContext<'_>,
+    master: &Generation,
+) -> anyhow::Result<Option<Generation>> {
+    if context.settings.run.recommendation_build != RecommendationBuild::Alongside {
+        return Ok(None);
+    }
+    let recommendation = context
+        .engine
+        .create_recommendation_generation(master, &context.run_id())
+        .await
+        .context("while creating the recommendation generation")?;
+    context
+        .tracker
+        .record
+        .generations
+        .push(recommendation.name.clone());
+    info!(generation = %recommendation.name, "Recommendation generation created; it is loaded alongside the master.");
+    Ok(Some(recommendation))
+}
+
 pub(super) async fn run(
     context: &mut RunContext<'_>,
     master: &Generation,
+    recommendation: Option<&Generation>,
     sources: Sources,
 ) -> anyhow::Result<Loaded> {
     let Sources {
@@ -85,6 +112,14 @@ pub(super) async fn run(
         connections,
     });
     let (sender, writer_outcomes, writer) = context.engine.bulk_writer::<Ticket>(master);
+    let (twin_sender, twin) = match recommendation {
+        Some(generation) => {
+            let (sender, twin) = RecommendationWriter::spawn(&context.engine, generation);
+            (Some(sender), Some(twin))
+        }
+        None => (None, None),
+    };
+    let sender = DocumentSink::new(sender, twin_sender);
     context.tracker.watch_bulk(writer.progress());
     context.tracker.begin(RunPhase::TcsMerge).await;
     let settling =
@@ -117,6 +152,9 @@ pub(super) async fn run(
     }
     drop(sender);
     if let Err(e) = sent {
+        if let Some(twin) = twin {
+            twin.stop(IN_FLIGHT_GRACE).await;
+        }
         stop_writing(settling, writer).await;
         sync.close().await;
         return Err(e);
@@ -128,6 +166,12 @@ pub(super) async fn run(
         .await
         .context("the outcome task stopped unexpectedly")?;
     sync.close().await;
+    if let Some(twin) = twin {
+        let twin = twin.finish().await?;
+        let counts = &mut context.tracker.record.counts;
+        counts.recommendation_failed = twin.failed;
+        counts.recommendation_written = twin.stats.written + twin.stats.superseded;
+    }
     let drained = match drained {
         Ok(drained) => drained,
         Err(SettleError::IndexRefused(cause)) => return Err(anyhow!(cause)),

@@ -40,6 +40,7 @@ mod load;
 mod promote;
 mod recommendation;
 mod settle;
+mod sink;
 mod tcs_merge;
 mod tracker;
 mod validate;
@@ -274,7 +275,15 @@ async fn execute(context: &mut RunContext<'_>) -> anyhow::Result<RunOutcome> {
             return Err(e);
         }
     };
-    let loaded = match load::run(context, &master, sources).await {
+    let alongside = match load::create_recommendation(context, &master).await {
+        Ok(alongside) => alongside,
+        Err(e) => {
+            sources.abandon().await;
+            queue_batches.abandon().await;
+            return Err(e);
+        }
+    };
+    let loaded = match load::run(context, &master, alongside.as_ref(), sources).await {
         Ok(loaded) => loaded,
         Err(e) => {
             queue_batches.abandon().await;
@@ -285,9 +294,9 @@ async fn execute(context: &mut RunContext<'_>) -> anyhow::Result<RunOutcome> {
     // batches that carried them may go (queue modes only).
     queue_batches.ack_written().await;
     context.check_continue()?;
-    let gates = validate::run(context, &master, loaded).await?;
+    let gates = validate::run(context, &master, alongside.as_ref(), loaded).await?;
     context.check_continue()?;
-    let recommendation = recommendation::run(context, &master).await?;
+    let recommendation = recommendation::run(context, &master, alongside).await?;
     if context.options.dry_run {
         info!(master = %master.name, recommendation = %recommendation.name, "Dry run: built and validated, not promoted.");
         return Ok(RunOutcome::DryRun);

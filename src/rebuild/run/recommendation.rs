@@ -1,6 +1,8 @@
-//! Step 5: the recommendation generation, built from the validated master
-//! generation by server-side `_reindex` (followed through the tasks API) and
-//! checked to hold as many documents.
+//! Step 5: the recommendation generation. Loaded alongside the master
+//! (`run.recommendation_build = "alongside"`, see `sink`), it is checked
+//! here to hold as many documents as the master: its own count gate. Else
+//! it is built now from the validated master generation by server-side
+//! `_reindex` (followed through the tasks API) and checked the same way.
 
 use anyhow::Context;
 use tracing::info;
@@ -12,8 +14,18 @@ use crate::search::Generation;
 pub(super) async fn run(
     context: &mut RunContext<'_>,
     master: &Generation,
+    alongside: Option<Generation>,
 ) -> anyhow::Result<Generation> {
     context.tracker.begin(RunPhase::Recommendation).await;
+    if let Some(recommendation) = alongside {
+        let (docs, _) = context
+            .engine
+            .same_count_in_both(master, &recommendation)
+            .await
+            .context("while checking the recommendation generation loaded alongside the master")?;
+        info!(generation = %recommendation.name, docs, "Recommendation generation checked: as many documents as the master.");
+        return Ok(recommendation);
+    }
     let built = context
         .engine
         .build_recommendation_generation_until(master, &context.run_id(), &context.options.cancel)

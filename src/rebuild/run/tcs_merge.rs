@@ -14,11 +14,12 @@ use tokio::sync::mpsc;
 use tracing::warn;
 
 use super::settle::Ticket;
+use super::sink::DocumentSink;
 use super::tracker::MergeCounts;
 use super::RunContext;
 use crate::domain::{merge, GmcNumber, TcsRecord};
 use crate::rebuild::record::RunPhase;
-use crate::search::{BulkItem, BulkSender};
+use crate::search::BulkItem;
 use crate::sources::connection::ConnectionMap;
 use crate::sources::gmc::{DoctorStore, GmcNumberSet, OutcomeMap};
 use crate::sources::tcs::{TcsEvent, TcsSync, TcsTicket};
@@ -167,7 +168,7 @@ pub(super) async fn consume(
 pub(super) async fn merge_stage(
     gmc: Arc<GmcInMemory>,
     mut batches: mpsc::Receiver<Vec<Pending>>,
-    sender: BulkSender<Ticket>,
+    sender: DocumentSink,
     merged: Arc<MergeCounts>,
 ) -> anyhow::Result<()> {
     while let Some(batch) = batches.recv().await {
@@ -194,7 +195,6 @@ pub(super) async fn merge_stage(
             sender
                 .send(item)
                 .await
-                .map_err(|e| anyhow!("{e}"))
                 .context("while writing merged TCS doctors")?;
         }
     }

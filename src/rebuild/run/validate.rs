@@ -17,19 +17,31 @@ use crate::rebuild::record::RunPhase;
 use crate::rebuild::Refused;
 use crate::search::Generation;
 
+/// `alongside` is the recommendation generation when it was loaded with
+/// the master: it is finished and caught up with it.
 pub(super) async fn run(
     context: &mut RunContext<'_>,
     master: &Generation,
+    alongside: Option<&Generation>,
     loaded: Loaded,
 ) -> anyhow::Result<GateReport> {
     context.tracker.begin(RunPhase::FinishLoad).await;
-    context
-        .engine
-        .finish_load(master)
-        .await
-        .context("while restoring the serving settings of the master generation")?;
+    let mut loaded_generations = vec![master];
+    loaded_generations.extend(alongside);
+    for generation in &loaded_generations {
+        context
+            .engine
+            .finish_load(generation)
+            .await
+            .with_context(|| {
+                format!(
+                    "while restoring the serving settings of {}",
+                    generation.name
+                )
+            })?;
+    }
     let absent = absent_count(context, master, &loaded.failed_ids).await?;
-    let net = super::catchup::rounds(context, master).await?;
+    let net = super::catchup::rounds(context, &loaded_generations).await?;
     let expected = (loaded.doctors.saturating_sub(absent) as i64 + net).max(0) as u64;
     context.tracker.record.counts.docs_expected = expected;
     let counts = serde_json::to_value(&context.tracker.record.counts)?;
