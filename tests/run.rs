@@ -10,6 +10,8 @@
 mod common;
 #[path = "common/engine_helpers.rs"]
 mod engine_helpers;
+#[path = "common/paused_run.rs"]
+mod paused_run;
 #[path = "common/run_helpers.rs"]
 mod run_helpers;
 
@@ -18,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use common::{alias_targets, ids, TestEnv};
 use engine_helpers::{all_aliases, engine, Probe};
+use paused_run::PausedRun;
 use rebuilder::rebuild::record::{RunOutcome, RunRecord};
 use rebuilder::rebuild::Refused;
 use rebuilder::rebuild::RunOptions;
@@ -484,7 +487,11 @@ async fn a_run_killed_mid_build_moves_no_alias_and_the_next_run_cleans_up_and_lo
         .filter(|g| g.state() == GenerationState::Building)
         .map(|g| g.name.clone())
         .collect();
-    assert_eq!(orphans.len(), 1, "one half-built generation: {orphans:?}");
+    assert_eq!(
+        orphans.len(),
+        2,
+        "one half-built pair (the master and the recommendation generation loaded alongside it): {orphans:?}"
+    );
     // It acked what it had written: those messages are gone from the queue;
     // the rest came back when its connection died.
     let queue = &env.settings.rabbitmq.sync_data_queue;
@@ -535,7 +542,11 @@ async fn a_run_killed_mid_build_moves_no_alias_and_the_next_run_cleans_up_and_lo
         .await
         .expect("the run after the crash succeeds");
     tcs.await.unwrap().unwrap();
-    assert_eq!(report.orphans_deleted, orphans, "the orphan was deleted");
+    let mut deleted = report.orphans_deleted.clone();
+    deleted.sort();
+    let mut orphans = orphans;
+    orphans.sort();
+    assert_eq!(deleted, orphans, "the orphans were deleted");
     assert_eq!(report.counts.tcs_stale_discarded, u64::from(ready));
     assert_eq!(
         run_record(&env, &child_run.id).await.outcome,
@@ -650,5 +661,70 @@ async fn the_doctors_reader_reopens_its_cursor_after_a_stall_and_reads_each_doct
     let mut found: Vec<String> = found.into_iter().map(|(n, _)| n.into_string()).collect();
     found.sort();
     assert_eq!(found, vec![expected[0].clone(), "42".to_string()]);
+    env.cleanup().await;
+}
+
+/// The merge does not wait for the whole GMC side: with the read of
+/// `doctorsForDB` held after its first page, the documents of that page's
+/// doctors are written already, while the records of the others wait; once
+/// the read goes on, every doctor arrives as merged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn documents_are_written_from_the_first_page_of_gmc_doctors_and_none_is_lost() {
+    logs();
+    let env = TestEnv::new("run_first_page");
+    let client = env.search().await;
+    let spec = DatasetSpec::new(17, 3000);
+    seed(&env, &spec).await;
+    let tcs = simulator_once(&env, spec);
+    let mut run = PausedRun::start_with(
+        &env,
+        "gmc_page",
+        &[("REBUILDER_MONGODB__BATCH_SIZE", "1000")],
+    );
+
+    let history = history(&env).await;
+    let started = Instant::now();
+    let early = loop {
+        let current = history.current_or_last().await.unwrap();
+        if let Some(r) = current.filter(|r| r.outcome == RunOutcome::Running && r.bulk.written > 0)
+        {
+            break r;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "nothing was written while the GMC read was held after its first page:\n{}",
+            run.text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let phase = early.phases.last().map(|p| p.phase);
+    assert_eq!(
+        phase,
+        Some(rebuilder::rebuild::record::RunPhase::GmcRead),
+        "documents are written while GMC is still read"
+    );
+    // Hold the read a moment longer: what is written stays within the first
+    // page's doctors (the others' records wait).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let held = history.current_or_last().await.unwrap().unwrap();
+    assert!(
+        held.bulk.written < spec.doctors as u64 / 2,
+        "only the first page's doctors can be written yet: {} of {}",
+        held.bulk.written,
+        spec.doctors
+    );
+    run.release();
+    let (status, log) = run.finish(120).await;
+    assert!(status.success(), "the run succeeds:\n{log}");
+    tcs.await.unwrap().unwrap();
+    let record = history.current_or_last().await.unwrap().unwrap();
+    assert_eq!(record.outcome, RunOutcome::Succeeded);
+    assert!(
+        record.counts.tcs_waiting_peak > 0,
+        "records waited for their doctors: {:?}",
+        record.counts
+    );
+    assert_eq!(record.counts.docs_expected, spec.doctors as u64);
+    assert_documents_match(&client, &env.name("masterdoctorindex"), &spec).await;
     env.cleanup().await;
 }

@@ -239,6 +239,11 @@ pub struct RunCounts {
     /// Documents that failed for good in the recommendation generation
     /// loaded alongside the master.
     pub recommendation_failed: u64,
+    /// Most TCS records held at once waiting for their GMC doctor to be
+    /// read (the merge runs while GMC is read; the prefetch bounds it).
+    pub tcs_waiting_peak: u64,
+    /// Their message bytes at that peak, the waiting records' memory.
+    pub tcs_waiting_peak_bytes: u64,
 }
 
 /// What the catch-up of live changes did (see `rebuild::run::catchup`).

@@ -15,12 +15,12 @@ use crate::config::ConnectionSourceKind;
 use crate::rebuild::record::RunRecord;
 use crate::retry::with_retry;
 use crate::sources::connection::queue::read_over_queues;
-use crate::sources::connection::{ConnectionMap, ConnectionRead, ConnectionSource};
+use crate::sources::connection::{ConnectionRead, ConnectionSource};
 use crate::sources::index_sync::PendingBatches;
 
 /// What the task delivers: the data, the batches that carried it (queue
 /// mode) and the stale batches discarded first.
-type Delivered = (ConnectionRead, Vec<PendingBatches>, u64);
+pub(super) type Delivered = (ConnectionRead, Vec<PendingBatches>, u64);
 
 /// The read in progress; aborted if dropped (a failed or stopped run).
 pub(super) struct PendingConnectionRead(Option<JoinHandle<anyhow::Result<Delivered>>>);
@@ -67,25 +67,16 @@ pub(super) fn start(context: &RunContext<'_>) -> PendingConnectionRead {
     })))
 }
 
-/// Waits for the read and records what it found; gives the data and the
-/// batches to ack once the documents are written (queue mode).
-pub(super) async fn finish(
-    context: &mut RunContext<'_>,
-    mut pending: PendingConnectionRead,
-) -> anyhow::Result<(ConnectionMap, Vec<PendingBatches>)> {
-    // Awaited through a borrow, so that a stopped run drops (aborts) it.
+/// Waits for the read (`None` when nothing is read). Awaited by the task
+/// that reads the GMC side; dropping the future aborts the read.
+pub(super) async fn wait(mut pending: PendingConnectionRead) -> anyhow::Result<Option<Delivered>> {
     let Some(handle) = pending.0.as_mut() else {
-        return Ok((ConnectionMap::new(), Vec::new()));
+        return Ok(None);
     };
-    let (read, batches, stale) = context
-        .cancellable(async {
-            handle
-                .await
-                .context("the read of the connection service's data stopped unexpectedly")?
-        })
-        .await?;
-    record(&mut context.tracker.record, &read);
-    context.tracker.record.counts.connection_stale_discarded = stale;
+    let delivered = handle
+        .await
+        .context("the read of the connection service's data stopped unexpectedly")??;
+    let (read, _, _) = &delivered;
     info!(
         doctors = read.map.len(),
         logs = read.logs,
@@ -94,7 +85,13 @@ pub(super) async fn finish(
         rejected = read.rejects.values().sum::<u64>(),
         "Read the connection service's data: connection logs and hidden discrepancies."
     );
-    Ok((read.map, batches))
+    Ok(Some(delivered))
+}
+
+/// Records what the read found (its map has gone to the merge).
+pub(super) fn record_delivered(record: &mut RunRecord, read: &ConnectionRead, stale: u64) {
+    self::record(record, read);
+    record.counts.connection_stale_discarded = stale;
 }
 
 fn record(record: &mut RunRecord, read: &ConnectionRead) {

@@ -8,9 +8,10 @@
 use anyhow::Context;
 use tracing::warn;
 
+use super::gmc_read::GmcInMemory;
 use super::settle::Ticket;
 use super::sink::DocumentSink;
-use super::tcs_merge::{now_for_documents, GmcInMemory};
+use super::tcs_merge::now_for_documents;
 use super::RunContext;
 use crate::domain::merge;
 use crate::rebuild::record::RunPhase;

@@ -1,28 +1,36 @@
-//! Step 2: ask TCS for a full sync, then read GMC once: the latest
-//! recommendation outcome of every doctor (one aggregation) and every
-//! doctor of `doctorsForDB` (one cursor in `_id` order) into memory, the
-//! two reads at once. TCS is asked first, so that it publishes into the
-//! queue while MongoDB works (nothing is consumed, nor acked, yet). Neither
-//! read waits on OpenSearch; a transient MongoDB failure restarts the read
-//! that saw it.
+//! Step 2: ask TCS for a full sync, then read the GMC side once, in a task
+//! of its own that runs beside the load (step 3), so that the merge starts
+//! with the first page of doctors instead of after the last:
+//!
+//! - the latest recommendation outcome of every doctor (one aggregation),
+//! - every doctor of `doctorsForDB` (one cursor in `_id` order), each page
+//!   put in the shared store ([`GmcSide`]) and announced to the merge,
+//! - the connection service's data ([`super::connection_read`]).
+//!
+//! TCS is asked first, so that it publishes into the queue while MongoDB
+//! works. Neither read waits on OpenSearch; a transient MongoDB failure
+//! restarts the read that saw it.
 //!
 //! With `gmc.source = "queue"` the GMC side comes from the recommendation
-//! service's batches instead (`sources::gmc::queue`), into the same maps,
-//! still while TCS publishes; the batches stay unacked until the load has
-//! written their documents ([`QueueBatches`]).
-//!
-//! Beside either, the connection service's data is read once
-//! ([`super::connection_read`]).
+//! service's batches instead (`sources::gmc::queue`), into the same store,
+//! announced whole when the sync ends; the batches stay unacked until the
+//! load has written their documents ([`QueueBatches`]).
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use anyhow::Context;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::{info, Instrument};
 
-use super::{connection_read, RunContext};
+use super::connection_read::{self, Delivered};
+use super::RunContext;
 use crate::config::GmcSourceKind;
-use crate::rebuild::record::RunPhase;
+use crate::domain::GmcNumber;
+use crate::rebuild::progress::PhaseProgress;
+use crate::rebuild::record::{RunPhase, RunRecord};
 use crate::retry::with_retry;
-use crate::sources::connection::ConnectionMap;
+use crate::sources::connection::{ConnectionMap, ConnectionRead};
 use crate::sources::gmc::{
     read_over_queue, DoctorRead, DoctorStore, GmcSource, OutcomeLoad, OutcomeMap,
 };
@@ -33,19 +41,87 @@ use crate::sources::tcs::TcsSync;
 pub(super) const REJECT_RECOMMENDATION_NUMBER: &str = "recommendation_unusable_gmc_number";
 pub(super) const REJECT_RECOMMENDATION_OUTCOME: &str = "recommendation_unknown_outcome";
 
-/// What the load reads from: the sync in progress and the GMC side, read.
-pub(super) struct Sources {
-    pub sync: TcsSync,
-    pub outcomes: OutcomeMap,
+/// The GMC side as it is read: the doctors page by page, the outcomes and
+/// the connection data once their reads are done. Shared by the reading
+/// task (which fills it) and the merge (which looks doctors up).
+#[derive(Default)]
+pub(super) struct GmcSide {
+    doctors: RwLock<DoctorStore>,
+    outcomes: OnceLock<OutcomeMap>,
+    connections: OnceLock<ConnectionMap>,
+}
+
+impl GmcSide {
+    /// The doctor of `number`, if read yet.
+    pub fn doctor(&self, number: &GmcNumber) -> Option<crate::domain::GmcDoctor> {
+        self.doctors.read().expect("doctor store").get(number)
+    }
+
+    /// The latest outcome of `number` (once the outcomes are read).
+    pub fn outcome(&self, number: &GmcNumber) -> Option<crate::domain::GmcStatus> {
+        self.outcomes.get().and_then(|o| o.get(number).copied())
+    }
+
+    /// The connection data of `number` (once it is read).
+    pub fn connections(&self) -> Option<&ConnectionMap> {
+        self.connections.get()
+    }
+
+    /// Everything, once the reading task and the merge are done with it.
+    pub fn into_parts(self) -> (DoctorStore, OutcomeMap, ConnectionMap) {
+        (
+            self.doctors.into_inner().expect("doctor store"),
+            self.outcomes.into_inner().unwrap_or_default(),
+            self.connections.into_inner().unwrap_or_default(),
+        )
+    }
+}
+
+/// The GMC side, whole, once read (for the doctors TCS did not send).
+pub(super) struct GmcInMemory {
     pub doctors: DoctorStore,
+    pub outcomes: OutcomeMap,
     pub connections: ConnectionMap,
 }
 
-impl Sources {
-    /// Gives up the sync: messages not acked go back to the queue (the next
-    /// run discards them).
-    pub async fn abandon(self) {
-        self.sync.close().await;
+/// What the reading task tells the merge, in this order per kind.
+#[derive(Debug)]
+pub(super) enum GmcEvent {
+    /// These doctors were just put in the store.
+    Doctors(Vec<GmcNumber>),
+    /// The outcomes and the connection data are in: documents may be made.
+    Ready,
+    /// Every doctor is in the store: a number not there is TCS's alone.
+    DoctorsDone,
+}
+
+/// What the reading task delivers when it ends well (the maps are in the
+/// [`GmcSide`]).
+struct GmcReadDone {
+    doctors: DoctorRead,
+    outcomes: u64,
+    outcome_load: OutcomeLoad,
+    /// Batches of an earlier GMC sync discarded (queue mode).
+    gmc_stale_discarded: u64,
+    /// GMC queue batches read (queue mode).
+    gmc_batches: Option<u64>,
+    connection: Option<(ConnectionRead, u64)>,
+    batches: Vec<PendingBatches>,
+}
+
+/// The GMC side being read: the store the merge looks in, the events that
+/// tell it what changed, and the task (aborted when this is dropped).
+pub(super) struct GmcReading {
+    pub side: Arc<GmcSide>,
+    pub events: mpsc::UnboundedReceiver<GmcEvent>,
+    task: Option<JoinHandle<anyhow::Result<GmcReadDone>>>,
+}
+
+impl Drop for GmcReading {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
     }
 }
 
@@ -71,136 +147,256 @@ impl QueueBatches {
     }
 }
 
-pub(super) async fn run(context: &mut RunContext<'_>) -> anyhow::Result<(Sources, QueueBatches)> {
+/// Asks TCS for its sync and starts reading the GMC side beside it.
+pub(super) async fn start(context: &mut RunContext<'_>) -> anyhow::Result<(TcsSync, GmcReading)> {
     context.tracker.begin(RunPhase::GmcRead).await;
     let sync = TcsSync::start(&context.settings.rabbitmq, context.retry)
         .await
         .context("while starting the TCS sync")?;
     context.tracker.record.counts.tcs_stale_discarded = sync.purged_stale;
     let connections = connection_read::start(context);
-    if context.settings.gmc.source == GmcSourceKind::Queue {
-        let read = match read_queue(context).await {
-            Ok((outcomes, doctors, pending)) => {
-                match connection_read::finish(context, connections).await {
-                    Ok((connections, mut batches)) => {
-                        batches.insert(0, pending);
-                        Ok((outcomes, doctors, connections, QueueBatches(batches)))
-                    }
-                    Err(e) => {
-                        pending.abandon().await;
-                        Err(e)
-                    }
-                }
-            }
-            Err(e) => Err(e),
-        };
-        return match read {
-            Ok((outcomes, doctors, connections, batches)) => Ok((
-                Sources {
-                    sync,
-                    outcomes,
-                    doctors,
-                    connections,
-                },
-                batches,
-            )),
-            Err(e) => {
-                sync.close().await;
-                Err(e)
-            }
-        };
-    }
-    let gmc = GmcSource::new(&context.mongo, &context.settings.mongodb).with_retry(context.retry);
-    let expected = gmc.estimated_doctors().await.ok();
-    let progress = Mutex::new(
-        context
-            .progress
-            .phase(RunPhase::GmcRead, "doctors", expected),
-    );
-    let expected = expected.unwrap_or(0) as usize;
-    let outcomes = with_retry(&context.retry, "the outcome aggregation", || {
-        gmc.latest_outcomes()
-    });
-    let doctors = with_retry(&context.retry, "the read of doctorsForDB", || {
-        gmc.read_doctors(expected, |n| {
-            progress.lock().expect("progress").inc(n as u64)
-        })
-    });
-    let read = context
-        .cancellable(async {
-            let (outcomes, doctors) = tokio::join!(outcomes, doctors);
-            let outcomes = outcomes.context("while loading the latest recommendation outcomes")?;
-            let doctors = doctors.context("while reading doctorsForDB")?;
-            Ok((outcomes, doctors))
-        })
-        .await;
-    progress.into_inner().expect("progress").finish();
-    let read = match read {
-        Ok(read) => connection_read::finish(context, connections)
-            .await
-            .map(|c| (read, c)),
-        Err(e) => Err(e),
-    };
-    let (((outcomes, load), read), (connections, batches)) = match read {
-        Ok(read) => read,
-        Err(e) => {
-            sync.close().await;
-            return Err(e);
+    let side = Arc::new(GmcSide::default());
+    let (events, events_rx) = mpsc::unbounded_channel();
+    let read = match context.settings.gmc.source {
+        GmcSourceKind::Queue => {
+            let progress = context.progress.phase(RunPhase::GmcRead, "doctors", None);
+            let (rabbit, gmc) = (
+                context.settings.rabbitmq.clone(),
+                context.settings.gmc.clone(),
+            );
+            let side = side.clone();
+            tokio::spawn(
+                async move { read_queue(&rabbit, &gmc, progress, side, events, connections).await }
+                    .in_current_span(),
+            )
+        }
+        GmcSourceKind::Mongodb => {
+            let gmc =
+                GmcSource::new(&context.mongo, &context.settings.mongodb).with_retry(context.retry);
+            let expected = gmc.estimated_doctors().await.ok();
+            let progress = context
+                .progress
+                .phase(RunPhase::GmcRead, "doctors", expected);
+            *side.doctors.write().expect("doctor store") =
+                DoctorStore::with_capacity(expected.unwrap_or(0) as usize);
+            let retry = context.retry;
+            let side = side.clone();
+            tokio::spawn(
+                async move { read_mongodb(gmc, retry, progress, side, events, connections).await }
+                    .in_current_span(),
+            )
         }
     };
-    record_outcomes(&mut context.tracker.record, &outcomes, &load);
-    record_doctors(&mut context.tracker.record, &read);
-    tracing::info!(
-        doctors = read.doctors.len(),
-        distinct_values = read.doctors.distinct_values(),
-        outcomes = outcomes.len(),
-        groups = load.groups,
-        unknown_outcomes = load.unknown_outcomes,
-        "Read GMC: the doctors and their latest recommendation outcomes."
-    );
     Ok((
-        Sources {
-            sync,
-            outcomes,
-            doctors: read.doctors,
-            connections,
+        sync,
+        GmcReading {
+            side,
+            events: events_rx,
+            task: Some(read),
         },
-        QueueBatches(batches),
     ))
+}
+
+/// Sends `Ready` once both the outcomes and the connection data are in.
+fn ready_when_both(side: &GmcSide, events: &mpsc::UnboundedSender<GmcEvent>) {
+    if side.outcomes.get().is_some() && side.connections.get().is_some() {
+        let _ = events.send(GmcEvent::Ready);
+    }
+}
+
+/// Takes the connection data into the side; what is left is for the record.
+fn take_connections(
+    side: &GmcSide,
+    delivered: Option<Delivered>,
+) -> (Option<(ConnectionRead, u64)>, Vec<PendingBatches>) {
+    let Some((mut read, batches, stale)) = delivered else {
+        let _ = side.connections.set(ConnectionMap::new());
+        return (None, Vec::new());
+    };
+    let _ = side.connections.set(std::mem::take(&mut read.map));
+    (Some((read, stale)), batches)
+}
+
+async fn read_mongodb(
+    gmc: GmcSource,
+    retry: crate::retry::RetryPolicy,
+    progress: PhaseProgress,
+    side: Arc<GmcSide>,
+    events: mpsc::UnboundedSender<GmcEvent>,
+    connections: connection_read::PendingConnectionRead,
+) -> anyhow::Result<GmcReadDone> {
+    let progress = Mutex::new(progress);
+    let outcomes = async {
+        let (outcomes, load) =
+            with_retry(&retry, "the outcome aggregation", || gmc.latest_outcomes())
+                .await
+                .context("while loading the latest recommendation outcomes")?;
+        let n = outcomes.len() as u64;
+        let _ = side.outcomes.set(outcomes);
+        ready_when_both(&side, &events);
+        anyhow::Ok((n, load))
+    };
+    let doctors = async {
+        let read = with_retry(&retry, "the read of doctorsForDB", || {
+            gmc.read_doctor_pages(|page| {
+                progress.lock().expect("progress").inc(page.len() as u64);
+                let numbers: Vec<GmcNumber> = page.iter().map(|(n, _)| n.clone()).collect();
+                {
+                    let mut store = side.doctors.write().expect("doctor store");
+                    for (number, doctor) in page {
+                        store.insert(&number, doctor);
+                    }
+                }
+                let _ = events.send(GmcEvent::Doctors(numbers));
+            })
+        })
+        .await
+        .context("while reading doctorsForDB")?;
+        let _ = events.send(GmcEvent::DoctorsDone);
+        anyhow::Ok(read)
+    };
+    let connection = async {
+        let delivered = connection_read::wait(connections).await?;
+        let taken = take_connections(&side, delivered);
+        ready_when_both(&side, &events);
+        anyhow::Ok(taken)
+    };
+    let (outcomes, doctors, connection) = tokio::join!(outcomes, doctors, connection);
+    progress.into_inner().expect("progress").finish();
+    let ((outcomes, outcome_load), doctors, (connection, batches)) =
+        (outcomes?, doctors?, connection?);
+    Ok(GmcReadDone {
+        doctors,
+        outcomes,
+        outcome_load,
+        gmc_stale_discarded: 0,
+        gmc_batches: None,
+        connection,
+        batches,
+    })
 }
 
 /// The GMC side over the recommendation service's queue (see the module notes).
 async fn read_queue(
-    context: &mut RunContext<'_>,
-) -> anyhow::Result<(OutcomeMap, DoctorStore, PendingBatches)> {
-    let progress = Mutex::new(context.progress.phase(RunPhase::GmcRead, "doctors", None));
-    let read = context
-        .cancellable(async {
-            read_over_queue(&context.settings.rabbitmq, &context.settings.gmc, |n| {
-                progress.lock().expect("progress").inc(n as u64)
-            })
-            .await
-            .context("while reading GMC from the recommendation service's queue")
+    rabbit: &crate::config::RabbitSettings,
+    gmc: &crate::config::GmcSettings,
+    progress: PhaseProgress,
+    side: Arc<GmcSide>,
+    events: mpsc::UnboundedSender<GmcEvent>,
+    connections: connection_read::PendingConnectionRead,
+) -> anyhow::Result<GmcReadDone> {
+    let progress = Mutex::new(progress);
+    let gmc_read = async {
+        read_over_queue(rabbit, gmc, |n| {
+            progress.lock().expect("progress").inc(n as u64)
         })
-        .await;
+        .await
+        .context("while reading GMC from the recommendation service's queue")
+    };
+    let connection = async { connection_read::wait(connections).await };
+    let (gmc_read, connection) = tokio::join!(gmc_read, connection);
     progress.into_inner().expect("progress").finish();
-    let read = read?;
-    let record = &mut context.tracker.record;
-    record.counts.gmc_stale_discarded = read.purged_stale;
-    record_outcomes(record, &read.outcomes, &read.load);
-    record_doctors(record, &read.doctors);
-    tracing::info!(
-        doctors = read.doctors.doctors.len(),
-        distinct_values = read.doctors.doctors.distinct_values(),
-        outcomes = read.outcomes.len(),
-        batches = read.batches,
-        unknown_outcomes = read.load.unknown_outcomes,
-        "Read GMC from the recommendation service: the doctors and their latest outcomes."
-    );
-    Ok((read.outcomes, read.doctors.doctors, read.pending))
+    let (mut read, delivered) = match (gmc_read, connection) {
+        (Ok(read), Ok(delivered)) => (read, delivered),
+        (Ok(read), Err(e)) => {
+            read.pending.abandon().await;
+            return Err(e);
+        }
+        (Err(e), Ok(Some((_, batches, _)))) => {
+            for pending in batches {
+                pending.abandon().await;
+            }
+            return Err(e);
+        }
+        (Err(e), _) => return Err(e),
+    };
+    let (connection, mut batches) = take_connections(&side, delivered);
+    let store = std::mem::take(&mut read.doctors.doctors);
+    let outcomes = read.outcomes.len() as u64;
+    *side.doctors.write().expect("doctor store") = store;
+    let _ = side.outcomes.set(std::mem::take(&mut read.outcomes));
+    let _ = events.send(GmcEvent::Ready);
+    let _ = events.send(GmcEvent::DoctorsDone);
+    batches.insert(0, read.pending);
+    Ok(GmcReadDone {
+        doctors: read.doctors,
+        outcomes,
+        outcome_load: read.load,
+        gmc_stale_discarded: read.purged_stale,
+        gmc_batches: Some(read.batches),
+        connection,
+        batches,
+    })
 }
 
-fn record_doctors(record: &mut crate::rebuild::record::RunRecord, read: &DoctorRead) {
+impl GmcReading {
+    /// The events, for the merge stage (this keeps a closed channel).
+    pub fn take_events(&mut self) -> mpsc::UnboundedReceiver<GmcEvent> {
+        let (_, closed) = mpsc::unbounded_channel();
+        std::mem::replace(&mut self.events, closed)
+    }
+
+    /// The GMC side, whole, once the read and the merge are done with it.
+    pub fn into_memory(mut self) -> anyhow::Result<GmcInMemory> {
+        let side = std::mem::take(&mut self.side);
+        let side = Arc::try_unwrap(side)
+            .map_err(|_| anyhow::anyhow!("the GMC side is still in use after the merge"))?;
+        let (doctors, outcomes, connections) = side.into_parts();
+        Ok(GmcInMemory {
+            doctors,
+            outcomes,
+            connections,
+        })
+    }
+
+    /// Whether the reading task has ended (well or not).
+    pub fn is_read(&self) -> bool {
+        self.task.as_ref().is_none_or(|task| task.is_finished())
+    }
+
+    /// Waits for the reading task (the merge may still hold records for
+    /// the last doctors), records what it read and gives the services'
+    /// batches to ack once the documents are written.
+    pub async fn finish(&mut self, context: &mut RunContext<'_>) -> anyhow::Result<QueueBatches> {
+        let Some(task) = self.task.as_mut() else {
+            return Ok(QueueBatches::default());
+        };
+        let done = context
+            .cancellable(async {
+                task.await
+                    .context("the read of the GMC side stopped unexpectedly")?
+            })
+            .await;
+        self.task = None;
+        let done = done?;
+        let side_doctors = self.side.doctors.read().expect("doctor store").len();
+        let distinct_values = self
+            .side
+            .doctors
+            .read()
+            .expect("doctor store")
+            .distinct_values();
+        let record = &mut context.tracker.record;
+        record.counts.gmc_stale_discarded = done.gmc_stale_discarded;
+        record_outcomes(record, done.outcomes, &done.outcome_load);
+        record_doctors(record, &done.doctors);
+        if let Some((connection, stale)) = &done.connection {
+            connection_read::record_delivered(record, connection, *stale);
+        }
+        info!(
+            doctors = side_doctors,
+            distinct_values,
+            outcomes = done.outcomes,
+            groups = done.outcome_load.groups,
+            unknown_outcomes = done.outcome_load.unknown_outcomes,
+            queue_batches = done.gmc_batches,
+            "Read GMC: the doctors and their latest recommendation outcomes."
+        );
+        Ok(QueueBatches(done.batches))
+    }
+}
+
+fn record_doctors(record: &mut RunRecord, read: &DoctorRead) {
     record.counts.gmc_doctors = read.rows;
     record.counts.gmc_read_resumes = read.resumes;
     for (reason, n) in &read.rejects {
@@ -208,12 +404,8 @@ fn record_doctors(record: &mut crate::rebuild::record::RunRecord, read: &DoctorR
     }
 }
 
-fn record_outcomes(
-    record: &mut crate::rebuild::record::RunRecord,
-    outcomes: &OutcomeMap,
-    load: &OutcomeLoad,
-) {
-    record.counts.gmc_outcomes = outcomes.len() as u64;
+fn record_outcomes(record: &mut RunRecord, outcomes: u64, load: &OutcomeLoad) {
+    record.counts.gmc_outcomes = outcomes;
     record.reject_many(REJECT_RECOMMENDATION_NUMBER, load.unusable_numbers);
     record.reject_many(REJECT_RECOMMENDATION_OUTCOME, load.unknown_outcomes);
 }
@@ -221,26 +413,23 @@ fn record_outcomes(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{GmcNumber, GmcStatus};
-    use crate::rebuild::record::{RunRecord, Trigger};
+    use crate::rebuild::record::Trigger;
 
     #[test]
     fn unusable_recommendations_are_counted_as_rejects_and_clean_loads_add_none() {
         let mut record = RunRecord::start("r", Trigger::Cli, false, false);
-        let mut outcomes = OutcomeMap::new();
-        outcomes.insert(&GmcNumber::parse("1").unwrap(), GmcStatus::Approved);
         let load = OutcomeLoad {
             groups: 3,
             unknown_outcomes: 1,
             unusable_numbers: 1,
         };
-        record_outcomes(&mut record, &outcomes, &load);
+        record_outcomes(&mut record, 1, &load);
         assert_eq!(record.counts.gmc_outcomes, 1);
         assert_eq!(record.rejects[REJECT_RECOMMENDATION_NUMBER], 1);
         assert_eq!(record.rejects[REJECT_RECOMMENDATION_OUTCOME], 1);
 
         let mut clean = RunRecord::start("r", Trigger::Cli, false, false);
-        record_outcomes(&mut clean, &outcomes, &OutcomeLoad::default());
+        record_outcomes(&mut clean, 1, &OutcomeLoad::default());
         assert!(clean.rejects.is_empty());
     }
 }

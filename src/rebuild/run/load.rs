@@ -7,22 +7,22 @@
 //! queue.
 
 use std::future::IntoFuture;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use tokio::sync::mpsc;
 use tracing::{info, warn, Instrument};
 
-use super::gmc_read::Sources;
+use super::gmc_read::{GmcReading, QueueBatches};
 use super::settle::{drain, SettleError, Ticket};
 use super::sink::{DocumentSink, RecommendationWriter};
-use super::tcs_merge::{consume, merge_stage, GmcInMemory, LOOKAHEAD};
+use super::tcs_merge::{consume, merge_stage, LOOKAHEAD};
 use super::{gmc_only, RunContext};
 use crate::config::RecommendationBuild;
 use crate::rebuild::record::RunPhase;
 use crate::search::{Family, Generation};
 use crate::sources::gmc::GmcNumberSet;
+use crate::sources::tcs::TcsSync;
 
 /// What the load delivered.
 pub(super) struct Loaded {
@@ -94,23 +94,42 @@ pub(super) async fn create_recommendation(
     Ok(Some(recommendation))
 }
 
+/// The load, while the GMC side is read; gives the services' batches to
+/// ack (queue modes) with what it loaded, and gives them back if it fails.
 pub(super) async fn run(
     context: &mut RunContext<'_>,
     master: &Generation,
     recommendation: Option<&Generation>,
-    sources: Sources,
+    sync: TcsSync,
+    reading: GmcReading,
+) -> anyhow::Result<(Loaded, QueueBatches)> {
+    let mut queue_batches = QueueBatches::default();
+    match load(
+        context,
+        master,
+        recommendation,
+        sync,
+        reading,
+        &mut queue_batches,
+    )
+    .await
+    {
+        Ok(loaded) => Ok((loaded, queue_batches)),
+        Err(e) => {
+            queue_batches.abandon().await;
+            Err(e)
+        }
+    }
+}
+
+async fn load(
+    context: &mut RunContext<'_>,
+    master: &Generation,
+    recommendation: Option<&Generation>,
+    mut sync: TcsSync,
+    mut reading: GmcReading,
+    queue_batches: &mut QueueBatches,
 ) -> anyhow::Result<Loaded> {
-    let Sources {
-        mut sync,
-        outcomes,
-        doctors,
-        connections,
-    } = sources;
-    let gmc = Arc::new(GmcInMemory {
-        doctors,
-        outcomes,
-        connections,
-    });
     let (sender, writer_outcomes, writer) = context.engine.bulk_writer::<Ticket>(master);
     let (twin_sender, twin) = match recommendation {
         Some(generation) => {
@@ -121,25 +140,35 @@ pub(super) async fn run(
     };
     let sender = DocumentSink::new(sender, twin_sender);
     context.tracker.watch_bulk(writer.progress());
-    context.tracker.begin(RunPhase::TcsMerge).await;
     let settling =
         tokio::spawn(drain(writer_outcomes, sync.acks(), context.halt.clone()).in_current_span());
     let (batches, batches_rx) = mpsc::channel(LOOKAHEAD);
     let merger = tokio::spawn(
         merge_stage(
-            gmc.clone(),
+            reading.side.clone(),
             batches_rx,
+            reading.take_events(),
             sender.clone(),
             context.tracker.merged.clone(),
+            context.settings.rabbitmq.max_message_bytes,
         )
         .in_current_span(),
     );
     let mut seen = GmcNumberSet::new();
-    let mut sent = consume(context, &mut sync, batches, &mut seen).await;
+    let mut sent = consume(context, &mut sync, batches, &mut seen, &reading).await;
     if sent.is_ok() {
-        sent = match merger.await {
-            Ok(merged) => merged,
-            Err(e) => Err(anyhow!("the merge stage stopped unexpectedly: {e}")),
+        // The merge ends once the GMC side is read and every record that
+        // waited for it is sent.
+        sent = match context.cancellable(async { Ok(merger.await) }).await {
+            Ok(Ok(Ok(waited))) => {
+                let counts = &mut context.tracker.record.counts;
+                counts.tcs_waiting_peak = waited.peak_records;
+                counts.tcs_waiting_peak_bytes = waited.peak_bytes;
+                Ok(())
+            }
+            Ok(Ok(Err(e))) => Err(e),
+            Ok(Err(e)) => Err(anyhow!("the merge stage stopped unexpectedly: {e}")),
+            Err(stopped) => Err(stopped),
         };
     } else if !merger.is_finished() {
         merger.abort();
@@ -147,8 +176,22 @@ pub(super) async fn run(
         // The consumer only saw the closed channel; the cause is here.
         sent = Err(merge_error);
     }
+    // The GMC side's own failure is the cause of a merge that stopped for
+    // it; a load failed for another reason does not wait for the read.
+    if sent.is_ok() || reading.is_read() {
+        match reading.finish(context).await {
+            Ok(batches) => *queue_batches = batches,
+            Err(read_error) => sent = Err(read_error),
+        }
+    }
+    if sent.is_ok() && !context.tracker.in_phase(RunPhase::TcsMerge) {
+        context.tracker.begin(RunPhase::TcsMerge).await;
+    }
     if sent.is_ok() {
-        sent = gmc_only::write(context, &gmc, &sender, &mut seen).await;
+        sent = match reading.into_memory() {
+            Ok(gmc) => gmc_only::write(context, &gmc, &sender, &mut seen).await,
+            Err(e) => Err(e),
+        };
     }
     drop(sender);
     if let Err(e) = sent {

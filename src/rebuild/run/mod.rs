@@ -5,22 +5,28 @@
 //!    whose process died as abandoned, delete half-built generations of
 //!    dead runs.
 //! 2. `gmc_read`: ask TCS for a sync (it publishes into the queue while
-//!    MongoDB works) and read GMC once, both collections at once: the
-//!    latest recommendation outcome of every doctor by one aggregation,
-//!    every doctor of `doctorsForDB` by one cursor, into compact maps.
-//! 3. `load`: create the master generation and its bulk writer, then
-//!    - `tcs_merge`: consume the TCS records in batches, join each with
-//!      its GMC doctor and outcome in memory, write (the record's
-//!      precedence is the external version, so the best duplicate wins in
-//!      any arrival order);
+//!    MongoDB works) and start reading GMC in a task of its own, beside
+//!    the load: the latest recommendation outcome of every doctor by one
+//!    aggregation, every doctor of `doctorsForDB` by one cursor, page by
+//!    page into a compact shared store, and the connection data.
+//! 3. `load`: create the master generation and, built alongside
+//!    (`run.recommendation_build`, see `sink`), the recommendation
+//!    generation, with their bulk writers, then
+//!    - `tcs_merge`: consume the TCS records in batches from the start,
+//!      join each with its GMC doctor, outcome and connection data in
+//!      memory as soon as they are read (records of doctors not read yet
+//!      wait, compactly), write (the record's precedence is the external
+//!      version, so the best duplicate wins in any arrival order);
 //!    - `settle`: ack each record's message once its document is written
 //!      or superseded, dead-letter it if the document failed for good;
-//!    - `gmc_only`: after `syncEnd`, write the doctors of `doctorsForDB`
-//!      that TCS did not send, from memory.
+//!    - `gmc_only`: after `syncEnd` and the GMC read, write the doctors of
+//!      `doctorsForDB` that TCS did not send, from memory.
 //! 4. `validate`: restore the serving settings, count what is really
 //!    there, replay the live changes made since the run began (`catchup`),
 //!    run the gates.
-//! 5. `recommendation`: build the recommendation generation by `_reindex`.
+//! 5. `recommendation`: check the recommendation generation holds as many
+//!    documents as the master (or, with `reindex`, build it by `_reindex`
+//!    now).
 //! 6. `promote`: confirm the lease, pause the live applier and replay the
 //!    last changes (`catchup`), move every alias in one `_aliases` call,
 //!    resume the applier, apply retention.
@@ -28,7 +34,9 @@
 //! Memory holds the GMC side (about 50 bytes a doctor plus each distinct
 //! field value once, see `sources::gmc::store`), the outcome map and the
 //! seen set (a few tens of bytes a doctor), plus the TCS messages in
-//! flight and what the writer has in flight; never the TCS data set. A run that fails at any point has moved no alias: only the
+//! flight or waiting for their doctor (at most `rabbitmq.prefetch`: they
+//! are unacked) and what the writers have in flight; never the TCS data
+//! set. A run that fails at any point has moved no alias: only the
 //! promotion moves them, in one request, after every check.
 
 mod catchup;
@@ -266,30 +274,23 @@ impl StartedRun {
 async fn execute(context: &mut RunContext<'_>) -> anyhow::Result<RunOutcome> {
     cleanup::run(context).await?;
     context.check_continue()?;
-    let (sources, queue_batches) = gmc_read::run(context).await?;
+    let (sync, reading) = gmc_read::start(context).await?;
     let master = match load::create_master(context).await {
         Ok(master) => master,
         Err(e) => {
-            sources.abandon().await;
-            queue_batches.abandon().await;
+            sync.close().await;
             return Err(e);
         }
     };
     let alongside = match load::create_recommendation(context, &master).await {
         Ok(alongside) => alongside,
         Err(e) => {
-            sources.abandon().await;
-            queue_batches.abandon().await;
+            sync.close().await;
             return Err(e);
         }
     };
-    let loaded = match load::run(context, &master, alongside.as_ref(), sources).await {
-        Ok(loaded) => loaded,
-        Err(e) => {
-            queue_batches.abandon().await;
-            return Err(e);
-        }
-    };
+    let (loaded, queue_batches) =
+        load::run(context, &master, alongside.as_ref(), sync, reading).await?;
     // Every document is written (or counted as failed): the services'
     // batches that carried them may go (queue modes only).
     queue_batches.ack_written().await;

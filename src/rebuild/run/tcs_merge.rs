@@ -1,10 +1,11 @@
-//! Step 3a: the TCS records, merged with their GMC doctors. The consumer
-//! takes the sync until `syncEnd`, counting records, duplicates and
-//! rejects, and cuts batches (full, or when the stream pauses). The merge
-//! stage merges each record with its GMC doctor and outcome, both read into
-//! memory before (step 2, no look-up per batch), with the doctor's
-//! connection data, and sends the documents with the record's precedence
-//! as external version.
+//! Step 3a: the TCS records, merged with their GMC doctors while the GMC
+//! side is still read (step 2 runs beside the load). The consumer takes the
+//! sync until `syncEnd`, counting records, duplicates and rejects, and cuts
+//! batches (full, or when the stream pauses). The merge stage merges each
+//! record with its GMC doctor and outcome, from memory (no look-up per
+//! batch), with the doctor's connection data, as soon as they are read,
+//! and sends the documents with the record's precedence as external
+//! version.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,11 +18,13 @@ use super::settle::Ticket;
 use super::sink::DocumentSink;
 use super::tracker::MergeCounts;
 use super::RunContext;
-use crate::domain::{merge, GmcNumber, TcsRecord};
+use std::collections::HashMap;
+
+use super::gmc_read::{GmcEvent, GmcReading, GmcSide};
+use crate::domain::{merge, parse_tcs_message_within, GmcNumber, TcsMessage, TcsRecord};
 use crate::rebuild::record::RunPhase;
 use crate::search::BulkItem;
-use crate::sources::connection::ConnectionMap;
-use crate::sources::gmc::{DoctorStore, GmcNumberSet, OutcomeMap};
+use crate::sources::gmc::GmcNumberSet;
 use crate::sources::tcs::{TcsEvent, TcsSync, TcsTicket};
 
 /// How long a partial batch waits for more records before it is written.
@@ -89,7 +92,9 @@ pub(super) async fn consume(
     sync: &mut TcsSync,
     batches: mpsc::Sender<Vec<Pending>>,
     seen: &mut GmcNumberSet,
+    reading: &GmcReading,
 ) -> anyhow::Result<()> {
+    let mut merge_phase = false;
     let batch_size = context
         .settings
         .run
@@ -100,6 +105,16 @@ pub(super) async fn consume(
     let closed = || anyhow!("the merge stage stopped");
     loop {
         context.check_continue()?;
+        if batches.is_closed() {
+            // The merge stage failed (its error is the cause), or the GMC
+            // read it waits on stopped.
+            return Err(closed());
+        }
+        if !merge_phase && reading.is_read() {
+            // The GMC side is read: what is left is the merge's own time.
+            context.tracker.begin(RunPhase::TcsMerge).await;
+            merge_phase = true;
+        }
         let event = sync
             .next_within(batcher.wait())
             .await
@@ -161,52 +176,183 @@ pub(super) async fn consume(
     Ok(())
 }
 
-/// The merge stage: merges each record of a TCS batch with its GMC doctor
-/// and outcome (both in memory) and sends the documents with the record's
-/// precedence as version. A task of its own, so that parsing messages and
-/// serialising documents use both cores.
+/// What the merge held back, at its peak: TCS records waiting for their
+/// GMC doctor to be read (their messages unacked, so the prefetch window
+/// bounds them).
+#[derive(Debug, Default)]
+pub(super) struct Waited {
+    pub peak_records: u64,
+    pub peak_bytes: u64,
+}
+
+/// A TCS record waiting for its GMC doctor, kept compactly: its message
+/// alone (parsed again when the doctor comes).
+struct Waiting {
+    ticket: TcsTicket,
+    first: bool,
+}
+
+/// The records waiting, by GMC number, in arrival order per number.
+#[derive(Default)]
+struct WaitingRoom {
+    by_number: HashMap<GmcNumber, Vec<Waiting>>,
+    records: u64,
+    bytes: u64,
+    waited: Waited,
+}
+
+impl WaitingRoom {
+    fn hold(&mut self, number: GmcNumber, waiting: Waiting) {
+        self.records += 1;
+        self.bytes += waiting.ticket.body.len() as u64;
+        self.waited.peak_records = self.waited.peak_records.max(self.records);
+        self.waited.peak_bytes = self.waited.peak_bytes.max(self.bytes);
+        self.by_number.entry(number).or_default().push(waiting);
+    }
+
+    fn release(&mut self, number: &GmcNumber) -> Vec<Waiting> {
+        let released = self.by_number.remove(number).unwrap_or_default();
+        self.forget(&released);
+        released
+    }
+
+    /// Every waiting record whose number `keep` does not hold on to.
+    fn release_all_but(&mut self, keep: impl Fn(&GmcNumber) -> bool) -> Vec<(GmcNumber, Waiting)> {
+        let numbers: Vec<GmcNumber> = self
+            .by_number
+            .keys()
+            .filter(|n| !keep(n))
+            .cloned()
+            .collect();
+        let mut released = Vec::new();
+        for number in numbers {
+            for waiting in self.release(&number) {
+                released.push((number.clone(), waiting));
+            }
+        }
+        released
+    }
+
+    fn forget(&mut self, released: &[Waiting]) {
+        self.records -= released.len() as u64;
+        self.bytes -= released
+            .iter()
+            .map(|w| w.ticket.body.len() as u64)
+            .sum::<u64>();
+    }
+}
+
+/// The merge stage, which runs while the GMC side is still read: a TCS
+/// record is merged and sent as soon as its GMC doctor is read (or, once
+/// every doctor is, as TCS's alone), with the doctor's outcome and
+/// connection data, which are read first. Records whose doctor is not read
+/// yet wait, compactly ([`Waiting`]); each page of doctors read releases
+/// theirs. The record's precedence is the document's version. A task of its
+/// own, so that parsing messages and serialising documents use both cores.
 pub(super) async fn merge_stage(
-    gmc: Arc<GmcInMemory>,
+    side: Arc<GmcSide>,
     mut batches: mpsc::Receiver<Vec<Pending>>,
+    mut events: mpsc::UnboundedReceiver<GmcEvent>,
     sender: DocumentSink,
     merged: Arc<MergeCounts>,
-) -> anyhow::Result<()> {
-    while let Some(batch) = batches.recv().await {
-        let updated_at = now_for_documents();
-        for pending in batch {
-            let doctor = gmc.doctors.get(&pending.number);
-            if pending.first {
+    max_message_bytes: usize,
+) -> anyhow::Result<Waited> {
+    let mut room = WaitingRoom::default();
+    let (mut ready, mut doctors_done) = (false, false);
+    let (mut batches_open, mut events_open) = (true, true);
+    let write = |number: GmcNumber, record: Box<TcsRecord>, ticket: TcsTicket, first: bool| {
+        let side = &side;
+        let sender = &sender;
+        let merged = &merged;
+        async move {
+            let doctor = side.doctor(&number);
+            if first {
                 merged.count_doctor(doctor.is_some());
             }
             let doc = merge(
-                &pending.number,
-                Some(&pending.record),
+                &number,
+                Some(&record),
                 doctor.as_ref(),
-                gmc.outcomes.get(&pending.number).copied(),
-                gmc.connections.get(&pending.number),
-                &updated_at,
+                side.outcome(&number),
+                side.connections().and_then(|c| c.get(&number)),
+                &now_for_documents(),
             );
             let item = BulkItem {
                 source: serde_json::to_vec(&doc)?,
-                version: Some(pending.record.precedence()),
-                id: pending.number.into_string(),
-                ticket: Ticket::Tcs(pending.ticket),
+                version: Some(record.precedence()),
+                id: number.into_string(),
+                ticket: Ticket::Tcs(ticket),
             };
             sender
                 .send(item)
                 .await
-                .context("while writing merged TCS doctors")?;
+                .context("while writing merged TCS doctors")
+        }
+    };
+    let reparse =
+        |waiting: Waiting| -> anyhow::Result<(GmcNumber, Box<TcsRecord>, TcsTicket, bool)> {
+            match parse_tcs_message_within(&waiting.ticket.body, max_message_bytes) {
+                Ok(TcsMessage::Record(number, record)) => {
+                    Ok((number, record, waiting.ticket, waiting.first))
+                }
+                _ => Err(anyhow!(
+                    "a TCS message held for its GMC doctor no longer parses as a record"
+                )),
+            }
+        };
+    while batches_open || events_open {
+        tokio::select! {
+            batch = batches.recv(), if batches_open => {
+                let Some(batch) = batch else {
+                    batches_open = false;
+                    continue;
+                };
+                for pending in batch {
+                    if ready && (doctors_done || side.doctor(&pending.number).is_some()) {
+                        write(pending.number, pending.record, pending.ticket, pending.first).await?;
+                    } else {
+                        room.hold(pending.number, Waiting { ticket: pending.ticket, first: pending.first });
+                    }
+                }
+            }
+            event = events.recv(), if events_open => {
+                let released: Vec<Waiting> = match event {
+                    Some(GmcEvent::Doctors(numbers)) if ready => {
+                        numbers.iter().flat_map(|n| room.release(n)).collect()
+                    }
+                    Some(GmcEvent::Doctors(_)) => Vec::new(),
+                    Some(GmcEvent::Ready) => {
+                        ready = true;
+                        let all = doctors_done;
+                        room.release_all_but(|n| !all && side.doctor(n).is_none())
+                            .into_iter()
+                            .map(|(_, w)| w)
+                            .collect()
+                    }
+                    Some(GmcEvent::DoctorsDone) => {
+                        doctors_done = true;
+                        if ready {
+                            room.release_all_but(|_| false).into_iter().map(|(_, w)| w).collect()
+                        } else {
+                            Vec::new()
+                        }
+                    }
+                    None => {
+                        events_open = false;
+                        if !(ready && doctors_done) {
+                            return Err(anyhow!("the read of the GMC side stopped before it ended"));
+                        }
+                        Vec::new()
+                    }
+                };
+                for waiting in released {
+                    let (number, record, ticket, first) = reparse(waiting)?;
+                    write(number, record, ticket, first).await?;
+                }
+            }
         }
     }
-    Ok(())
-}
-
-/// The GMC side of the run, read once into memory by step 2, with the
-/// connection service's data.
-pub(super) struct GmcInMemory {
-    pub doctors: DoctorStore,
-    pub outcomes: OutcomeMap,
-    pub connections: ConnectionMap,
+    Ok(room.waited)
 }
 
 /// `updatedAt` of the documents written now.

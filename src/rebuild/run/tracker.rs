@@ -93,6 +93,11 @@ impl Tracker {
         }
     }
 
+    /// Whether `phase` is the one under way.
+    pub fn in_phase(&self, phase: RunPhase) -> bool {
+        self.record.phases.last().is_some_and(|p| p.phase == phase)
+    }
+
     pub async fn begin(&mut self, phase: RunPhase) {
         self.record.begin_phase(phase);
         self.save_now().await;

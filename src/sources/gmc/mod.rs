@@ -366,32 +366,48 @@ impl GmcSource {
         expected: usize,
         mut on_page: impl FnMut(usize),
     ) -> Result<DoctorRead, SourceError> {
-        let mut read = DoctorRead {
-            doctors: DoctorStore::with_capacity(expected),
-            ..DoctorRead::default()
-        };
+        let mut doctors = DoctorStore::with_capacity(expected);
+        let read = self
+            .read_doctor_pages(|page| {
+                on_page(page.len());
+                for (number, doctor) in page {
+                    doctors.insert(&number, doctor);
+                }
+            })
+            .await?;
+        debug!(
+            doctors = doctors.len(),
+            distinct_values = doctors.distinct_values(),
+            "Read doctorsForDB."
+        );
+        Ok(DoctorRead { doctors, ..read })
+    }
+
+    /// Reads every doctor of `doctorsForDB` once, through one cursor in
+    /// `_id` order, handing each page's usable doctors to `on_page` as it
+    /// comes (a run merges with them while the rest is read). The answer
+    /// has the counts; its store is empty.
+    pub async fn read_doctor_pages(
+        &self,
+        mut on_page: impl FnMut(Vec<(GmcNumber, GmcDoctor)>),
+    ) -> Result<DoctorRead, SourceError> {
+        let mut read = DoctorRead::default();
         let mut rejects: HashMap<&'static str, u64> = HashMap::new();
         let mut pages = self.pages();
         while let Some(page) = pages.next_page().await? {
-            on_page(page.rows.len());
+            let mut usable = Vec::with_capacity(page.rows.len());
             for row in page.rows {
                 match row {
-                    Ok((number, doctor)) => {
-                        read.rows += 1;
-                        read.doctors.insert(&number, doctor);
-                    }
+                    Ok(row) => usable.push(row),
                     Err(e) => *rejects.entry(reject_key(&e)).or_default() += 1,
                 }
             }
+            read.rows += usable.len() as u64;
+            on_page(usable);
         }
         read.rejects = rejects.into_iter().collect();
         read.rejects.sort_unstable();
         read.resumes = pages.resumes();
-        debug!(
-            doctors = read.doctors.len(),
-            distinct_values = read.doctors.distinct_values(),
-            "Read doctorsForDB."
-        );
         Ok(read)
     }
 
