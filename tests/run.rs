@@ -676,7 +676,7 @@ async fn documents_are_written_from_the_first_page_of_gmc_doctors_and_none_is_lo
     let spec = DatasetSpec::new(17, 3000);
     seed(&env, &spec).await;
     let tcs = simulator_once(&env, spec);
-    let mut run = PausedRun::start_with(
+    let run = PausedRun::start_with(
         &env,
         "gmc_page",
         &[("REBUILDER_MONGODB__BATCH_SIZE", "1000")],

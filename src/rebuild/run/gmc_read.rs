@@ -16,6 +16,7 @@
 //! announced whole when the sync ends; the batches stay unacked until the
 //! load has written their documents ([`QueueBatches`]).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use anyhow::Context;
@@ -47,7 +48,10 @@ pub(super) const REJECT_RECOMMENDATION_OUTCOME: &str = "recommendation_unknown_o
 #[derive(Default)]
 pub(super) struct GmcSide {
     doctors: RwLock<DoctorStore>,
-    outcomes: OnceLock<OutcomeMap>,
+    /// Whole once the aggregation is done (MongoDB), or filled with each
+    /// doctor (queue: a batch item carries its doctor's outcome).
+    outcomes: RwLock<OutcomeMap>,
+    outcomes_in: AtomicBool,
     connections: OnceLock<ConnectionMap>,
 }
 
@@ -59,7 +63,7 @@ impl GmcSide {
 
     /// The latest outcome of `number` (once the outcomes are read).
     pub fn outcome(&self, number: &GmcNumber) -> Option<crate::domain::GmcStatus> {
-        self.outcomes.get().and_then(|o| o.get(number).copied())
+        self.outcomes.read().expect("outcomes").get(number).copied()
     }
 
     /// The connection data of `number` (once it is read).
@@ -71,7 +75,7 @@ impl GmcSide {
     pub fn into_parts(self) -> (DoctorStore, OutcomeMap, ConnectionMap) {
         (
             self.doctors.into_inner().expect("doctor store"),
-            self.outcomes.into_inner().unwrap_or_default(),
+            self.outcomes.into_inner().expect("outcomes"),
             self.connections.into_inner().unwrap_or_default(),
         )
     }
@@ -199,7 +203,7 @@ pub(super) async fn start(context: &mut RunContext<'_>) -> anyhow::Result<(TcsSy
 
 /// Sends `Ready` once both the outcomes and the connection data are in.
 fn ready_when_both(side: &GmcSide, events: &mpsc::UnboundedSender<GmcEvent>) {
-    if side.outcomes.get().is_some() && side.connections.get().is_some() {
+    if side.outcomes_in.load(Ordering::SeqCst) && side.connections.get().is_some() {
         let _ = events.send(GmcEvent::Ready);
     }
 }
@@ -232,7 +236,8 @@ async fn read_mongodb(
                 .await
                 .context("while loading the latest recommendation outcomes")?;
         let n = outcomes.len() as u64;
-        let _ = side.outcomes.set(outcomes);
+        *side.outcomes.write().expect("outcomes") = outcomes;
+        side.outcomes_in.store(true, Ordering::SeqCst);
         ready_when_both(&side, &events);
         anyhow::Ok((n, load))
     };
@@ -276,7 +281,9 @@ async fn read_mongodb(
     })
 }
 
-/// The GMC side over the recommendation service's queue (see the module notes).
+/// The GMC side over the recommendation service's queue (see the module
+/// notes): each batch's doctors, with their outcomes, go into the store as
+/// they come, so the merge starts with the first batch.
 async fn read_queue(
     rabbit: &crate::config::RabbitSettings,
     gmc: &crate::config::GmcSettings,
@@ -285,38 +292,53 @@ async fn read_queue(
     events: mpsc::UnboundedSender<GmcEvent>,
     connections: connection_read::PendingConnectionRead,
 ) -> anyhow::Result<GmcReadDone> {
+    // Each doctor comes with its own outcome: none is awaited as a whole.
+    side.outcomes_in.store(true, Ordering::SeqCst);
     let progress = Mutex::new(progress);
     let gmc_read = async {
-        read_over_queue(rabbit, gmc, |n| {
-            progress.lock().expect("progress").inc(n as u64)
+        let read = read_over_queue(rabbit, gmc, |doctors| {
+            progress.lock().expect("progress").inc(doctors.len() as u64);
+            let numbers: Vec<GmcNumber> = doctors.iter().map(|(n, _, _)| n.clone()).collect();
+            {
+                let mut store = side.doctors.write().expect("doctor store");
+                let mut outcomes = side.outcomes.write().expect("outcomes");
+                for (number, doctor, outcome) in doctors {
+                    if let Some(outcome) = outcome {
+                        outcomes.insert(&number, outcome);
+                    }
+                    store.insert(&number, doctor);
+                }
+            }
+            let _ = events.send(GmcEvent::Doctors(numbers));
         })
         .await
-        .context("while reading GMC from the recommendation service's queue")
+        .context("while reading GMC from the recommendation service's queue")?;
+        let _ = events.send(GmcEvent::DoctorsDone);
+        anyhow::Ok(read)
     };
-    let connection = async { connection_read::wait(connections).await };
+    let connection = async {
+        let delivered = connection_read::wait(connections).await?;
+        let taken = take_connections(&side, delivered);
+        ready_when_both(&side, &events);
+        anyhow::Ok(taken)
+    };
     let (gmc_read, connection) = tokio::join!(gmc_read, connection);
     progress.into_inner().expect("progress").finish();
-    let (mut read, delivered) = match (gmc_read, connection) {
-        (Ok(read), Ok(delivered)) => (read, delivered),
+    let (read, (connection, mut batches)) = match (gmc_read, connection) {
+        (Ok(read), Ok(taken)) => (read, taken),
         (Ok(read), Err(e)) => {
             read.pending.abandon().await;
             return Err(e);
         }
-        (Err(e), Ok(Some((_, batches, _)))) => {
+        (Err(e), Ok((_, batches))) => {
             for pending in batches {
                 pending.abandon().await;
             }
             return Err(e);
         }
-        (Err(e), _) => return Err(e),
+        (Err(e), Err(_)) => return Err(e),
     };
-    let (connection, mut batches) = take_connections(&side, delivered);
-    let store = std::mem::take(&mut read.doctors.doctors);
-    let outcomes = read.outcomes.len() as u64;
-    *side.doctors.write().expect("doctor store") = store;
-    let _ = side.outcomes.set(std::mem::take(&mut read.outcomes));
-    let _ = events.send(GmcEvent::Ready);
-    let _ = events.send(GmcEvent::DoctorsDone);
+    let outcomes = side.outcomes.read().expect("outcomes").len() as u64;
     batches.insert(0, read.pending);
     Ok(GmcReadDone {
         doctors: read.doctors,

@@ -1,9 +1,11 @@
 //! The GMC side of a rebuild over the recommendation service's queue
 //! (`gmc.source = "queue"`): today's `IndexSyncMessage` protocol
 //! ([`index_sync`]) asked with `"gmcSyncStart"`, its items
-//! (`{"doctor": {...}, "gmcOutcome": "..."}`, [`batch`]) read into the
-//! same [`DoctorRead`] and [`OutcomeMap`] the MongoDB read gives. The
-//! batches stay unacked until the run has written their documents.
+//! (`{"doctor": {...}, "gmcOutcome": "..."}`, [`batch`]) handed over
+//! batch by batch, each doctor with its outcome (a run merges with them
+//! while the rest comes), and counted as a read of `doctorsForDB` is
+//! ([`DoctorRead`]). The batches stay unacked until the run has written
+//! their documents.
 //!
 //! [`batch`]: super::batch
 //! [`index_sync`]: crate::sources::index_sync
@@ -13,8 +15,9 @@ use serde_json::Value;
 use tracing::{debug, info};
 
 use super::batch::{parse_item, BatchItem, ItemOutcome, GMC_MESSAGE_REJECTS};
-use super::{DoctorRead, DoctorStore, OutcomeLoad, OutcomeMap};
+use super::{DoctorRead, GmcNumberSet, OutcomeLoad};
 use crate::config::{GmcSettings, RabbitSettings};
+use crate::domain::{GmcDoctor, GmcNumber, GmcStatus};
 use crate::sources::index_sync::{
     declare_protocol_queues, read_sync, PendingBatches, RejectedItem, SyncError, SyncProtocol,
 };
@@ -23,11 +26,16 @@ use crate::sources::SourceError;
 /// The body of the request, a JSON string as today's integration sends it.
 pub const GMC_SYNC_START: &[u8] = br#""gmcSyncStart""#;
 
-/// What one GMC sync over the queue delivered.
+/// One doctor of a GMC batch: its number, its record and its latest
+/// outcome, if it has a known one.
+pub type QueueDoctor = (GmcNumber, GmcDoctor, Option<GmcStatus>);
+
+/// What one GMC sync over the queue delivered (the doctors went to the
+/// caller batch by batch).
 pub struct GmcQueueRead {
-    /// The doctors, as a read of `doctorsForDB` gives them (`resumes` is 0).
+    /// The counts of a read of `doctorsForDB` (`resumes` is 0; the store is
+    /// empty: the doctors went to the caller).
     pub doctors: DoctorRead,
-    pub outcomes: OutcomeMap,
     /// `groups`: items with an outcome; `unknown_outcomes`: values that are
     /// no known outcome (the doctor is kept without `gmcStatus`).
     pub load: OutcomeLoad,
@@ -56,29 +64,30 @@ pub fn gmc_protocol(gmc: &GmcSettings) -> SyncProtocol<'_> {
     }
 }
 
-/// Asks the recommendation service for a sync and reads it to `syncEnd`;
-/// `on_batch` hears how many items each batch held (for progress).
+/// Asks the recommendation service for a sync and reads it to `syncEnd`,
+/// handing each batch's usable doctors to `on_doctors` as it comes (the
+/// first of two numbers that trim alike, as in the MongoDB read).
 pub async fn read_over_queue(
     rabbit: &RabbitSettings,
     gmc: &GmcSettings,
-    mut on_batch: impl FnMut(usize),
+    mut on_doctors: impl FnMut(Vec<QueueDoctor>),
 ) -> Result<GmcQueueRead, SyncError> {
     let mut reader = Reader::default();
     let sync = read_sync(rabbit, &gmc_protocol(gmc), |items| {
-        on_batch(items.len());
-        reader.take(items)
+        let (doctors, rejected) = reader.take(items);
+        on_doctors(doctors);
+        rejected
     })
     .await?;
     info!(
-        doctors = reader.read.doctors.len(),
-        outcomes = reader.outcomes.len(),
+        doctors = reader.seen.len(),
+        outcomes = reader.load.groups - reader.load.unknown_outcomes,
         "Read the GMC sync."
     );
     // Dead-lettered messages and items alike, by reason.
     reader.read.rejects = sync.rejects.into_iter().collect();
     Ok(GmcQueueRead {
         doctors: reader.read,
-        outcomes: reader.outcomes,
         load: reader.load,
         batches: sync.batches,
         purged_stale: sync.purged_stale,
@@ -97,28 +106,18 @@ pub async fn declare_queues(
 }
 
 /// What has been read so far.
+#[derive(Default)]
 struct Reader {
     read: DoctorRead,
-    outcomes: OutcomeMap,
+    seen: GmcNumberSet,
     load: OutcomeLoad,
 }
 
-impl Default for Reader {
-    fn default() -> Self {
-        Self {
-            read: DoctorRead {
-                doctors: DoctorStore::new(),
-                ..DoctorRead::default()
-            },
-            outcomes: OutcomeMap::new(),
-            load: OutcomeLoad::default(),
-        }
-    }
-}
-
 impl Reader {
-    /// Takes one batch's items; returns those to dead-letter.
-    fn take(&mut self, items: Vec<Value>) -> Vec<RejectedItem> {
+    /// Takes one batch's items: the usable doctors, and the items to
+    /// dead-letter.
+    fn take(&mut self, items: Vec<Value>) -> (Vec<QueueDoctor>, Vec<RejectedItem>) {
+        let mut doctors = Vec::with_capacity(items.len());
         let mut rejected = Vec::new();
         for item in &items {
             match parse_item(item) {
@@ -130,21 +129,23 @@ impl Reader {
                     self.read.rows += 1;
                     // As in the MongoDB read, the first of two numbers that
                     // trim alike is kept, with its own outcome.
-                    if !self.read.doctors.insert(&number, doctor) {
+                    if !self.seen.add(&number) {
                         continue;
                     }
-                    match outcome {
-                        ItemOutcome::None => {}
+                    let status = match outcome {
+                        ItemOutcome::None => None,
                         ItemOutcome::Known(status) => {
                             self.load.groups += 1;
-                            self.outcomes.insert(&number, status);
+                            Some(status)
                         }
                         ItemOutcome::Unknown(value) => {
                             self.load.groups += 1;
                             self.load.unknown_outcomes += 1;
                             debug!(gmc_number = %number.as_str(), value = %value, "A GMC outcome that is no known outcome.");
+                            None
                         }
-                    }
+                    };
+                    doctors.push((number, doctor, status));
                 }
                 BatchItem::Rejected {
                     reason,
@@ -159,7 +160,7 @@ impl Reader {
                 }
             }
         }
-        rejected
+        (doctors, rejected)
     }
 }
 
