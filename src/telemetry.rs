@@ -74,7 +74,9 @@ pub fn progress_bars() -> bool {
 /// items); without an installed recorder (the command line, the tests) the
 /// calls do nothing.
 pub mod metric {
-    /// Counter: documents the bulk writer wrote (this process).
+    /// Counter: documents the bulk writers wrote (this process), into every
+    /// generation: a run that loads the recommendation generation alongside
+    /// the master writes each document twice.
     pub const DOCUMENTS_WRITTEN: &str = "rebuilder_documents_written_total";
     /// Counter: bulk item sends beyond the first.
     pub const RETRIED_ITEMS: &str = "rebuilder_bulk_retried_items_total";

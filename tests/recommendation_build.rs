@@ -82,12 +82,13 @@ async fn loaded_alongside_or_by_reindex_the_recommendation_generation_holds_the_
     let alongside = rebuild(&env).await.expect("the run succeeds");
     tcs.await.unwrap().expect("the simulator served the sync");
     assert_recommendation_matches_master(&env, &alongside, spec.doctors).await;
-    let c = &alongside.counts;
+    let twin = &alongside.recommendation_bulk;
     assert_eq!(
-        c.recommendation_written, alongside.bulk.docs,
+        twin.docs, alongside.bulk.docs,
         "every document the master's writer took went to the recommendation generation too"
     );
-    assert_eq!(c.recommendation_failed, 0);
+    assert_eq!(twin.written + twin.superseded, twin.docs);
+    assert_eq!(twin.failed, 0);
     assert!(
         alongside
             .phases
@@ -102,7 +103,7 @@ async fn loaded_alongside_or_by_reindex_the_recommendation_generation_holds_the_
     tcs.await.unwrap().expect("the simulator served the sync");
     assert_recommendation_matches_master(&env, &reindexed, spec.doctors).await;
     assert_eq!(
-        reindexed.counts.recommendation_written, 0,
+        reindexed.recommendation_bulk.docs, 0,
         "nothing is written to it during the load"
     );
     env.cleanup().await;
@@ -160,7 +161,7 @@ async fn a_recommendation_generation_that_loses_documents_fails_its_count_gate_a
         .expect("the failed run is recorded");
     assert_eq!(failed.outcome, RunOutcome::Failed);
     assert_eq!(
-        failed.counts.recommendation_failed, failed.bulk.docs,
+        failed.recommendation_bulk.failed, failed.bulk.docs,
         "every document sent there failed (duplicates included); the master took them all"
     );
     assert_eq!(failed.bulk.failed, 0);

@@ -146,8 +146,8 @@ async fn a_trigger_answers_202_at_once_a_second_one_409_and_the_run_is_followed_
     let samples = parse_metrics(&text);
     assert_eq!(
         metric_value(&samples, "rebuilder_documents_written_total"),
-        Some(record.bulk.written as f64),
-        "documents written"
+        Some((record.bulk.written + record.recommendation_bulk.written) as f64),
+        "documents written, into both generations"
     );
     assert_eq!(
         metric_value(&samples, "rebuilder_last_run_documents_written"),
@@ -166,8 +166,9 @@ async fn a_trigger_answers_202_at_once_a_second_one_409_and_the_run_is_followed_
         })
         .expect("the bulk latency histogram");
     assert_eq!(
-        bulk_requests, record.bulk.requests as f64,
-        "one observation per request"
+        bulk_requests,
+        (record.bulk.requests + record.recommendation_bulk.requests) as f64,
+        "one observation per request, of both writers"
     );
     assert!(
         metric_value(&samples, "rebuilder_live_generation_age_seconds").is_some(),

@@ -233,12 +233,6 @@ pub struct RunCounts {
     /// Doctors with connection data but in neither TCS nor GMC: no
     /// document is made for them.
     pub connection_orphans: u64,
-    /// Documents written (or superseded) into the recommendation generation
-    /// loaded alongside the master (0 when it is built by `_reindex`).
-    pub recommendation_written: u64,
-    /// Documents that failed for good in the recommendation generation
-    /// loaded alongside the master.
-    pub recommendation_failed: u64,
     /// Most TCS records held at once waiting for their GMC doctor to be
     /// read (the merge runs while GMC is read; the prefetch bounds it).
     pub tcs_waiting_peak: u64,
@@ -311,6 +305,12 @@ pub struct RunRecord {
     pub counts: RunCounts,
     /// The bulk writer's figures: live while the load runs, final after.
     pub bulk: BulkStats,
+    /// The figures of the bulk writer into the recommendation generation,
+    /// when it is loaded alongside the master (`run.recommendation_build =
+    /// "alongside"`; all zero with `"reindex"`): the same documents, so
+    /// the same `docs`; a duplicate's order can differ between the two
+    /// streams, so `written` and `superseded` can too.
+    pub recommendation_bulk: BulkStats,
     /// The live changes replayed onto the new generation.
     pub catch_up: CatchUpReport,
     /// Rejected inputs by reason key (both sources).

@@ -32,6 +32,7 @@ use crate::rebuild::progress::PhaseProgress;
 use crate::rebuild::record::{RunPhase, RunRecord};
 use crate::retry::with_retry;
 use crate::sources::connection::{ConnectionMap, ConnectionRead};
+use crate::sources::gmc::queue::QueueDoctor;
 use crate::sources::gmc::{
     read_over_queue, DoctorRead, DoctorStore, GmcSource, OutcomeLoad, OutcomeMap,
 };
@@ -69,6 +70,23 @@ impl GmcSide {
     /// The connection data of `number` (once it is read).
     pub fn connections(&self) -> Option<&ConnectionMap> {
         self.connections.get()
+    }
+
+    /// Puts a page of doctors in the store, with their outcomes when the
+    /// page carries them (the queue's batches), and tells the merge.
+    fn add_page(&self, page: Vec<QueueDoctor>, events: &mpsc::UnboundedSender<GmcEvent>) {
+        let numbers: Vec<GmcNumber> = page.iter().map(|(n, _, _)| n.clone()).collect();
+        {
+            let mut store = self.doctors.write().expect("doctor store");
+            let mut outcomes = self.outcomes.write().expect("outcomes");
+            for (number, doctor, outcome) in page {
+                if let Some(outcome) = outcome {
+                    outcomes.insert(&number, outcome);
+                }
+                store.insert(&number, doctor);
+            }
+        }
+        let _ = events.send(GmcEvent::Doctors(numbers));
     }
 
     /// Everything, once the reading task and the merge are done with it.
@@ -208,6 +226,19 @@ fn ready_when_both(side: &GmcSide, events: &mpsc::UnboundedSender<GmcEvent>) {
     }
 }
 
+/// Waits for the connection data and puts it in the side (then the merge
+/// may be ready); gives what is left for the record, and the batches.
+async fn connections_into(
+    side: &GmcSide,
+    events: &mpsc::UnboundedSender<GmcEvent>,
+    pending: connection_read::PendingConnectionRead,
+) -> anyhow::Result<(Option<(ConnectionRead, u64)>, Vec<PendingBatches>)> {
+    let delivered = connection_read::wait(pending).await?;
+    let taken = take_connections(side, delivered);
+    ready_when_both(side, events);
+    Ok(taken)
+}
+
 /// Takes the connection data into the side; what is left is for the record.
 fn take_connections(
     side: &GmcSide,
@@ -245,14 +276,8 @@ async fn read_mongodb(
         let read = with_retry(&retry, "the read of doctorsForDB", || {
             gmc.read_doctor_pages(|page| {
                 progress.lock().expect("progress").inc(page.len() as u64);
-                let numbers: Vec<GmcNumber> = page.iter().map(|(n, _)| n.clone()).collect();
-                {
-                    let mut store = side.doctors.write().expect("doctor store");
-                    for (number, doctor) in page {
-                        store.insert(&number, doctor);
-                    }
-                }
-                let _ = events.send(GmcEvent::Doctors(numbers));
+                let page = page.into_iter().map(|(n, d)| (n, d, None)).collect();
+                side.add_page(page, &events);
             })
         })
         .await
@@ -260,12 +285,7 @@ async fn read_mongodb(
         let _ = events.send(GmcEvent::DoctorsDone);
         anyhow::Ok(read)
     };
-    let connection = async {
-        let delivered = connection_read::wait(connections).await?;
-        let taken = take_connections(&side, delivered);
-        ready_when_both(&side, &events);
-        anyhow::Ok(taken)
-    };
+    let connection = connections_into(&side, &events, connections);
     let (outcomes, doctors, connection) = tokio::join!(outcomes, doctors, connection);
     progress.into_inner().expect("progress").finish();
     let ((outcomes, outcome_load), doctors, (connection, batches)) =
@@ -298,30 +318,14 @@ async fn read_queue(
     let gmc_read = async {
         let read = read_over_queue(rabbit, gmc, |doctors| {
             progress.lock().expect("progress").inc(doctors.len() as u64);
-            let numbers: Vec<GmcNumber> = doctors.iter().map(|(n, _, _)| n.clone()).collect();
-            {
-                let mut store = side.doctors.write().expect("doctor store");
-                let mut outcomes = side.outcomes.write().expect("outcomes");
-                for (number, doctor, outcome) in doctors {
-                    if let Some(outcome) = outcome {
-                        outcomes.insert(&number, outcome);
-                    }
-                    store.insert(&number, doctor);
-                }
-            }
-            let _ = events.send(GmcEvent::Doctors(numbers));
+            side.add_page(doctors, &events);
         })
         .await
         .context("while reading GMC from the recommendation service's queue")?;
         let _ = events.send(GmcEvent::DoctorsDone);
         anyhow::Ok(read)
     };
-    let connection = async {
-        let delivered = connection_read::wait(connections).await?;
-        let taken = take_connections(&side, delivered);
-        ready_when_both(&side, &events);
-        anyhow::Ok(taken)
-    };
+    let connection = connections_into(&side, &events, connections);
     let (gmc_read, connection) = tokio::join!(gmc_read, connection);
     progress.into_inner().expect("progress").finish();
     let (read, (connection, mut batches)) = match (gmc_read, connection) {

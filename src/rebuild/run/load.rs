@@ -211,9 +211,7 @@ async fn load(
     sync.close().await;
     if let Some(twin) = twin {
         let twin = twin.finish().await?;
-        let counts = &mut context.tracker.record.counts;
-        counts.recommendation_failed = twin.failed;
-        counts.recommendation_written = twin.stats.written + twin.stats.superseded;
+        context.tracker.record.recommendation_bulk = twin.stats;
     }
     let drained = match drained {
         Ok(drained) => drained,

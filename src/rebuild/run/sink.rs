@@ -75,10 +75,10 @@ struct Failures {
     examples: Vec<String>,
 }
 
-/// What the recommendation stream did.
+/// What the recommendation stream did (its `failed` counts every item that
+/// failed for good).
 pub(super) struct RecommendationLoad {
     pub stats: BulkStats,
-    pub failed: u64,
 }
 
 impl RecommendationWriter {
@@ -128,10 +128,7 @@ impl RecommendationWriter {
             requests = stats.requests,
             "Recommendation generation loaded alongside the master."
         );
-        Ok(RecommendationLoad {
-            failed: failures.count,
-            stats,
-        })
+        Ok(RecommendationLoad { stats })
     }
 
     /// A failed load: let the requests in flight finish (bounded), so that
