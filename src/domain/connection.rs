@@ -3,6 +3,8 @@
 //! discrepancies (one per designated body), with today's rules for
 //! combining several of each.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -15,7 +17,9 @@ pub fn format_connection_time(at: DateTime<Utc>) -> String {
 /// One connection log, reduced to what the document takes from it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConnectionLog {
-    pub updated_by: Option<String>,
+    /// Shared: a few administrators make most logs, so a reader keeps each
+    /// name once (see `sources::connection::ConnectionBuilder`).
+    pub updated_by: Option<Arc<str>>,
     /// `requestTime` in the collection (`eventDateTime` of the DTO).
     pub event_time: DateTime<Utc>,
 }
@@ -87,7 +91,9 @@ impl DoctorConnection {
 
     /// `updatedBy` of the document.
     pub fn updated_by(&self) -> Option<String> {
-        self.latest.as_ref().and_then(|l| l.updated_by.clone())
+        self.latest
+            .as_ref()
+            .and_then(|l| l.updated_by.as_deref().map(str::to_string))
     }
 
     /// `lastConnectionDateTime` of the document.

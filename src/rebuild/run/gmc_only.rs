@@ -13,7 +13,7 @@ use super::settle::Ticket;
 use super::sink::DocumentSink;
 use super::tcs_merge::now_for_documents;
 use super::RunContext;
-use crate::domain::merge;
+use crate::domain::{merge, GmcNumber};
 use crate::rebuild::record::RunPhase;
 use crate::search::BulkItem;
 use crate::sources::gmc::GmcNumberSet;
@@ -73,9 +73,10 @@ pub(super) async fn write(
 /// document: a connection log or hidden discrepancy for a GMC number
 /// neither TCS nor GMC sent.
 fn count_connection_orphans(context: &mut RunContext<'_>, gmc: &GmcInMemory, seen: &GmcNumberSet) {
-    let orphans: Vec<_> = gmc
+    let orphans: Vec<GmcNumber> = gmc
         .connections
-        .keys()
+        .iter()
+        .map(|(number, _)| number)
         .filter(|number| !seen.contains(number))
         .collect();
     context.tracker.record.counts.connection_orphans = orphans.len() as u64;

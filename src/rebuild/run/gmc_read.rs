@@ -57,6 +57,11 @@ pub(super) struct GmcSide {
 }
 
 impl GmcSide {
+    /// Whether the doctor of `number` is read yet.
+    pub fn has_doctor(&self, number: &GmcNumber) -> bool {
+        self.doctors.read().expect("doctor store").contains(number)
+    }
+
     /// The doctor of `number`, if read yet.
     pub fn doctor(&self, number: &GmcNumber) -> Option<crate::domain::GmcDoctor> {
         self.doctors.read().expect("doctor store").get(number)
@@ -75,7 +80,6 @@ impl GmcSide {
     /// Puts a page of doctors in the store, with their outcomes when the
     /// page carries them (the queue's batches), and tells the merge.
     fn add_page(&self, page: Vec<QueueDoctor>, events: &mpsc::UnboundedSender<GmcEvent>) {
-        let numbers: Vec<GmcNumber> = page.iter().map(|(n, _, _)| n.clone()).collect();
         {
             let mut store = self.doctors.write().expect("doctor store");
             let mut outcomes = self.outcomes.write().expect("outcomes");
@@ -86,7 +90,7 @@ impl GmcSide {
                 store.insert(&number, doctor);
             }
         }
-        let _ = events.send(GmcEvent::Doctors(numbers));
+        let _ = events.send(GmcEvent::Doctors);
     }
 
     /// Everything, once the reading task and the merge are done with it.
@@ -109,8 +113,11 @@ pub(super) struct GmcInMemory {
 /// What the reading task tells the merge, in this order per kind.
 #[derive(Debug)]
 pub(super) enum GmcEvent {
-    /// These doctors were just put in the store.
-    Doctors(Vec<GmcNumber>),
+    /// More doctors are in the store (a page or a batch; the merge looks
+    /// which of the records waiting now have theirs: the numbers are not
+    /// sent, so that a burst of pages costs no memory while the merge is
+    /// busy writing).
+    Doctors,
     /// The outcomes and the connection data are in: documents may be made.
     Ready,
     /// Every doctor is in the store: a number not there is TCS's alone.

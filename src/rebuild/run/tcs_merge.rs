@@ -210,6 +210,10 @@ impl WaitingRoom {
         self.by_number.entry(number).or_default().push(waiting);
     }
 
+    fn is_empty(&self) -> bool {
+        self.by_number.is_empty()
+    }
+
     fn release(&mut self, number: &GmcNumber) -> Vec<Waiting> {
         let released = self.by_number.remove(number).unwrap_or_default();
         self.forget(&released);
@@ -308,7 +312,7 @@ pub(super) async fn merge_stage(
                     continue;
                 };
                 for pending in batch {
-                    if ready && (doctors_done || side.doctor(&pending.number).is_some()) {
+                    if ready && (doctors_done || side.has_doctor(&pending.number)) {
                         write(pending.number, pending.record, pending.ticket, pending.first).await?;
                     } else {
                         room.hold(pending.number, Waiting { ticket: pending.ticket, first: pending.first });
@@ -317,14 +321,17 @@ pub(super) async fn merge_stage(
             }
             event = events.recv(), if events_open => {
                 let released: Vec<Waiting> = match event {
-                    Some(GmcEvent::Doctors(numbers)) if ready => {
-                        numbers.iter().flat_map(|n| room.release(n)).collect()
+                    Some(GmcEvent::Doctors) if ready && !room.is_empty() => {
+                        room.release_all_but(|n| !side.has_doctor(n))
+                            .into_iter()
+                            .map(|(_, w)| w)
+                            .collect()
                     }
-                    Some(GmcEvent::Doctors(_)) => Vec::new(),
+                    Some(GmcEvent::Doctors) => Vec::new(),
                     Some(GmcEvent::Ready) => {
                         ready = true;
                         let all = doctors_done;
-                        room.release_all_but(|n| !all && side.doctor(n).is_none())
+                        room.release_all_but(|n| !all && !side.has_doctor(n))
                             .into_iter()
                             .map(|(_, w)| w)
                             .collect()

@@ -10,7 +10,8 @@
 //! written loses nothing. An entry whose `gmcId` is unusable is counted as
 //! a reject under its reason, never silently dropped.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 
 use bson::{doc, Bson, Document};
 use chrono::{DateTime, NaiveDateTime, Utc};
@@ -23,10 +24,11 @@ use super::SourceError;
 use crate::config::{ConnectionSettings, MongoSettings};
 use crate::domain::connection::{format_connection_time, HiddenAdded};
 use crate::domain::{ConnectionLog, DoctorConnection, GmcNumber, HiddenDiscrepancy};
+use crate::sources::gmc::GmcNumberMap;
 
 /// The connection data of every doctor that has some (a plain map: these
 /// are far fewer than the doctors, unlike the GMC side's compact maps).
-pub type ConnectionMap = HashMap<GmcNumber, DoctorConnection>;
+pub type ConnectionMap = GmcNumberMap<DoctorConnection>;
 
 /// Reject reasons of the connection data.
 pub const REJECT_LOG_GMC_NUMBER: &str = "connection_log_unusable_gmc_number";
@@ -168,6 +170,8 @@ pub fn build(logs: &[Document], hidden: &[Document]) -> ConnectionRead {
 pub struct ConnectionBuilder {
     read: ConnectionRead,
     hidden: Vec<(Option<DateTime<Utc>>, GmcNumber, HiddenDiscrepancy)>,
+    /// Each `updatedBy` once: a million doctors' logs name a few hundred people.
+    names: HashSet<Arc<str>>,
 }
 
 impl ConnectionBuilder {
@@ -181,11 +185,21 @@ impl ConnectionBuilder {
             return Err(self.reject(REJECT_LOG_TIME));
         };
         self.read.logs += 1;
+        let updated_by = text(log.get("updatedBy")).map(|name| self.shared_name(name));
         entry(&mut self.read.map, number).add_log(ConnectionLog {
-            updated_by: text(log.get("updatedBy")),
+            updated_by,
             event_time,
         });
         Ok(())
+    }
+
+    fn shared_name(&mut self, name: String) -> Arc<str> {
+        if let Some(shared) = self.names.get(name.as_str()) {
+            return shared.clone();
+        }
+        let shared: Arc<str> = name.into();
+        self.names.insert(shared.clone());
+        shared
     }
 
     /// Takes one hidden discrepancy (`_id`, `gmcId`,
@@ -232,7 +246,7 @@ impl ConnectionBuilder {
 }
 
 fn entry(map: &mut ConnectionMap, number: GmcNumber) -> &mut DoctorConnection {
-    map.entry(number).or_default()
+    map.get_or_default(&number)
 }
 
 /// A `gmcId` as the doctors' numbers are read: trimmed text, or a number

@@ -262,7 +262,7 @@ mod tests {
                 vec![],
             );
             assert!(rejected.is_empty(), "{form}");
-            let c = &read.map[&GmcNumber::parse("7").unwrap()];
+            let c = read.map.get(&GmcNumber::parse("7").unwrap()).unwrap();
             assert_eq!(
                 c.last_connection_date_time().as_deref(),
                 Some("2026-01-02T03:04:05.006"),
@@ -274,7 +274,9 @@ mod tests {
             vec![],
         );
         assert_eq!(
-            read.map[&GmcNumber::parse("7").unwrap()]
+            read.map
+                .get(&GmcNumber::parse("7").unwrap())
+                .unwrap()
                 .last_connection_date_time()
                 .as_deref(),
             Some("2026-01-02T03:04:05.000")

@@ -11,7 +11,7 @@ use crate::domain::GmcNumber;
 /// entry per doctor for a million doctors and more in a few tens of MB.
 /// Numbers that do not fit (leading zero, letters, more than 19 digits)
 /// are kept as strings beside them; both forms never collide.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GmcNumberMap<V> {
     numeric: HashMap<u64, V>,
     other: HashMap<Box<str>, V>,
@@ -78,6 +78,17 @@ impl<V> GmcNumberMap<V> {
         match numeric_key(number.as_str()) {
             Some(n) => self.numeric.get(&n),
             None => self.other.get(number.as_str()),
+        }
+    }
+
+    /// The value of `number`, made with `V::default()` when missing.
+    pub fn get_or_default(&mut self, number: &GmcNumber) -> &mut V
+    where
+        V: Default,
+    {
+        match numeric_key(number.as_str()) {
+            Some(n) => self.numeric.entry(n).or_default(),
+            None => self.other.entry(number.as_str().into()).or_default(),
         }
     }
 

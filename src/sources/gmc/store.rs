@@ -123,6 +123,11 @@ impl DoctorStore {
         true
     }
 
+    /// Whether `doctorsForDB` has a doctor of `number` (no unpacking).
+    pub fn contains(&self, number: &GmcNumber) -> bool {
+        self.doctors.contains(number)
+    }
+
     /// The doctor of `number`, if `doctorsForDB` has one.
     pub fn get(&self, number: &GmcNumber) -> Option<GmcDoctor> {
         self.doctors.get(number).map(|p| self.unpack(p))
