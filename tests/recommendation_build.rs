@@ -2,18 +2,22 @@
 //! (`run.recommendation_build`): loaded alongside the master in the same
 //! load (the default), or copied from the loaded master by `_reindex`.
 //! Either way `recommendationindex` serves the master's documents, source
-//! for source; a recommendation generation that loses documents fails its
-//! own count gate and no alias moves.
+//! for source. A recommendation generation loaded alongside that comes out
+//! short is built again from the master by `_reindex`; when that fails too
+//! the run fails and no alias moves.
 //!
 //! Needs the local stack (`scripts/stack start`).
 
 mod common;
+#[path = "common/paused_run.rs"]
+mod paused_run;
 #[path = "common/run_helpers.rs"]
 mod run_helpers;
 
 use std::collections::BTreeMap;
 
 use common::{alias_targets, search_hits, TestEnv};
+use paused_run::PausedRun;
 use rebuilder::config::RecommendationBuild;
 use rebuilder::rebuild::record::{RunOutcome, RunPhase, RunRecord};
 use rebuilder::search::SearchClient;
@@ -110,8 +114,7 @@ async fn loaded_alongside_or_by_reindex_the_recommendation_generation_holds_the_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_recommendation_generation_that_loses_documents_fails_its_count_gate_and_moves_no_alias()
-{
+async fn a_recommendation_generation_that_loses_documents_is_built_again_and_else_moves_no_alias() {
     let mut env = TestEnv::new("reco_gate");
     let spec = DatasetSpec::new(25, 600);
     seed(&env, &spec).await;
@@ -150,8 +153,8 @@ async fn a_recommendation_generation_that_loses_documents_fails_its_count_gate_a
     tcs.abort();
     let text = format!("{error:#}");
     assert!(
-        text.contains("recommendation generation") && text.contains("holds 0 documents"),
-        "the failure names the recommendation generation's count: {text}"
+        text.contains("while building the recommendation generation"),
+        "the failure names the recommendation generation: {text}"
     );
     let failed = history(&env)
         .await
@@ -165,6 +168,10 @@ async fn a_recommendation_generation_that_loses_documents_fails_its_count_gate_a
         "every document sent there failed (duplicates included); the master took them all"
     );
     assert_eq!(failed.bulk.failed, 0);
+    assert!(
+        failed.recommendation_rebuilt,
+        "found short, it was built again from the master by _reindex (which the template refuses too)"
+    );
     assert_eq!(
         (
             alias_targets(&client, &env.name("masterdoctorindex")).await,
@@ -175,5 +182,64 @@ async fn a_recommendation_generation_that_loses_documents_fails_its_count_gate_a
     );
     assert!(first.promotion.is_some());
     std::fs::remove_dir_all(&dir).ok();
+    env.cleanup().await;
+}
+
+/// A recommendation generation loaded alongside that comes out short (here
+/// documents deleted from it while the run is held at its check) is built
+/// again from the master by `_reindex`, and the run promotes it whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recommendation_generation_found_short_is_copied_again_from_the_master() {
+    let env = TestEnv::new("reco_short");
+    let spec = DatasetSpec::new(26, 800);
+    seed(&env, &spec).await;
+    let tcs = simulator_once(&env, spec);
+    let run = PausedRun::start(&env, "recommendation");
+    let history = history(&env).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let held = loop {
+        let current = history.current_or_last().await.unwrap();
+        if let Some(r) = current.filter(|r| {
+            r.phases
+                .last()
+                .is_some_and(|p| p.phase == RunPhase::Recommendation)
+        }) {
+            break r;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run never reached its recommendation check:\n{}",
+            run.text()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let loaded = held
+        .generations
+        .iter()
+        .find(|g| g.contains("recommendationindex"))
+        .expect("the recommendation generation loaded alongside")
+        .clone();
+    let client = env.search().await;
+    client
+        .json(
+            opensearch::http::Method::Post,
+            &format!("/{loaded}/_delete_by_query"),
+            &[("refresh", "true")],
+            Some(&json!({"query": {"match_all": {}}, "max_docs": 50})),
+        )
+        .await
+        .expect("documents deleted from the recommendation generation");
+    run.release();
+    let (status, log) = run.finish(120).await;
+    assert!(status.success(), "the run succeeds:\n{log}");
+    tcs.await.unwrap().expect("the simulator served the sync");
+    let record = history.current_or_last().await.unwrap().unwrap();
+    assert!(record.recommendation_rebuilt, "{:?}", record);
+    let promoted = record.promotion.as_ref().expect("promoted");
+    assert_ne!(
+        promoted.recommendation.to, loaded,
+        "the short generation is not the one served"
+    );
+    assert_recommendation_matches_master(&env, &record, spec.doctors).await;
     env.cleanup().await;
 }

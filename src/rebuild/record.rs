@@ -311,6 +311,10 @@ pub struct RunRecord {
     /// the same `docs`; a duplicate's order can differ between the two
     /// streams, so `written` and `superseded` can too.
     pub recommendation_bulk: BulkStats,
+    /// The recommendation generation loaded alongside held fewer documents
+    /// than the master after the catch-up (a live change refused there for
+    /// good), so it was built again from the master by `_reindex`.
+    pub recommendation_rebuilt: bool,
     /// The live changes replayed onto the new generation.
     pub catch_up: CatchUpReport,
     /// Rejected inputs by reason key (both sources).

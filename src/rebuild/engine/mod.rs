@@ -243,6 +243,14 @@ impl Engine {
             .await
     }
 
+    /// Deletes a generation this run built and will not promote.
+    pub async fn delete_generation(&self, generation: &Generation) -> Result<(), SearchError> {
+        with_retry(&self.retry, "deleting a generation", || {
+            generations::delete(&self.client, &generation.name)
+        })
+        .await
+    }
+
     /// The recommendation generation's own count gate: after a refresh of
     /// both, it must hold as many documents as its master. Returns the two
     /// counts (master, recommendation).

@@ -238,12 +238,21 @@ pub(super) async fn pause_and_replay(
     )
     .await
     .context("while replaying the last live changes before the swap")?;
-    for generation in [master, recommendation] {
-        context
-            .engine
-            .refresh(generation)
-            .await
-            .context("while refreshing the new generations after the last replay")?;
+    // Both hold the same documents unless a replayed change was refused
+    // for good on one of them: then the pair must not be served.
+    if let Err(e) = context
+        .engine
+        .same_count_in_both(master, recommendation)
+        .await
+    {
+        return Err(match e {
+            crate::search::SearchError::Invalid(why) => anyhow!(Refused(format!(
+                "after the last replay {why}; no alias moved"
+            ))),
+            other => {
+                anyhow!(other).context("while counting the new generations after the last replay")
+            }
+        });
     }
     info!(
         backlog,
