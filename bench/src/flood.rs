@@ -435,7 +435,16 @@ pub async fn measure(
             mark: 2,
         };
         let run = {
-            let (bin, search, settings) = (bin.clone(), search.clone(), settings.clone());
+            let (mut bin, search, settings) = (bin.clone(), search.clone(), settings.clone());
+            // The flood moves every doctor to a new designated body while the
+            // live index catches up, so against it the new generation shows
+            // the old body emptied: the body-drift gate rightly refuses such a
+            // mass move (it did once the merge ran beside the GMC read, when
+            // the read saw the flood before the live applier had applied
+            // it). This run measures the drain through a rebuild, not the
+            // gate, so it allows the move.
+            bin.env
+                .push(("REBUILDER_GATES__MAX_BODY_LOSS".into(), "1.0".into()));
             tokio::spawn(async move {
                 full_run::run_once(
                     &bin,
