@@ -512,7 +512,17 @@ async fn case_4_live_creations_replayed_through_429s_keep_the_exact_count_and_pr
     let applier = Applier::start(&env).await;
 
     let tcs = simulator_once(&env, spec);
-    let mut run = PausedRun::start(&env, "catch_up");
+    // The run's retry policy is short, so that the flood spends it: a
+    // replayed change the node kept turning away must be sent again until
+    // it lands, not left out of the generation that is swapped in.
+    let mut run = PausedRun::start_with(
+        &env,
+        "catch_up",
+        &[
+            ("REBUILDER_RETRY__MAX_RETRIES", "1"),
+            ("REBUILDER_RETRY__MAX_BACKOFF_MS", "200"),
+        ],
+    );
     run.wait_for("Failpoint reached", 180).await;
     tcs.await.unwrap().unwrap();
     // Trainees TCS did not have at the sync: each update creates a document.
@@ -550,6 +560,7 @@ async fn case_4_live_creations_replayed_through_429s_keep_the_exact_count_and_pr
     run.release();
     let ended = run.finish(300).await;
     let copied_again = ended.1.matches("copying again").count();
+    let refused_again = ended.1.matches("sending the chunk again").count();
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let mut throttled = 0;
     for f in floods {
@@ -566,6 +577,7 @@ async fn case_4_live_creations_replayed_through_429s_keep_the_exact_count_and_pr
         record.catch_up.replayed, 300,
         "every live creation replayed"
     );
+    assert_eq!(record.catch_up.failed, 0, "no replayed change was refused");
     let served = count(&client, &alias).await;
     assert_eq!(
         served,
@@ -573,7 +585,7 @@ async fn case_4_live_creations_replayed_through_429s_keep_the_exact_count_and_pr
         "the exact count: the base plus the creations"
     );
     eprintln!(
-        "case 4: 300 live creations replayed onto the new generation while 3 writers flooded the node ({throttled} of their documents turned away with 429; the recommendation copy made again {copied_again} times): promoted, {served} documents"
+        "case 4: 300 live creations replayed onto the new generation while 3 writers flooded the node ({throttled} of their documents turned away with 429; the recommendation copy made again {copied_again} times; replay chunks sent again once their retries were spent: {refused_again}): promoted, {served} documents"
     );
     applier.stop().await;
     env.cleanup().await;

@@ -12,7 +12,7 @@
 use crate::domain::Change;
 use crate::handover::MongoHandover;
 use crate::retry::RetryPolicy;
-use crate::search::updates::{apply_updates_in_lanes, Target};
+use crate::search::updates::{apply_updates_in_lanes, Target, UpdateItem};
 use crate::search::SearchClient;
 use crate::sources::connection::ConnectionSource;
 use crate::sources::gmc::GmcSource;
@@ -23,6 +23,14 @@ use super::resolve::{resolve, Finder};
 
 /// Entries read, coalesced and replayed at a time.
 const REPLAY_CHUNK: i64 = 2000;
+
+/// How long a chunk the index refuses (429s through every retry of the
+/// retry policy, a write block) is sent again before the replay fails:
+/// a change left out of a generation would be lost at its swap, so the
+/// replay waits as the live applier does, and past this the run fails
+/// with no alias moved (the changes are in the live index and the journal
+/// is kept until the run ends).
+pub const REPLAY_PATIENCE: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// What one replay did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -108,22 +116,66 @@ impl Replayer<'_> {
                 .await?
                 .items;
             for (i, generation) in self.generations.iter().enumerate() {
-                let applied = apply_updates_in_lanes(
-                    self.search,
-                    Target::Generation(generation),
-                    &items,
-                    &updated_at,
-                    self.retry,
-                    self.lanes,
-                )
-                .await?;
+                let applied = self.apply_settled(generation, &items, &updated_at).await?;
                 if i == 0 {
-                    report.net_documents += applied.net_documents();
-                    report.failed += applied.failed() as u64;
+                    report.net_documents += applied.net;
+                    report.failed += applied.failed;
                 }
             }
             report.replayed += changes.len() as u64;
             report.coalesced += superseded as u64;
         }
     }
+
+    /// Applies `items` to `generation` until no item is left unsettled by
+    /// the index (see [`REPLAY_PATIENCE`]); what each attempt created or
+    /// deleted adds up (an item applied once is a no-op when sent again).
+    async fn apply_settled(
+        &self,
+        generation: &str,
+        items: &[UpdateItem],
+        updated_at: &str,
+    ) -> anyhow::Result<Settled> {
+        let began = std::time::Instant::now();
+        let mut waits = self.retry.endless_waits();
+        let mut net = 0;
+        loop {
+            let applied = apply_updates_in_lanes(
+                self.search,
+                Target::Generation(generation),
+                items,
+                updated_at,
+                self.retry,
+                self.lanes,
+            )
+            .await?;
+            net += applied.net_documents();
+            let Some(reason) = applied.index_refusal() else {
+                return Ok(Settled {
+                    net,
+                    failed: applied.failed() as u64,
+                });
+            };
+            let delay = waits.next().unwrap_or(self.retry.max_backoff);
+            if began.elapsed() + delay > REPLAY_PATIENCE {
+                anyhow::bail!(
+                    "generation {generation} refused live changes for {} s ({reason}); a change left out would be lost at the swap, so none is made",
+                    began.elapsed().as_secs()
+                );
+            }
+            tracing::warn!(
+                generation,
+                reason,
+                delay_ms = delay.as_millis() as u64,
+                "The replay of live changes was refused by the index; sending the chunk again."
+            );
+            tokio::time::sleep(delay).await;
+        }
+    }
+}
+
+/// What one chunk did to one generation once settled.
+struct Settled {
+    net: i64,
+    failed: u64,
 }
