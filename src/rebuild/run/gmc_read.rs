@@ -202,7 +202,13 @@ pub(super) async fn start(context: &mut RunContext<'_>) -> anyhow::Result<(TcsSy
         GmcSourceKind::Mongodb => {
             let gmc =
                 GmcSource::new(&context.mongo, &context.settings.mongodb).with_retry(context.retry);
-            let expected = gmc.estimated_doctors().await.ok();
+            let expected = match gmc.estimated_doctors().await {
+                Ok(n) => Some(n),
+                Err(e) => {
+                    info!(error = %e, "The server did not estimate the number of doctors at once; the read's progress goes without a total.");
+                    None
+                }
+            };
             let progress = context
                 .progress
                 .phase(RunPhase::GmcRead, "doctors", expected);
@@ -229,6 +235,10 @@ pub(super) async fn start(context: &mut RunContext<'_>) -> anyhow::Result<(TcsSy
 /// Sends `Ready` once both the outcomes and the connection data are in.
 fn ready_when_both(side: &GmcSide, events: &mpsc::UnboundedSender<GmcEvent>) {
     if side.outcomes_in.load(Ordering::SeqCst) && side.connections.get().is_some() {
+        info!(
+            doctors_read = side.doctors.read().expect("doctor store").len(),
+            "The outcomes and the connection data are read: documents are made as their doctors come."
+        );
         let _ = events.send(GmcEvent::Ready);
     }
 }
@@ -274,6 +284,7 @@ async fn read_mongodb(
                 .await
                 .context("while loading the latest recommendation outcomes")?;
         let n = outcomes.len() as u64;
+        info!(outcomes = n, "Read the latest recommendation outcomes.");
         *side.outcomes.write().expect("outcomes") = outcomes;
         side.outcomes_in.store(true, Ordering::SeqCst);
         ready_when_both(&side, &events);

@@ -411,11 +411,24 @@ impl GmcSource {
         Ok(read)
     }
 
-    /// The number of doctors, as the server estimates it (for progress bars).
+    /// The number of doctors, as the server estimates it (for progress
+    /// bars), if it answers within [`ESTIMATE_TIME_LIMIT`]: MongoDB and
+    /// DocumentDB answer from the collection's metadata at once, but a
+    /// server that counts by scanning (SecantusDB holds its store lock for
+    /// the whole scan: 31 s at a million doctors, measured) would stall
+    /// every read of the run behind it; there the progress goes without a
+    /// total.
     pub async fn estimated_doctors(&self) -> Result<u64, SourceError> {
-        Ok(self.doctors.estimated_document_count().await?)
+        Ok(self
+            .doctors
+            .estimated_document_count()
+            .max_time(ESTIMATE_TIME_LIMIT)
+            .await?)
     }
 }
+
+/// How long the doctor count may take before the run goes on without it.
+pub const ESTIMATE_TIME_LIMIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Only the fields of `doctorsForDB` a doctor document needs.
 pub(crate) fn projection() -> Document {
