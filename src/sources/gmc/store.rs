@@ -5,9 +5,11 @@
 //! Why in memory: the TCS records arrive in no useful order and must stay
 //! unacked until their document is written, so they cannot wait in memory
 //! for a slow join; the doctors can. What it costs per doctor: a fixed
-//! 36-byte record (eight 4-byte string handles and a flag) in a hash table
-//! keyed by the `u64` form of the number (about 50 bytes a doctor with the
-//! table's slack), plus each *distinct* field value once in a string pool
+//! 36-byte record (eight 4-byte string handles and a flag) in a vector,
+//! and its position in a hash table keyed by the `u64` form of the number
+//! (16 bytes a bucket, with as many buckets again empty: about 75 bytes a
+//! doctor at a million, where the records in the table took 105), plus
+//! each *distinct* field value once in a string pool
 //! (about 60 bytes plus its length). Names, dates, designated bodies,
 //! statuses and admins repeat a lot across doctors, so the pool stays small;
 //! a data set where every value were unique would cost about 8 × 70 bytes a
@@ -67,7 +69,12 @@ struct PackedDoctor {
 /// Every doctor of `doctorsForDB`, compactly (see the module notes).
 #[derive(Debug, Default)]
 pub struct DoctorStore {
-    doctors: GmcNumberMap<PackedDoctor>,
+    /// The position of each doctor in `doctors`: the hash table holds
+    /// 4-byte positions rather than the 36-byte records, since it keeps
+    /// about as many empty buckets as full ones (a million doctors take
+    /// 2^21 buckets: 32 MB of positions against 100 MB of records).
+    index: GmcNumberMap<u32>,
+    doctors: Vec<PackedDoctor>,
     pool: StringPool,
     /// Rows whose number was already stored (ids that trim to one number).
     collisions: u64,
@@ -81,7 +88,8 @@ impl DoctorStore {
     /// A store sized for about `doctors` doctors (no rehashing on the way).
     pub fn with_capacity(doctors: usize) -> Self {
         Self {
-            doctors: GmcNumberMap::with_capacity(doctors),
+            index: GmcNumberMap::with_capacity(doctors),
+            doctors: Vec::with_capacity(doctors),
             ..Self::default()
         }
     }
@@ -90,7 +98,7 @@ impl DoctorStore {
     /// same number (`" 123"` and `"123"`), the first one read is kept, as
     /// the GMC-only step always did, and `false` is returned.
     pub fn insert(&mut self, number: &GmcNumber, doctor: GmcDoctor) -> bool {
-        if self.doctors.contains(number) {
+        if self.index.contains(number) {
             self.collisions += 1;
             return false;
         }
@@ -119,18 +127,23 @@ impl DoctorStore {
             ],
             exists_in_gmc,
         };
-        self.doctors.insert(number, packed);
+        let position =
+            u32::try_from(self.doctors.len()).expect("more than four billion GMC doctors");
+        self.doctors.push(packed);
+        self.index.insert(number, position);
         true
     }
 
     /// Whether `doctorsForDB` has a doctor of `number` (no unpacking).
     pub fn contains(&self, number: &GmcNumber) -> bool {
-        self.doctors.contains(number)
+        self.index.contains(number)
     }
 
     /// The doctor of `number`, if `doctorsForDB` has one.
     pub fn get(&self, number: &GmcNumber) -> Option<GmcDoctor> {
-        self.doctors.get(number).map(|p| self.unpack(p))
+        self.index
+            .get(number)
+            .map(|&at| self.unpack(&self.doctors[at as usize]))
     }
 
     fn unpack(&self, packed: &PackedDoctor) -> GmcDoctor {
@@ -151,7 +164,9 @@ impl DoctorStore {
 
     /// Every doctor, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (GmcNumber, GmcDoctor)> + '_ {
-        self.doctors.iter().map(|(n, p)| (n, self.unpack(p)))
+        self.index
+            .iter()
+            .map(|(n, &at)| (n, self.unpack(&self.doctors[at as usize])))
     }
 
     pub fn len(&self) -> usize {
