@@ -40,7 +40,11 @@ impl Retriable for SourceError {
     fn is_retriable(&self) -> bool {
         match self {
             SourceError::MongoUnreachable(_) | SourceError::RabbitUnreachable(_) => true,
-            SourceError::Mongo(e) => mongo_is_transient(e),
+            // A cursor the server no longer knows (it restarted between two
+            // batches) ends a one-shot read that can simply be run again:
+            // the outcome aggregation, the connection read. (The doctor
+            // read resumes after its last id instead: `gmc::pages`.)
+            SourceError::Mongo(e) => mongo_is_transient(e) || gmc::pages::cursor_lost(e),
             SourceError::Rabbit(e) => amqp_is_transient(e),
             SourceError::BrokerRefused(_) | SourceError::TcsIdle { .. } => false,
         }

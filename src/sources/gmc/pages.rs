@@ -156,7 +156,7 @@ async fn read_doctors(
 /// The server no longer knows the cursor: it restarted (or failed over)
 /// between two batches, or killed it. A new cursor after the last id goes
 /// on, as after a stall. (CursorNotFound 43, CursorKilled 237.)
-fn cursor_lost(e: &mongodb::error::Error) -> bool {
+pub(crate) fn cursor_lost(e: &mongodb::error::Error) -> bool {
     matches!(&*e.kind, mongodb::error::ErrorKind::Command(c) if c.code == 43 || c.code == 237)
 }
 
