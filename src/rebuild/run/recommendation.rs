@@ -2,7 +2,8 @@
 //! (`run.recommendation_build = "alongside"`, see `sink`), it is checked
 //! here to hold as many documents as the master: its own count gate. Else,
 //! or when that check finds it short (a live change replayed onto it was
-//! refused there for good, say through a long run of 429s), it is built
+//! refused there for good, say by a mapping only it has; 429s are waited
+//! out by the replay itself, `live::replay`), it is built
 //! now from the validated master generation by server-side `_reindex`
 //! (followed through the tasks API) and checked the same way.
 
