@@ -12,6 +12,7 @@ use rebuilder::{commands, telemetry};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init();
+    telemetry::log_panics();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -19,13 +20,22 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(run(cli)) {
+    let code = match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::from(commands::exit_code_for(&error))
         }
-    }
+    };
+    // The command is done and its work stopped or handed back (logs are
+    // written as they come, so nothing waits to be flushed). Dropping the
+    // runtime here would cancel the tasks still parked in it (a cancelled
+    // read, a driver's pool worker) on two threads in no particular order,
+    // and the MongoDB driver panics when its pool's worker is cancelled
+    // before a task that still asks it for a connection (seen on SIGTERM in
+    // CI). The process ends with the runtime as it is.
+    std::mem::forget(runtime);
+    code
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {

@@ -64,6 +64,39 @@ pub fn init() {
     let _ = result;
 }
 
+/// Sends panics to the log as one error line each (JSON in production),
+/// instead of the default hook's plain text on stderr, which a log pipeline
+/// that reads JSON lines would break on or drop. For the binary only: the
+/// tests keep the default hook, whose message the test harness captures.
+/// `RUST_BACKTRACE` adds the backtrace as a field, as it does by default.
+pub fn log_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(a panic without a message)".to_string());
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()))
+            .unwrap_or_default();
+        let thread = std::thread::current();
+        let backtrace = std::backtrace::Backtrace::capture();
+        let backtrace = match backtrace.status() {
+            std::backtrace::BacktraceStatus::Captured => backtrace.to_string(),
+            _ => String::new(),
+        };
+        tracing::error!(
+            panic = %message,
+            location = %location,
+            thread = thread.name().unwrap_or("unnamed"),
+            backtrace = %backtrace,
+            "A thread panicked."
+        );
+    }));
+}
+
 /// Whether progress bars are drawn (stderr is a terminal and [`init`] ran).
 pub fn progress_bars() -> bool {
     BARS.load(Ordering::Relaxed)
