@@ -136,7 +136,7 @@ async fn bulk_writer_writes_a_100k_stream_with_exact_counts_and_contents() {
         for (i, d) in spec.doctors().enumerate() {
             let item = BulkItem {
                 id: d.gmc_number,
-                source: serde_json::to_vec(&d.expected).unwrap(),
+                source: serde_json::to_vec(&d.expected).unwrap().into(),
                 version: None,
                 ticket: i,
             };
@@ -273,7 +273,7 @@ async fn external_versions_keep_the_document_of_highest_precedence() {
         sender
             .send(BulkItem {
                 id: "X1".into(),
-                source: doc(name),
+                source: doc(name).into(),
                 version: Some(version),
                 ticket: name,
             })

@@ -69,7 +69,7 @@ pub async fn write_docs(
         sender
             .send(BulkItem {
                 id,
-                source,
+                source: source.into(),
                 version: None,
                 ticket,
             })

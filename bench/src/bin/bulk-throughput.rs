@@ -105,7 +105,7 @@ async fn main() -> anyhow::Result<()> {
                     .iter()
                     .map(|(id, source)| BulkItem {
                         id: id.clone(),
-                        source: source.clone(),
+                        source: source.clone().into(),
                         version: None,
                         ticket: (),
                     })

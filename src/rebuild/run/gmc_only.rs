@@ -54,7 +54,7 @@ pub(super) async fn write(
             &updated_at,
         );
         let item = BulkItem {
-            source: serde_json::to_vec(&doc)?,
+            source: serde_json::to_vec(&doc)?.into(),
             id: number.into_string(),
             version: None,
             ticket: Ticket::Gmc,

@@ -282,7 +282,7 @@ pub(super) async fn merge_stage(
                 &now_for_documents(),
             );
             let item = BulkItem {
-                source: serde_json::to_vec(&doc)?,
+                source: serde_json::to_vec(&doc)?.into(),
                 version: Some(record.precedence()),
                 id: number.into_string(),
                 ticket: Ticket::Tcs(ticket),

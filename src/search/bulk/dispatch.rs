@@ -77,7 +77,11 @@ pub(super) async fn dispatch<T: Send + 'static>(
                 break;
             };
             Counters::add(&this.counters.docs, 1);
-            sanitize_source(&mut item.source);
+            if item.source.iter().any(|b| *b == b'\n' || *b == b'\r') {
+                let mut owned = item.source.to_vec();
+                sanitize_source(&mut owned);
+                item.source = owned.into();
+            }
             if !batch.items.is_empty() && batch.bytes + item_bytes(&item) > max_bytes {
                 carry = Some(item);
                 break;
@@ -197,13 +201,13 @@ mod tests {
         let items = vec![
             BulkItem {
                 id: "123\"4".into(),
-                source: br#"{"a":1}"#.to_vec(),
+                source: br#"{"a":1}"#.to_vec().into(),
                 version: None,
                 ticket: (),
             },
             BulkItem {
                 id: "5".into(),
-                source: br#"{"b":2}"#.to_vec(),
+                source: br#"{"b":2}"#.to_vec().into(),
                 version: Some(17),
                 ticket: (),
             },

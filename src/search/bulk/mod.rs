@@ -43,6 +43,7 @@ use std::future::IntoFuture;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio::task::{JoinError, JoinHandle};
@@ -60,8 +61,11 @@ use crate::retry::RetryPolicy;
 pub struct BulkItem<T> {
     /// The document `_id` (the GMC number).
     pub id: String,
-    /// The document, serialized JSON.
-    pub source: Vec<u8>,
+    /// The document, serialized JSON. Shared, not copied, when the same
+    /// document goes to two writers (the master and the recommendation
+    /// generation): each writer holds its items until they are settled, and
+    /// at the end of a 1M load both pipelines are full at once.
+    pub source: Bytes,
     /// External version: the higher one wins (`external_gte`).
     pub version: Option<u64>,
     /// The caller's handle for this item, given back in its outcome (for

@@ -49,7 +49,7 @@ use crate::config::MongoSettings;
 use crate::domain::gmc::GMC_DOCTOR_FIELDS;
 use crate::domain::{GmcDoctor, GmcNumber, GmcNumberError, GmcStatus, RejectReason};
 use crate::retry::RetryPolicy;
-use numbers::numeric_key;
+use numbers::numeric_value;
 
 /// The latest recommendation outcome per doctor.
 pub type OutcomeMap = GmcNumberMap<GmcStatus>;
@@ -177,7 +177,7 @@ impl GmcSource {
             wanted.extend(
                 numbers
                     .iter()
-                    .filter_map(|n| numeric_key(n.as_str()).and_then(|k| i64::try_from(k).ok()))
+                    .filter_map(|n| numeric_value(n.as_str()).and_then(|k| i64::try_from(k).ok()))
                     .map(Bson::Int64),
             );
         }
@@ -296,7 +296,7 @@ impl GmcSource {
         for n in numbers {
             ids.push(Bson::String(n.as_str().to_string()));
             if self.numeric_ids {
-                if let Some(k) = numeric_key(n.as_str()).and_then(|k| i64::try_from(k).ok()) {
+                if let Some(k) = numeric_value(n.as_str()).and_then(|k| i64::try_from(k).ok()) {
                     ids.push(Bson::Int64(k));
                 }
             }

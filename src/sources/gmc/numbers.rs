@@ -1,5 +1,5 @@
 //! Compact containers keyed by GMC number: the usual all-digit numbers are
-//! kept as a `u64` (8 bytes instead of a heap string), so a run can keep
+//! kept as a `u32` (4 bytes instead of a heap string), so a run can keep
 //! one entry per doctor for a million doctors and more in a few tens of MB.
 
 use std::collections::HashMap;
@@ -7,13 +7,16 @@ use std::collections::HashMap;
 use crate::domain::GmcNumber;
 
 /// A map keyed by GMC number that stores the usual all-digit numbers as a
-/// `u64` (8 bytes instead of a heap string), so that a run can keep one
+/// `u32` (4 bytes instead of a heap string), so that a run can keep one
 /// entry per doctor for a million doctors and more in a few tens of MB.
-/// Numbers that do not fit (leading zero, letters, more than 19 digits)
-/// are kept as strings beside them; both forms never collide.
+/// GMC numbers have 7 digits; a `u32` holds up to 4,294,967,295, and its
+/// entry with a small value takes half the bytes of a `u64`'s (at a
+/// million doctors: 16 MB less per map). Numbers that do not fit (leading
+/// zero, letters, beyond a `u32`) are kept as strings beside them; both
+/// forms never collide.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GmcNumberMap<V> {
-    numeric: HashMap<u64, V>,
+    numeric: HashMap<u32, V>,
     other: HashMap<Box<str>, V>,
 }
 
@@ -29,8 +32,9 @@ impl<V> Default for GmcNumberMap<V> {
     }
 }
 
-/// The `u64` form of a GMC number when it round-trips exactly to the same text.
-pub(crate) fn numeric_key(number: &str) -> Option<u64> {
+/// The integer form of a GMC number when it round-trips exactly to the same
+/// text (how a server may store it as a numeric `_id`).
+pub(crate) fn numeric_value(number: &str) -> Option<u64> {
     let digits = !number.is_empty() && number.bytes().all(|b| b.is_ascii_digit());
     let canonical = number.len() == 1 || !number.starts_with('0');
     if digits && canonical && number.len() <= 19 {
@@ -38,6 +42,12 @@ pub(crate) fn numeric_key(number: &str) -> Option<u64> {
     } else {
         None
     }
+}
+
+/// The key of a GMC number in a [`GmcNumberMap`]'s numeric part: its
+/// integer form when that fits a `u32`.
+fn numeric_key(number: &str) -> Option<u32> {
+    numeric_value(number).and_then(|n| u32::try_from(n).ok())
 }
 
 impl<V> GmcNumberMap<V> {
@@ -124,9 +134,30 @@ mod tests {
     fn numeric_keys_round_trip_and_others_stay_text() {
         assert_eq!(numeric_key("1234567"), Some(1_234_567));
         assert_eq!(numeric_key("0"), Some(0));
+        assert_eq!(numeric_key("4294967295"), Some(u32::MAX));
+        assert_eq!(numeric_key("4294967296"), None);
+        assert_eq!(numeric_value("4294967296"), Some(4_294_967_296));
         assert_eq!(numeric_key("0123"), None);
         assert_eq!(numeric_key("C123"), None);
-        assert_eq!(numeric_key("12345678901234567890"), None);
+        assert_eq!(numeric_value("12345678901234567890"), None);
+    }
+
+    #[test]
+    fn numbers_beyond_a_u32_are_kept_as_text_and_found_again() {
+        let mut map = GmcNumberMap::new();
+        assert_eq!(map.insert(&n("4294967296"), 1), None);
+        assert_eq!(map.insert(&n("4294967295"), 2), None);
+        assert_eq!(map.get(&n("4294967296")), Some(&1));
+        assert_eq!(map.get(&n("4294967295")), Some(&2));
+        let mut all: Vec<_> = map
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), *v))
+            .collect();
+        all.sort();
+        assert_eq!(
+            all,
+            vec![("4294967295".to_string(), 2), ("4294967296".to_string(), 1)]
+        );
     }
 
     #[test]

@@ -6,9 +6,10 @@
 //! unacked until their document is written, so they cannot wait in memory
 //! for a slow join; the doctors can. What it costs per doctor: a fixed
 //! 36-byte record (eight 4-byte string handles and a flag) in a vector,
-//! and its position in a hash table keyed by the `u64` form of the number
-//! (16 bytes a bucket, with as many buckets again empty: about 75 bytes a
-//! doctor at a million, where the records in the table took 105), plus
+//! and its position in a hash table keyed by the `u32` form of the number
+//! (8 bytes a bucket and one of control, with as many buckets again empty:
+//! about 55 bytes a doctor at a million, where the records in the table
+//! took 105), plus
 //! each *distinct* field value once in a string pool
 //! (about 60 bytes plus its length). Names, dates, designated bodies,
 //! statuses and admins repeat a lot across doctors, so the pool stays small;
