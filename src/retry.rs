@@ -112,6 +112,14 @@ pub fn mongo_is_transient(e: &mongodb::error::Error) -> bool {
     }
 }
 
+/// Whether the server no longer knows a read's cursor: it restarted (or
+/// failed over) between two batches, or killed it (CursorNotFound 43,
+/// CursorKilled 237). Not transient for the cursor itself, but a read that
+/// can start again (or resume after its last id) goes on.
+pub fn mongo_cursor_lost(e: &mongodb::error::Error) -> bool {
+    matches!(&*e.kind, mongodb::error::ErrorKind::Command(c) if c.code == 43 || c.code == 237)
+}
+
 /// Whether an AMQP error is transient: the connection or its socket broke,
 /// or the broker closed the connection (it restarts, or a heartbeat was
 /// missed). Channel-level refusals (a missing queue, a bad argument) are not.

@@ -16,7 +16,7 @@ use mongodb::Client;
 use tracing::warn;
 
 use crate::config::{redact_text, MongoSettings, RabbitSettings};
-use crate::retry::{amqp_is_transient, mongo_is_transient, Retriable};
+use crate::retry::{amqp_is_transient, mongo_cursor_lost, mongo_is_transient, Retriable};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -44,7 +44,7 @@ impl Retriable for SourceError {
             // batches) ends a one-shot read that can simply be run again:
             // the outcome aggregation, the connection read. (The doctor
             // read resumes after its last id instead: `gmc::pages`.)
-            SourceError::Mongo(e) => mongo_is_transient(e) || gmc::pages::cursor_lost(e),
+            SourceError::Mongo(e) => mongo_is_transient(e) || mongo_cursor_lost(e),
             SourceError::Rabbit(e) => amqp_is_transient(e),
             SourceError::BrokerRefused(_) | SourceError::TcsIdle { .. } => false,
         }

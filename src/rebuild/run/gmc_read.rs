@@ -54,6 +54,9 @@ pub(super) struct GmcSide {
     outcomes: RwLock<OutcomeMap>,
     outcomes_in: AtomicBool,
     connections: OnceLock<ConnectionMap>,
+    /// `Ready` was sent (both reads may end at once and both see the other's
+    /// flag: only the first sends it).
+    ready_sent: AtomicBool,
 }
 
 impl GmcSide {
@@ -234,7 +237,10 @@ pub(super) async fn start(context: &mut RunContext<'_>) -> anyhow::Result<(TcsSy
 
 /// Sends `Ready` once both the outcomes and the connection data are in.
 fn ready_when_both(side: &GmcSide, events: &mpsc::UnboundedSender<GmcEvent>) {
-    if side.outcomes_in.load(Ordering::SeqCst) && side.connections.get().is_some() {
+    if side.outcomes_in.load(Ordering::SeqCst)
+        && side.connections.get().is_some()
+        && !side.ready_sent.swap(true, Ordering::SeqCst)
+    {
         info!(
             doctors_read = side.doctors.read().expect("doctor store").len(),
             "The outcomes and the connection data are read: documents are made as their doctors come."

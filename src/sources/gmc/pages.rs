@@ -21,7 +21,7 @@ use tracing::{warn, Instrument};
 
 use super::{projection, DoctorRow};
 use crate::domain::GmcDoctor;
-use crate::retry::{mongo_is_transient, RetryPolicy};
+use crate::retry::{mongo_cursor_lost, mongo_is_transient, RetryPolicy};
 use crate::sources::SourceError;
 
 /// How long the reader of `doctorsForDB` lets its cursor wait for a slow
@@ -135,7 +135,7 @@ async fn read_doctors(
             }
             Interrupted::Lost(e) => {
                 let delay = match backoff.next() {
-                    Some(delay) if mongo_is_transient(&e) || cursor_lost(&e) => delay,
+                    Some(delay) if mongo_is_transient(&e) || mongo_cursor_lost(&e) => delay,
                     _ => {
                         let _ = pages.send(Err(e.into())).await;
                         return;
@@ -151,13 +151,6 @@ async fn read_doctors(
             }
         }
     }
-}
-
-/// The server no longer knows the cursor: it restarted (or failed over)
-/// between two batches, or killed it. A new cursor after the last id goes
-/// on, as after a stall. (CursorNotFound 43, CursorKilled 237.)
-pub(crate) fn cursor_lost(e: &mongodb::error::Error) -> bool {
-    matches!(&*e.kind, mongodb::error::ErrorKind::Command(c) if c.code == 43 || c.code == 237)
 }
 
 /// One cursor from after `after` to the end (`None`: every doctor sent) or
