@@ -742,7 +742,10 @@ async fn documents_are_written_from_the_first_page_of_gmc_doctors_and_none_is_lo
 /// when a consumer acks.
 async fn queue_messages(queue: &str) -> u64 {
     let answer: Value = reqwest::Client::new()
-        .get(format!("http://127.0.0.1:15672/api/queues/%2f/{queue}"))
+        .get(format!(
+            "{}/api/queues/%2f/{queue}",
+            common::RABBIT_MANAGEMENT
+        ))
         .basic_auth("guest", Some("guest"))
         .send()
         .await

@@ -24,14 +24,12 @@ mod service_helpers;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::TestEnv;
+use common::{TestEnv, RABBIT_MANAGEMENT};
 use rebuilder_dev::datagen::DatasetSpec;
 use reqwest::Method;
 use run_helpers::*;
 use serde_json::{json, Value};
 use service_helpers::Service;
-
-const RABBIT_MANAGEMENT: &str = "http://127.0.0.1:15672";
 
 /// A RabbitMQ user with every permission on `/`, deleted on drop.
 struct RabbitUser {

@@ -14,6 +14,9 @@ use serde_json::Value;
 
 pub const START_HINT: &str = "start the local servers with `scripts/stack start` (see README)";
 
+/// The local broker's management API (`scripts/stack start`; guest/guest).
+pub const RABBIT_MANAGEMENT: &str = "http://127.0.0.1:15672";
+
 /// URL of the second OpenSearch node, whose tiny write queue answers 429.
 pub fn throttled_opensearch_url() -> String {
     std::env::var("REBUILDER_TEST_THROTTLED_URL").unwrap_or_else(|_| "http://127.0.0.1:9201".into())

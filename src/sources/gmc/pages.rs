@@ -21,7 +21,7 @@ use tracing::{warn, Instrument};
 
 use super::{projection, DoctorRow};
 use crate::domain::GmcDoctor;
-use crate::retry::{mongo_cursor_lost, mongo_is_transient, RetryPolicy};
+use crate::retry::{Retriable, RetryPolicy};
 use crate::sources::SourceError;
 
 /// How long the reader of `doctorsForDB` lets its cursor wait for a slow
@@ -134,10 +134,14 @@ async fn read_doctors(
                 }
             }
             Interrupted::Lost(e) => {
+                // The sources' one rule: a transient failure, or a cursor
+                // the server no longer knows (a new one after the last id
+                // goes on).
+                let e = SourceError::from(e);
                 let delay = match backoff.next() {
-                    Some(delay) if mongo_is_transient(&e) || mongo_cursor_lost(&e) => delay,
+                    Some(delay) if e.is_retriable() => delay,
                     _ => {
-                        let _ = pages.send(Err(e.into())).await;
+                        let _ = pages.send(Err(e)).await;
                         return;
                     }
                 };

@@ -9,8 +9,7 @@
 //! and its position in a hash table keyed by the `u32` form of the number
 //! (8 bytes a bucket and one of control, with as many buckets again empty:
 //! about 55 bytes a doctor at a million, where the records in the table
-//! took 105), plus
-//! each *distinct* field value once in a string pool
+//! took 105), plus each *distinct* field value once in a string pool
 //! (about 60 bytes plus its length). Names, dates, designated bodies,
 //! statuses and admins repeat a lot across doctors, so the pool stays small;
 //! a data set where every value were unique would cost about 8 × 70 bytes a
