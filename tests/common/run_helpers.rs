@@ -374,6 +374,7 @@ pub fn child_env(env: &TestEnv) -> Vec<(String, String)> {
         ("RABBITMQ__UPDATE_QUEUE", r.update_queue.clone()),
         ("RABBITMQ__UPDATE_ROUTING_KEY", r.update_routing_key.clone()),
         ("RABBITMQ__DEAD_LETTER_QUEUE", r.dead_letter_queue.clone()),
+        ("RABBITMQ__PREFETCH", r.prefetch.to_string()),
         (
             "RABBITMQ__IDLE_TIMEOUT_SECS",
             r.idle_timeout_secs.to_string(),
