@@ -717,7 +717,8 @@ async fn zero_downtime_every_alias_answers_through_promotions_and_rollbacks() {
     }
 
     let probe = Probe::start(client.clone(), aliases.clone());
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    probe.wait_rounds(2).await;
+    let before_moves = probe.rounds();
     let mut moves = 0;
     engine.promote(&b.master, &b.recommendation).await.unwrap();
     moves += 1;
@@ -730,7 +731,7 @@ async fn zero_downtime_every_alias_answers_through_promotions_and_rollbacks() {
         assert_eq!(forward.recommendation.to, b.recommendation.name);
         moves += 2;
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let during_moves = probe.rounds() - before_moves;
     let report = probe.stop().await;
     eprintln!(
         "probe: {} rounds, {} queries, {} problems",
@@ -740,8 +741,10 @@ async fn zero_downtime_every_alias_answers_through_promotions_and_rollbacks() {
     );
 
     assert!(report.problems.is_empty(), "{:?}", report.problems);
+    // Rounds that ended while the aliases moved (about a second of moves
+    // and pauses; a round takes tens of milliseconds).
     assert!(
-        report.rounds >= 10,
+        during_moves >= 1,
         "the probe ran through the moves: {report:?}"
     );
     assert_eq!(report.queries, report.rounds * aliases.len() as u64);

@@ -151,8 +151,8 @@ async fn case_1_an_applier_stopped_while_the_run_swaps_hands_its_change_back() {
         old["programmeName"], "Sent while sealed",
         "nothing is written while the run swaps"
     );
-    let (ready, _) = queue_state(&env, &env.settings.rabbitmq.update_queue).await;
-    assert_eq!(ready, 1, "the change waits on its queue, unacked");
+    // The change waits on its queue, unacked.
+    wait_queue_settled(&env, &env.settings.rabbitmq.update_queue, 1).await;
 
     run.release();
     assert_promoted(&env, run.finish(120).await, &before).await;

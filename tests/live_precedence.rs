@@ -177,7 +177,7 @@ async fn counts_stay_exact_when_429s_send_applied_upserts_again() {
         max_retries: 1000,
     };
 
-    const ROUNDS: usize = 6;
+    const ROUNDS: usize = 20;
     const NEW: usize = 2000;
     // Rounds until one met the case: the load leaves the pool room for
     // the whole first request now and then.

@@ -263,7 +263,9 @@ async fn a_run_fails_and_moves_no_alias_when_tcs_is_silent_or_stops_before_sync_
     rebuild(&env).await.expect("the baseline run succeeds");
     tcs.await.unwrap().unwrap();
     let before = alias_map(&client, &env).await;
-    env.settings.rabbitmq.idle_timeout_secs = 3;
+    // Short, but not so short that a loaded machine's pause between the
+    // simulator's first and last message reads as TCS falling silent.
+    env.settings.rabbitmq.idle_timeout_secs = 6;
 
     // TCS sends nothing at all: no simulator.
     let error = rebuild(&env).await.expect_err("a silent TCS fails the run");
@@ -428,7 +430,9 @@ async fn a_crashed_holders_lease_expires_and_a_live_one_is_renewed() {
 async fn a_run_killed_mid_build_moves_no_alias_and_the_next_run_cleans_up_and_loses_nothing() {
     logs();
     let mut env = TestEnv::new("run_crash");
-    env.settings.run.lease_ttl_secs = 5;
+    // Long enough to outlast what the test checks between the kill and the
+    // run that must be refused (several new connections on a loaded machine).
+    env.settings.run.lease_ttl_secs = 20;
     // A prefetch window well under what TCS sends, so that what the broker
     // still holds ready tells how many the child has surely acked.
     let prefetch = 300;
@@ -547,7 +551,7 @@ async fn a_run_killed_mid_build_moves_no_alias_and_the_next_run_cleans_up_and_lo
             .any(|c| c.downcast_ref::<Refused>().is_some()),
         "{refused:#}"
     );
-    let deadline = Instant::now() + Duration::from_secs(15);
+    let deadline = Instant::now() + Duration::from_secs(60);
     while !read_lease(&leases, REBUILD_LEASE)
         .await
         .unwrap()
@@ -634,7 +638,9 @@ async fn the_doctors_reader_reopens_its_cursor_after_a_stall_and_reads_each_doct
 
     // 650 doctors in pages of 50; the writer stalls twice, each time until
     // the reader has given up its cursor.
-    let mut pages = gmc.pages_with_guard(Duration::from_millis(100));
+    // A guard of a second: long for a reader to wait on a page it cannot
+    // hand over, so a loaded machine does not add a stall of its own.
+    let mut pages = gmc.pages_with_guard(Duration::from_secs(1));
     let mut read = Vec::new();
     let mut n = 0;
     while let Some(page) = pages.next_page().await.expect("a page") {

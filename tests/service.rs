@@ -330,11 +330,10 @@ async fn the_rollback_endpoint_moves_every_alias_back_while_readers_see_no_gap()
     assert!(listing["rollback"]["refusal"].is_null());
     let planned_reco = listing["rollback"]["recommendation"].clone();
     let probe = Probe::start(client.clone(), aliases);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    probe.wait_rounds(3).await;
     let (status, moved) = service
         .call(Method::POST, "/api/rollback", Some(TOKEN), Some(json!({})))
         .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let seen = probe.stop().await;
     assert_eq!(status, 200, "{moved}");
     assert_eq!(moved["kind"], "rollback");
@@ -345,7 +344,11 @@ async fn the_rollback_endpoint_moves_every_alias_back_while_readers_see_no_gap()
         "as listed: {moved}"
     );
     assert_eq!(moved["aliases"].as_array().unwrap().len(), 5);
-    assert!(seen.rounds > 5, "the probe ran ({} rounds)", seen.rounds);
+    assert!(
+        seen.rounds >= 5,
+        "the probe read before and after the rollback ({} rounds)",
+        seen.rounds
+    );
     assert!(
         seen.problems.is_empty(),
         "the probe saw {:?}",

@@ -4,7 +4,7 @@
 
 #![allow(dead_code)]
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -141,13 +141,15 @@ pub struct ProbeReport {
 /// or empty answer is a problem.
 pub struct Probe {
     stop: Arc<AtomicBool>,
+    rounds: Arc<AtomicU64>,
     handle: tokio::task::JoinHandle<ProbeReport>,
 }
 
 impl Probe {
     pub fn start(client: SearchClient, aliases: Vec<String>) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
+        let rounds = Arc::new(AtomicU64::new(0));
+        let (flag, finished) = (stop.clone(), rounds.clone());
         let handle = tokio::spawn(async move {
             let mut report = ProbeReport::default();
             let body = serde_json::json!({"size": 1, "track_total_hits": true});
@@ -171,14 +173,41 @@ impl Probe {
                         Err(e) => report.problems.push(format!("{alias}: {e}")),
                     }
                 }
+                finished.fetch_add(1, Ordering::SeqCst);
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             report
         });
-        Self { stop, handle }
+        Self {
+            stop,
+            rounds,
+            handle,
+        }
     }
 
+    /// Rounds completed so far.
+    pub fn rounds(&self) -> u64 {
+        self.rounds.load(Ordering::SeqCst)
+    }
+
+    /// Waits until `more` further rounds are complete (rather than a fixed
+    /// time, which a loaded machine may spend on fewer rounds than planned).
+    pub async fn wait_rounds(&self, more: u64) {
+        let target = self.rounds() + more;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while self.rounds() < target {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the probe did not complete {more} rounds in 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops once two more rounds have completed, so every probe also reads
+    /// after whatever the test did last.
     pub async fn stop(self) -> ProbeReport {
+        self.wait_rounds(2).await;
         self.stop.store(true, Ordering::SeqCst);
         self.handle.await.expect("probe finishes")
     }

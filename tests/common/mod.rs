@@ -142,7 +142,8 @@ fn rand_suffix() -> String {
         .collect()
 }
 
-/// Count of documents an index or alias returns (after a refresh).
+/// Count of documents an index or alias returns now (it does not refresh:
+/// the caller refreshes first when it must see its latest writes).
 pub async fn count(client: &SearchClient, target: &str) -> u64 {
     let v = client
         .json(Method::Get, &format!("/{target}/_count"), &[], None)

@@ -339,6 +339,26 @@ pub async fn queue_state(env: &TestEnv, queue: &str) -> (u32, u32) {
     (q.message_count(), q.consumer_count())
 }
 
+/// Waits (up to 30 s) until `queue` holds `ready` messages and no consumer:
+/// a consumer that stopped hands its unacked messages back only once the
+/// broker has seen its channel close, a moment after `stop` returns.
+pub async fn wait_queue_settled(env: &TestEnv, queue: &str, ready: u32) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let state = queue_state(env, queue).await;
+        if state == (ready, 0) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{queue} holds {} ready with {} consumers after 30 s, not {ready} ready and none",
+            state.0,
+            state.1
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// The `REBUILDER_*` environment that gives a child process this test's settings.
 pub fn child_env(env: &TestEnv) -> Vec<(String, String)> {
     let s = &env.settings;
@@ -395,6 +415,10 @@ pub fn child_env(env: &TestEnv) -> Vec<(String, String)> {
             s.gmc.idle_timeout_secs.to_string(),
         ),
         ("RUN__LEASE_TTL_SECS", s.run.lease_ttl_secs.to_string()),
+        // A service's /readyz allows each server 10 s, not 2: on a loaded
+        // test machine a first connection can take longer than 2 s, and
+        // the tests that read /readyz stop servers rather than hang them.
+        ("SERVICE__READY_TIMEOUT_MS", "10000".into()),
     ]
     .into_iter()
     .map(|(k, v)| (format!("REBUILDER_{k}"), v))
