@@ -11,7 +11,9 @@
 //! - `tcs_merge` waits for ever (the test SIGKILLs the process there);
 //! - `tcs_merge=1500` sleeps 1.5 s, then goes on;
 //! - `tcs_merge=until:/tmp/go` waits until that file exists, then goes on
-//!   (the test changes the world meanwhile: a write block, a stolen lease).
+//!   (the test changes the world meanwhile: a write block, a stolen lease);
+//! - `tcs_merge=panic` panics there (a defect, to test how the process
+//!   reports one).
 //!
 //! Unset, as in production, a point costs one look at a list read once.
 
@@ -30,6 +32,7 @@ enum Action {
     WaitForever,
     Sleep(Duration),
     UntilFile(PathBuf),
+    Panic,
 }
 
 fn parse(list: &str) -> Vec<(String, Action)> {
@@ -41,6 +44,7 @@ fn parse(list: &str) -> Vec<(String, Action)> {
             Some((point, how)) => {
                 let action = match how.strip_prefix("until:") {
                     Some(path) => Action::UntilFile(PathBuf::from(path)),
+                    None if how == "panic" => Action::Panic,
                     None => how
                         .parse::<u64>()
                         .map(|ms| Action::Sleep(Duration::from_millis(ms)))
@@ -87,6 +91,7 @@ pub async fn hit(point: &str) {
             }
             warn!(point, "Failpoint released: going on.");
         }
+        Action::Panic => panic!("failpoint {point}: a panic on purpose"),
     }
 }
 
@@ -96,7 +101,7 @@ mod tests {
 
     #[test]
     fn a_list_names_points_with_what_to_do_there() {
-        let armed = parse(" tcs_merge, validate=1500 ,promote=until:/tmp/go,,");
+        let armed = parse(" tcs_merge, validate=1500 ,promote=until:/tmp/go,,cleanup=panic");
         assert_eq!(
             armed,
             vec![
@@ -109,6 +114,7 @@ mod tests {
                     "promote".to_string(),
                     Action::UntilFile(PathBuf::from("/tmp/go"))
                 ),
+                ("cleanup".to_string(), Action::Panic),
             ]
         );
         assert!(parse("").is_empty());

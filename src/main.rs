@@ -23,8 +23,14 @@ fn main() -> ExitCode {
     let code = match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("error: {error:#}");
-            ExitCode::from(commands::exit_code_for(&error))
+            let code = commands::exit_code_for(&error);
+            if telemetry::logs_are_json() {
+                // One more log line, not plain text among JSON ones.
+                tracing::error!(error = %format!("{error:#}"), exit_code = code, "The command failed.");
+            } else {
+                eprintln!("error: {error:#}");
+            }
+            ExitCode::from(code)
         }
     };
     // The command is done and its work stopped or handed back (logs are

@@ -97,6 +97,12 @@ pub fn log_panics() {
     }));
 }
 
+/// Whether log lines are JSON (stderr is not a terminal), so that anything
+/// else written to stderr belongs in a log line too.
+pub fn logs_are_json() -> bool {
+    !std::io::stderr().is_terminal()
+}
+
 /// Whether progress bars are drawn (stderr is a terminal and [`init`] ran).
 pub fn progress_bars() -> bool {
     BARS.load(Ordering::Relaxed)

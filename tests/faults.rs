@@ -281,3 +281,126 @@ async fn sigkill_around_the_alias_move_leaves_the_aliases_whole_and_the_next_run
     )
     .await;
 }
+
+/// Runs `rebuilder run` with a panic armed at `point`; returns its exit
+/// status and its log lines (stderr, JSON as in production).
+async fn panic_at(env: &TestEnv, point: &str) -> (std::process::ExitStatus, Vec<String>) {
+    let log = std::env::temp_dir().join(format!("{}-{point}-panic.log", env.id));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rebuilder"))
+        .arg("run")
+        .envs(child_env(env))
+        .env("FAILPOINTS", format!("{point}=panic"))
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("rebuilder run starts");
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!(
+                "the run did not end within 180 s of a panic at {point}:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
+    (status, text.lines().map(str::to_string).collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_a_run_is_one_json_error_line_and_moves_no_alias() {
+    logs();
+    let mut env = TestEnv::new("fault_panic");
+    env.settings.run.lease_ttl_secs = 4;
+    // More doctors than a page of `doctorsForDB` (1,000), so `gmc_page` is met.
+    let spec = DatasetSpec::new(74, 2500);
+    seed(&env, &spec).await;
+    let tcs = simulator(&env, spec, SimulatorOptions::default());
+    next_run(&env).await;
+    let client = env.search().await;
+    let engine = engine(&env).await;
+    let aliases = all_aliases(&engine);
+    let served = |client: SearchClient, aliases: Vec<(String, Family)>| async move {
+        let names: Vec<String> = aliases.iter().map(|(a, _)| a.clone()).collect();
+        client
+            .json(
+                Method::Get,
+                &format!("/_alias/{}", names.join(",")),
+                &[],
+                None,
+            )
+            .await
+            .expect("the aliases read")
+    };
+    let mut before = served(client.clone(), aliases.clone()).await;
+
+    // In the run's own flow (a phase start) and in a task of its own (the
+    // doctors' reader, after its first page).
+    for point in ["validate", "gmc_page"] {
+        let (status, lines) = panic_at(&env, point).await;
+        assert!(
+            !status.success(),
+            "a panic at {point} ends the run in failure"
+        );
+        let records: Vec<Value> = lines
+            .iter()
+            .map(|l| {
+                serde_json::from_str(l).unwrap_or_else(|_| {
+                    panic!("a log line that is not JSON (panic at {point}): {l}")
+                })
+            })
+            .collect();
+        let panics: Vec<&Value> = records
+            .iter()
+            .filter(|r| r["message"] == "A thread panicked.")
+            .collect();
+        let ours = format!("failpoint {point}: a panic on purpose");
+        assert!(
+            panics
+                .iter()
+                .any(|r| r["level"] == "ERROR" && r["panic"] == ours.as_str()
+                    && r["location"].as_str().is_some_and(|l| l.contains("failpoint.rs"))),
+            "the panic at {point} is logged as one JSON error line with its message and place: {panics:?}"
+        );
+        if point == "gmc_page" {
+            // The reader's task died with doctors unread: the run fails and
+            // says so (its channel's end is not taken for the last doctor).
+            let failed = records
+                .iter()
+                .find(|r| r["message"] == "The command failed.")
+                .unwrap_or_else(|| panic!("no final error line: {records:?}"));
+            let error = failed["error"].as_str().unwrap_or_default();
+            assert!(
+                error.contains("the reader of doctorsForDB stopped before the end")
+                    && error.contains(&ours),
+                "{error}"
+            );
+        }
+        eprintln!(
+            "fault: panic at {point}: exit {status}, {} log lines, all JSON, {} panic lines",
+            records.len(),
+            panics.len()
+        );
+        assert_eq!(
+            served(client.clone(), aliases.clone()).await,
+            before,
+            "no alias moved after a panic at {point}"
+        );
+        // The next run succeeds (once a lease the panicking run left has
+        // expired).
+        next_run(&env).await;
+        let moved = served(client.clone(), aliases.clone()).await;
+        assert_ne!(moved, before, "the next run promoted");
+        before = moved;
+    }
+    tcs.abort();
+    env.cleanup().await;
+}

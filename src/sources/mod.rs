@@ -32,6 +32,11 @@ pub enum SourceError {
     BrokerRefused(String),
     #[error("TCS sent nothing for {idle_secs} s after {received} messages; the sync did not finish (no syncEnd)")]
     TcsIdle { idle_secs: u64, received: u64 },
+    /// A task that reads a source ended without saying it had read
+    /// everything (a defect: it panicked). Its channel's end must not be
+    /// taken for the source's end.
+    #[error("the reader of {source_name} stopped before the end: {cause}")]
+    ReaderDied { source_name: String, cause: String },
 }
 
 impl Retriable for SourceError {
@@ -46,7 +51,9 @@ impl Retriable for SourceError {
             // read resumes after its last id instead: `gmc::pages`.)
             SourceError::Mongo(e) => mongo_is_transient(e) || mongo_cursor_lost(e),
             SourceError::Rabbit(e) => amqp_is_transient(e),
-            SourceError::BrokerRefused(_) | SourceError::TcsIdle { .. } => false,
+            SourceError::BrokerRefused(_)
+            | SourceError::TcsIdle { .. }
+            | SourceError::ReaderDied { .. } => false,
         }
     }
 }

@@ -36,6 +36,8 @@ pub struct DoctorPages {
     pages: mpsc::Receiver<Result<DoctorPage, SourceError>>,
     resumes: Arc<AtomicU64>,
     reader: JoinHandle<()>,
+    /// The reader task was awaited (its channel closed).
+    reader_joined: bool,
 }
 
 /// One page of doctors.
@@ -62,12 +64,27 @@ impl DoctorPages {
             pages,
             resumes,
             reader,
+            reader_joined: false,
         }
     }
 
-    /// The next page, or `None` when every doctor was read.
+    /// The next page, or `None` when every doctor was read. The channel
+    /// also closes when the reader task dies (a panic), with doctors unread:
+    /// that is told apart by how the task ended, and is an error.
     pub async fn next_page(&mut self) -> Result<Option<DoctorPage>, SourceError> {
-        self.pages.recv().await.transpose()
+        if let Some(page) = self.pages.recv().await {
+            return page.map(Some);
+        }
+        if !self.reader_joined {
+            self.reader_joined = true;
+            if let Err(e) = (&mut self.reader).await {
+                return Err(SourceError::ReaderDied {
+                    source_name: "doctorsForDB".into(),
+                    cause: join_error_text(e),
+                });
+            }
+        }
+        Ok(None)
     }
 
     /// How many times the reader left a cursor (a stall, a server gone away)
@@ -75,6 +92,20 @@ impl DoctorPages {
     pub fn resumes(&self) -> u64 {
         self.resumes.load(Ordering::Relaxed)
     }
+}
+
+/// What a task that ended abnormally died of.
+fn join_error_text(error: tokio::task::JoinError) -> String {
+    if !error.is_panic() {
+        return "the task was cancelled".into();
+    }
+    let payload = error.into_panic();
+    let message = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into());
+    format!("it panicked: {message}")
 }
 
 impl Drop for DoctorPages {
