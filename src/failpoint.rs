@@ -4,20 +4,23 @@
 //! after it (`after_aliases`), after each page of the `doctorsForDB`
 //! read (`gmc_page`, the cursor open), right after the run asks the live
 //! applier to pause (`pause_requested`), and in the live applier after a
-//! batch is written and before it is journaled and acked (`live_written`). `FAILPOINTS` (as the `fail` crate names
-//! it; not `REBUILDER_*`, which is configuration) lists them,
-//! comma-separated, each with what to do there:
+//! batch is written and before it is journaled and acked (`live_written`),
+//! and in its change-stream readers as an event comes (`live_stream_event`).
+//! `FAILPOINTS` (as the `fail` crate names it; not `REBUILDER_*`, which is
+//! configuration) lists them, comma-separated, each with what to do there:
 //!
 //! - `tcs_merge` waits for ever (the test SIGKILLs the process there);
 //! - `tcs_merge=1500` sleeps 1.5 s, then goes on;
 //! - `tcs_merge=until:/tmp/go` waits until that file exists, then goes on
 //!   (the test changes the world meanwhile: a write block, a stolen lease);
 //! - `tcs_merge=panic` panics there (a defect, to test how the process
-//!   reports one).
+//!   reports one); `tcs_merge=panic:2` panics only the second time the
+//!   point is met (for work that starts again after a panic).
 //!
 //! Unset, as in production, a point costs one look at a list read once.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -33,6 +36,8 @@ enum Action {
     Sleep(Duration),
     UntilFile(PathBuf),
     Panic,
+    /// Panics only the nth time the point is met (from 1).
+    PanicOnHit(u64),
 }
 
 fn parse(list: &str) -> Vec<(String, Action)> {
@@ -45,6 +50,10 @@ fn parse(list: &str) -> Vec<(String, Action)> {
                 let action = match how.strip_prefix("until:") {
                     Some(path) => Action::UntilFile(PathBuf::from(path)),
                     None if how == "panic" => Action::Panic,
+                    None if how.starts_with("panic:") => how["panic:".len()..]
+                        .parse::<u64>()
+                        .map(Action::PanicOnHit)
+                        .unwrap_or(Action::Panic),
                     None => how
                         .parse::<u64>()
                         .map(|ms| Action::Sleep(Duration::from_millis(ms)))
@@ -61,11 +70,19 @@ fn armed() -> &'static [(String, Action)] {
     ARMED.get_or_init(|| parse(&std::env::var(FAILPOINTS_VAR).unwrap_or_default()))
 }
 
+/// How many times each armed point was met, in the order of [`armed`].
+fn hits() -> &'static [AtomicU64] {
+    static HITS: OnceLock<Vec<AtomicU64>> = OnceLock::new();
+    HITS.get_or_init(|| armed().iter().map(|_| AtomicU64::new(0)).collect())
+}
+
 /// Does what `point` is armed with; returns at once when it is not armed.
 pub async fn hit(point: &str) {
-    let Some((_, action)) = armed().iter().find(|(p, _)| p == point) else {
+    let Some(index) = armed().iter().position(|(p, _)| p == point) else {
         return;
     };
+    let action = &armed()[index].1;
+    let times = hits()[index].fetch_add(1, Ordering::SeqCst) + 1;
     match action {
         Action::WaitForever => {
             warn!(
@@ -92,6 +109,10 @@ pub async fn hit(point: &str) {
             warn!(point, "Failpoint released: going on.");
         }
         Action::Panic => panic!("failpoint {point}: a panic on purpose"),
+        Action::PanicOnHit(n) if *n == times => {
+            panic!("failpoint {point}: a panic on purpose (met {times} times)")
+        }
+        Action::PanicOnHit(_) => {}
     }
 }
 
@@ -101,7 +122,9 @@ mod tests {
 
     #[test]
     fn a_list_names_points_with_what_to_do_there() {
-        let armed = parse(" tcs_merge, validate=1500 ,promote=until:/tmp/go,,cleanup=panic");
+        let armed = parse(
+            " tcs_merge, validate=1500 ,promote=until:/tmp/go,,cleanup=panic,gmc_page=panic:2",
+        );
         assert_eq!(
             armed,
             vec![
@@ -115,6 +138,7 @@ mod tests {
                     Action::UntilFile(PathBuf::from("/tmp/go"))
                 ),
                 ("cleanup".to_string(), Action::Panic),
+                ("gmc_page".to_string(), Action::PanicOnHit(2)),
             ]
         );
         assert!(parse("").is_empty());

@@ -71,12 +71,7 @@ pub fn init() {
 /// `RUST_BACKTRACE` adds the backtrace as a field, as it does by default.
 pub fn log_panics() {
     std::panic::set_hook(Box::new(|info| {
-        let message = info
-            .payload()
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| info.payload().downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "(a panic without a message)".to_string());
+        let message = panic_message(info.payload());
         let location = info
             .location()
             .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()))
@@ -95,6 +90,16 @@ pub fn log_panics() {
             "A thread panicked."
         );
     }));
+}
+
+/// The message a panic carries (its payload is a `&str` or a `String`
+/// when it came from `panic!`).
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(a panic without a message)".to_string())
 }
 
 /// Whether log lines are JSON (stderr is not a terminal), so that anything

@@ -586,3 +586,82 @@ async fn case_4_live_creations_replayed_through_429s_keep_the_exact_count_and_pr
     applier.stop().await;
     env.cleanup().await;
 }
+
+/// A change-stream reader that dies (a panic, `FAILPOINTS`) is not left
+/// dead while the other sources go on: the applier starts again, resumes
+/// the stream from its stored position, and the change is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_stream_reader_that_panics_is_started_again_and_loses_no_change() {
+    logs();
+    let env = TestEnv::new("live_reader_panic");
+    let spec = DatasetSpec::new(76, 300);
+    baseline(&env, &spec).await;
+    let client = env.search().await;
+    let alias = env.name("masterdoctorindex");
+    let doctors_known: Vec<GeneratedDoctor> = spec
+        .doctors()
+        .filter(|d| d.category == Category::Both)
+        .take(2)
+        .collect();
+    let (a, b) = (&doctors_known[0], &doctors_known[1]);
+    let (doctors, _) = live_helpers::gmc_collections(&env).await;
+    // The second stream event the process meets panics its reader.
+    let mut applier = LiveChild::start(&env, "live_stream_event=panic:2");
+    applier.wait_for("Live applier active", 1, 60).await;
+
+    // A change of doctor A, made again until it shows: a stream opened
+    // without a stored position starts from the moment it opens.
+    let mut k = 0;
+    'shown: loop {
+        k += 1;
+        assert!(
+            k <= 30,
+            "doctor A's change never showed:\n{}",
+            applier.text()
+        );
+        let body = format!("1-LIVEA{k}");
+        doctors
+            .update_one(
+                doc! {"_id": &a.gmc_number},
+                doc! {"$set": {"designatedBodyCode": &body}},
+            )
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            let shown = doc_of(&client, &alias, &a.gmc_number).await;
+            if shown.is_some_and(|d| d["designatedBody"] == body.as_str()) {
+                break 'shown;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // Then one of doctor B: by now the reader has met at least two events.
+    doctors
+        .update_one(
+            doc! {"_id": &b.gmc_number},
+            doc! {"$set": {"designatedBodyCode": "1-LIVEB"}},
+        )
+        .await
+        .unwrap();
+    wait_for_doc(
+        &client,
+        &alias,
+        &b.gmc_number,
+        Duration::from_secs(120),
+        |d| d.is_some_and(|d| d["designatedBody"] == "1-LIVEB"),
+    )
+    .await;
+    let log = applier.text();
+    assert!(
+        log.contains("failpoint live_stream_event: a panic on purpose"),
+        "the reader panicked:\n{log}"
+    );
+    assert!(
+        log.contains("stopped: it panicked")
+            && log.contains("The live applier stopped; it starts again."),
+        "the applier said its reader died and started again:\n{log}"
+    );
+    drop(applier);
+    env.cleanup().await;
+}

@@ -216,9 +216,15 @@ impl Lease {
         &self.shared.holder
     }
 
-    /// Why the lease was lost, if it was.
+    /// Why the lease was lost, if it was. The renewer says why whenever it
+    /// gives up; a renewer that ended without a word died (a panic), and
+    /// a lease nobody renews is as good as lost.
     pub fn lost_reason(&self) -> Option<String> {
-        self.lost.borrow().clone()
+        let said = self.lost.borrow().clone();
+        if said.is_none() && self.renewer.is_finished() {
+            return Some("the task that renews it stopped".into());
+        }
+        said
     }
 
     /// Renews now and fails unless the lease is still ours: the check to

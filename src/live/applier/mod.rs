@@ -22,10 +22,12 @@ mod settle;
 
 pub use apply::HandedBack;
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{anyhow, Context};
+use futures::FutureExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -48,7 +50,7 @@ use crate::sources::tcs::TcsUpdates;
 use crate::state::lease::{lease_collection, Lease, LeaseHolder};
 use crate::state::streams::StreamPositions;
 use crate::state::StateError;
-use crate::telemetry::metric;
+use crate::telemetry::{metric, panic_message};
 
 /// Runs the applier until `stop`: waits for the live lease, applies while
 /// it holds it, and starts again after a failure (a server gone away).
@@ -78,7 +80,18 @@ pub async fn run_applier_with_status(
                 info!(holder = %holder.run_id, "Live applier active.");
                 metrics::gauge!(metric::LIVE_APPLIER_ACTIVE).set(1.0);
                 status.became_active(1 + watched_streams(&settings).len() as u8);
-                let result = active(&settings, &mongo, &lease, &stop, &status).await;
+                // A panic (a defect) in the applier ends this turn like an
+                // error, and the applier starts again, rather than ending
+                // live updates for the rest of the process's life.
+                let result = AssertUnwindSafe(active(&settings, &mongo, &lease, &stop, &status))
+                    .catch_unwind()
+                    .await
+                    .unwrap_or_else(|panic| {
+                        Err(anyhow!(
+                            "the live applier panicked: {}",
+                            panic_message(panic.as_ref())
+                        ))
+                    });
                 status.became_inactive();
                 metrics::gauge!(metric::LIVE_APPLIER_ACTIVE).set(0.0);
                 let _ = lease.release().await;
@@ -139,7 +152,14 @@ async fn active(
         mpsc::channel::<Result<Incoming, anyhow::Error>>(settings.live.batch_size.max(1) * 2);
     let mut readers = JoinSet::new();
     let acks = updates.acks();
-    readers.spawn(read_updates(updates, tx.clone()).in_current_span());
+    readers.spawn(
+        said_if_panicked(
+            "the TCS update queue".into(),
+            read_updates(updates, tx.clone()),
+            tx.clone(),
+        )
+        .in_current_span(),
+    );
     for watched in watched_streams(settings) {
         let database = match watched {
             Watched::ConnectionLogs | Watched::HiddenDiscrepancies => {
@@ -149,13 +169,17 @@ async fn active(
         };
         let name = watched.collection(settings);
         readers.spawn(
-            read_stream(
-                mongo.database(database).collection(name),
-                name.to_string(),
-                watched,
-                positions.clone(),
+            said_if_panicked(
+                format!("the change stream of {name}"),
+                read_stream(
+                    mongo.database(database).collection(name),
+                    name.to_string(),
+                    watched,
+                    positions.clone(),
+                    tx.clone(),
+                    status.clone(),
+                ),
                 tx.clone(),
-                status.clone(),
             )
             .in_current_span(),
         );
@@ -205,6 +229,26 @@ async fn active(
     // and not acked goes back to the queue, in order.
     readers.abort_all();
     result
+}
+
+/// Runs a reader; if it panics (a defect), says so on the channel. A
+/// reader otherwise ends only after sending its error, and the channel
+/// closes only once every reader is gone: without this, a dead reader's
+/// source would fall silent while the others go on, and its backlog would
+/// read as caught up.
+async fn said_if_panicked(
+    source: String,
+    reader: impl std::future::Future<Output = ()>,
+    tx: mpsc::Sender<Result<Incoming, anyhow::Error>>,
+) {
+    if let Err(panic) = AssertUnwindSafe(reader).catch_unwind().await {
+        let _ = tx
+            .send(Err(anyhow!(
+                "the reader of {source} stopped: it panicked: {}",
+                panic_message(panic.as_ref())
+            )))
+            .await;
+    }
 }
 
 /// What a batch says of the streams' backlog once it is applied.

@@ -145,6 +145,7 @@ pub(super) async fn read_stream(
                     break;
                 }
                 Ok(event) => {
+                    crate::failpoint::hit("live_stream_event").await;
                     if tx.send(Ok(incoming_of(event))).await.is_err() {
                         return;
                     }

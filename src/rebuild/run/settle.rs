@@ -44,8 +44,8 @@ pub(super) struct Drained {
 }
 
 /// Why the load must stop, set once by the settling task when OpenSearch
-/// refuses the generation itself; the consumer and the GMC-only writer look
-/// at it at every safe point.
+/// refuses the generation itself or the settling cannot go on; the consumer
+/// and the GMC-only writer look at it at every safe point.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Halt(Arc<OnceLock<String>>);
 
@@ -112,30 +112,63 @@ fn settlement(outcome: &BulkOutcome<Ticket>) -> Settlement {
     }
 }
 
-/// Settles every outcome until the writer has finished, or until the index
-/// refuses writes: then `halt` says why and the task ends with that error.
+/// Settles every outcome until the writer has finished. If it cannot (the
+/// index refuses writes, an ack or a dead letter fails, or the task dies),
+/// `halt` says why, so the load stops at its next safe point rather than
+/// writing on with nobody settling: the writer's outcomes would be dropped
+/// and, once the prefetch window is full of unacked messages, the sync
+/// would wait for ever.
 pub(super) async fn drain(
     mut outcomes: BulkOutcomes<Ticket>,
     acks: TcsAcks,
     halt: Halt,
 ) -> Result<Drained, SettleError> {
+    let mut guard = HaltUnlessDone {
+        halt: halt.clone(),
+        done: false,
+    };
     let mut drained = Drained::default();
     let mut done: Vec<DeliveryKey> = Vec::new();
     while let Some(first) = outcomes.recv().await {
         let mut next = Some(first);
         while let Some(outcome) = next {
             if let Err(e) = settle_one(outcome, &acks, &mut drained, &mut done).await {
-                if let SettleError::IndexRefused(cause) = &e {
-                    error!(cause = %cause, "Stopping the load.");
-                    halt.set(cause.clone());
+                match &e {
+                    SettleError::IndexRefused(cause) => {
+                        error!(cause = %cause, "Stopping the load.");
+                        halt.set(cause.clone());
+                    }
+                    SettleError::Source(cause) => {
+                        halt.set(format!("a write's message could not be settled: {cause}"));
+                    }
                 }
                 return Err(e);
             }
             next = outcomes.try_recv();
         }
-        acks.settle(done.drain(..)).await?;
+        if let Err(e) = acks.settle(done.drain(..)).await {
+            halt.set(format!("the TCS messages written could not be acked: {e}"));
+            return Err(e.into());
+        }
     }
+    guard.done = true;
     Ok(drained)
+}
+
+/// Halts the load when the settling ends any other way than done: a panic
+/// (a defect) unwinds through it too.
+struct HaltUnlessDone {
+    halt: Halt,
+    done: bool,
+}
+
+impl Drop for HaltUnlessDone {
+    fn drop(&mut self) {
+        if !self.done {
+            self.halt
+                .set("the task that settles the writes (acks, dead letters) stopped".into());
+        }
+    }
 }
 
 async fn settle_one(

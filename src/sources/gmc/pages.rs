@@ -100,12 +100,10 @@ fn join_error_text(error: tokio::task::JoinError) -> String {
         return "the task was cancelled".into();
     }
     let payload = error.into_panic();
-    let message = payload
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "(no message)".into());
-    format!("it panicked: {message}")
+    format!(
+        "it panicked: {}",
+        crate::telemetry::panic_message(payload.as_ref())
+    )
 }
 
 impl Drop for DoctorPages {
