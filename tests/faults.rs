@@ -123,20 +123,25 @@ fn judge(answer: &Value, aliases: &[(String, Family)], view: &mut AliasView) {
     }
 }
 
+/// `rebuilder run` as a child with these `FAILPOINTS`, logging to `log`.
+fn run_child(env: &TestEnv, failpoints: &str, log: &std::path::Path) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_rebuilder"))
+        .arg("run")
+        .envs(child_env(env))
+        .env("FAILPOINTS", failpoints)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .expect("rebuilder run starts")
+}
+
 /// Starts `rebuilder run` told to wait at `point`, waits until it does,
 /// SIGKILLs it; returns the killed run's id.
 async fn kill_at(env: &TestEnv, point: &str) -> String {
     let log = std::env::temp_dir().join(format!("{}-{point}.log", env.id));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rebuilder"))
-        .arg("run")
-        .envs(child_env(env))
-        .env("FAILPOINTS", point)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("rebuilder run starts");
+    let mut child = run_child(env, point, &log);
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
@@ -286,16 +291,7 @@ async fn sigkill_around_the_alias_move_leaves_the_aliases_whole_and_the_next_run
 /// status and its log lines (stderr, JSON as in production).
 async fn panic_at(env: &TestEnv, point: &str) -> (std::process::ExitStatus, Vec<String>) {
     let log = std::env::temp_dir().join(format!("{}-{point}-panic.log", env.id));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rebuilder"))
-        .arg("run")
-        .envs(child_env(env))
-        .env("FAILPOINTS", format!("{point}=panic"))
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("rebuilder run starts");
+    let mut child = run_child(env, &format!("{point}=panic"), &log);
     let deadline = Instant::now() + Duration::from_secs(180);
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
