@@ -530,3 +530,51 @@ async fn the_schedule_fires_and_skips_while_a_run_holds_the_lease() {
     tcs.abort();
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_that_panics_leaves_the_service_serving_and_the_next_trigger_succeeds() {
+    logs();
+    let mut env = TestEnv::new("svc_panic");
+    env.settings.run.lease_ttl_secs = 4;
+    let spec = DatasetSpec::new(33, 600);
+    seed(&env, &spec).await;
+    // One simulator answers every sync, the panicked run's and the next.
+    let tcs = simulator(&env, spec, SimulatorOptions::default());
+    // The first run to reach validation panics there (a defect).
+    let service = Service::start(&env, &[("FAILPOINTS", "validate=panic:1")]);
+    let (status, started) = service.trigger(Some(TOKEN)).await;
+    assert_eq!(status, 202, "{started}");
+    let panicked = started["runId"].as_str().expect("a run id").to_string();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !service.logs().contains("The run panicked") {
+        assert!(
+            Instant::now() < deadline,
+            "the run never reached its panic:\n{}",
+            service.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (status, health) = service.get("/healthz").await;
+    assert_eq!(status, 200, "the service serves on: {health}");
+
+    // Refused while the dead run's lease lives, then started and promoted.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let next = loop {
+        let (status, body) = service.trigger(Some(TOKEN)).await;
+        if status == 202 {
+            break body["runId"].as_str().expect("a run id").to_string();
+        }
+        assert_eq!(status, 409, "{body}");
+        assert!(
+            Instant::now() < deadline,
+            "the dead run's lease never expired: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let report = service.wait_for_run(&next, Duration::from_secs(120)).await;
+    assert_eq!(report["outcome"], "succeeded", "{report}");
+    let (_, first) = service.get(&format!("/api/runs/{panicked}")).await;
+    assert_eq!(first["outcome"], "abandoned", "{first}");
+    tcs.abort();
+    env.cleanup().await;
+}

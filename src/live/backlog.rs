@@ -113,6 +113,9 @@ impl BacklogMeter {
     ) -> impl std::future::Future<Output = ()> {
         let slot = self.depth.clone();
         async move {
+            // However the watch ends (stopped, or a panic), the last depth
+            // it read is no longer known to be true.
+            let _unknown_at_end = UnknownOnDrop(slot.clone());
             loop {
                 let depth = match probe.waiting().await {
                     Ok(n) => u64::from(n),
@@ -228,6 +231,15 @@ fn judge(found: &Document, now_ms: i64, settings: &Settings) -> BacklogReport {
             .unwrap_or_default(),
         age_secs,
         applier: found.get_str("applier").unwrap_or_default().to_string(),
+    }
+}
+
+/// Sets the depth to unknown when dropped.
+struct UnknownOnDrop(Arc<AtomicU64>);
+
+impl Drop for UnknownOnDrop {
+    fn drop(&mut self) {
+        self.0.store(UNKNOWN, Ordering::Relaxed);
     }
 }
 

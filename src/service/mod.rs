@@ -27,6 +27,7 @@ pub mod openapi;
 pub mod page;
 pub mod runner;
 pub mod schedule;
+pub mod supervise;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -165,19 +166,19 @@ pub async fn serve(
         info!("The live applier is off in this process (live.enabled = false).");
         None
     };
+    let supervisor = tokio::spawn(supervise::supervise(
+        supervise::Background { scheduler, applier },
+        shutdown.clone(),
+    ));
     let stopping = shutdown.clone();
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { stopping.cancelled().await })
         .await
         .context("while serving")?;
     info!("Stopped accepting requests; waiting for a run in progress to stop at a safe point.");
-    scheduler.abort();
-    if let Some(applier) = applier {
-        // It stops at its next batch; what it had not settled comes again.
-        if let Ok(Err(e)) = applier.await {
-            warn!(error = %format!("{e:#}"), "The live applier ended with an error.");
-        }
-    }
+    let died = supervisor
+        .await
+        .unwrap_or_else(|e| Some(format!("the supervisor of the background tasks died: {e}")));
     let grace = Duration::from_secs(settings.service.shutdown_grace_secs);
     if tokio::time::timeout(grace, runner.wait()).await.is_err() {
         warn!(
@@ -186,7 +187,10 @@ pub async fn serve(
         );
     }
     info!("Service stopped.");
-    Ok(())
+    match died {
+        Some(reason) => bail!("{reason}; the service stopped so that it is started again"),
+        None => Ok(()),
+    }
 }
 
 /// Every route, with authentication where it belongs and a request log.

@@ -5,8 +5,10 @@
 //! lease keeps it to one run; in this process, the runner remembers its run
 //! so that a shutdown can stop it at its next safe point and wait for it.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 
+use futures::FutureExt;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -15,6 +17,7 @@ use super::metrics;
 use crate::config::Settings;
 use crate::rebuild::record::Trigger;
 use crate::rebuild::{is_refusal, lease_holder, start_run, RunOptions};
+use crate::telemetry::panic_message;
 
 /// Why a run did not start.
 #[derive(Debug, thiserror::Error)]
@@ -84,8 +87,15 @@ impl Runner {
         info!(run_id = %run_id, trigger = %request.trigger, "Run started in the background.");
         metrics::run_started(request.trigger.as_str());
         let task = tokio::spawn(async move {
-            if let Err(e) = started.finish().await {
-                warn!(error = %format!("{e:#}"), "The run did not succeed.");
+            match AssertUnwindSafe(started.finish()).catch_unwind().await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => warn!(error = %format!("{e:#}"), "The run did not succeed."),
+                // A defect. The service goes on; the run's lease expires by
+                // itself and the next run marks it abandoned and cleans up.
+                Err(panic) => error!(
+                    panic = %panic_message(panic.as_ref()),
+                    "The run panicked; it stopped where it was. Its lease expires by itself, and the next run records it abandoned and deletes what it built."
+                ),
             }
         });
         let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
