@@ -41,10 +41,20 @@ use serde_json::{json, Value};
 /// What TCS holds now: every trainee's record(s), by GMC number.
 type TcsState = Arc<Mutex<BTreeMap<String, Vec<Value>>>>;
 
+/// A child process killed when dropped (also when the test fails).
+struct KilledOnDrop(Child);
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `rebuilder live` as a child (SIGKILLed by the test, or on drop).
-fn live_child(env: &TestEnv, n: usize) -> Child {
+fn live_child(env: &TestEnv, n: usize) -> KilledOnDrop {
     let log = std::env::temp_dir().join(format!("{}-live-{n}.log", env.id));
-    Command::new(env!("CARGO_BIN_EXE_rebuilder"))
+    let child = Command::new(env!("CARGO_BIN_EXE_rebuilder"))
         .arg("live")
         .envs(child_env(env))
         .env("REBUILDER_LIVE__LEASE_TTL_SECS", "4")
@@ -53,7 +63,8 @@ fn live_child(env: &TestEnv, n: usize) -> Child {
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log).unwrap())
         .spawn()
-        .expect("rebuilder live starts")
+        .expect("rebuilder live starts");
+    KilledOnDrop(child)
 }
 
 /// TCS answering each `syncStart` with what it holds now, riding out
@@ -116,6 +127,11 @@ async fn tcs_server(env: TestEnv, state: TcsState, stop: Arc<AtomicBool>) {
 struct Written {
     programme: BTreeMap<String, String>,
     body: BTreeMap<String, String>,
+    /// GMC writes the server acknowledged without finding the doctor: no
+    /// change was made, so none is expected. (Each doctor written exists;
+    /// a count above 0 means the server lost or hid documents, and is
+    /// printed.)
+    unmatched: u64,
 }
 
 /// Live changes at a steady rate until `stop`, each kept only once its
@@ -188,15 +204,21 @@ async fn writer(
         for k in 0..10 {
             let number = &doctors[(round * 10 + k) % doctors.len()];
             let value = format!("1-SOAK{round}X{k}");
-            while collection
-                .update_one(
-                    doc! {"_id": number},
-                    doc! {"$set": {"designatedBodyCode": &value}},
-                )
-                .await
-                .is_err()
-            {
-                tokio::time::sleep(Duration::from_millis(300)).await;
+            let matched = loop {
+                match collection
+                    .update_one(
+                        doc! {"_id": number},
+                        doc! {"$set": {"designatedBodyCode": &value}},
+                    )
+                    .await
+                {
+                    Ok(result) => break result.matched_count,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
+                }
+            };
+            if matched == 0 {
+                written.unmatched += 1;
+                continue;
             }
             written.body.insert(number.clone(), value);
             changes.fetch_add(1, Ordering::SeqCst);
@@ -296,8 +318,7 @@ async fn live_changes_through_three_rebuilds_with_a_fault_each_are_all_served() 
         tokio::time::sleep(after).await;
         match fault {
             Fault::KillApplier => {
-                let _ = applier.kill();
-                let _ = applier.wait();
+                drop(applier);
                 appliers += 1;
                 applier = live_child(&env, appliers);
             }
@@ -333,12 +354,15 @@ async fn live_changes_through_three_rebuilds_with_a_fault_each_are_all_served() 
         tokio::time::sleep(Duration::from_secs(1)).await;
     };
     eprintln!(
-        "soak (seed {seed}): {} live changes ({} doctors by TCS, {} by GMC) through 3 rebuilds; faults: {}; lost: {}",
+        "soak (seed {seed}): {} live changes ({} doctors by TCS, {} by GMC) through 3 rebuilds; faults: {}; lost: {} ({} of TCS's, {} of GMC's); GMC writes that found no doctor: {}",
         changes.load(Ordering::SeqCst),
         written.programme.len(),
         written.body.len(),
         outcomes.join("; "),
-        wrong.len()
+        wrong.len(),
+        wrong.iter().filter(|w| w.contains(" programmeName ")).count(),
+        wrong.iter().filter(|w| w.contains(" designatedBody ")).count(),
+        written.unmatched
     );
     assert!(
         wrong.is_empty(),
@@ -351,8 +375,7 @@ async fn live_changes_through_three_rebuilds_with_a_fault_each_are_all_served() 
         promoted >= 2,
         "most runs promote through their fault: {outcomes:?}"
     );
-    let _ = applier.kill();
-    let _ = applier.wait();
+    drop(applier);
     stop_tcs.store(true, Ordering::SeqCst);
     tcs.abort();
     env.cleanup().await;
