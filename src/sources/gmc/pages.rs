@@ -118,6 +118,10 @@ enum Interrupted {
     Stalled(DoctorPage),
     /// The server went away (a restart, a failover, a network cut).
     Lost(mongodb::error::Error),
+    /// The cursor said it was done, yet a doctor after the last id read
+    /// exists: the server ended it early (seen as a possible cause of a read
+    /// short by a quarter when MongoDB restarted mid-run in CI).
+    EndedEarly,
 }
 
 /// Reads every doctor through one cursor sorted by `_id`, in pages. When the
@@ -127,7 +131,9 @@ enum Interrupted {
 /// (a transient error), the rows read so far are kept and a new cursor
 /// starts after the last `_id` once the server answers again, with the
 /// retry policy's backoff; a read that still fails when the policy is spent,
-/// or fails for good, ends with the error.
+/// or fails for good, ends with the error. A cursor that says it is done is
+/// not taken at its word: one index probe asks for a doctor after the last
+/// id read, and the read goes on after it if there is one.
 async fn read_doctors(
     doctors: Collection<Document>,
     page_size: usize,
@@ -142,8 +148,13 @@ async fn read_doctors(
         let before = after.clone();
         let interrupted =
             match read_from(&doctors, page_size, stall_guard, &pages, &mut after).await {
-                None => return,
-                Some(interrupted) => interrupted,
+                Read::Done => return,
+                Read::Ended => match more_after(&doctors, after.as_ref()).await {
+                    Ok(false) => return,
+                    Ok(true) => Interrupted::EndedEarly,
+                    Err(e) => Interrupted::Lost(e),
+                },
+                Read::Interrupted(interrupted) => interrupted,
             };
         resumes.fetch_add(1, Ordering::Relaxed);
         if after != before {
@@ -161,6 +172,24 @@ async fn read_doctors(
                 if pages.send(Ok(page)).await.is_err() {
                     return;
                 }
+            }
+            Interrupted::EndedEarly if after == before => {
+                // Twice at the same place: not an early end to ride out.
+                let _ = pages
+                    .send(Err(SourceError::ReaderDied {
+                        source_name: "doctorsForDB".into(),
+                        cause: format!(
+                            "its cursors end without reaching the doctors after {after:?}"
+                        ),
+                    }))
+                    .await;
+                return;
+            }
+            Interrupted::EndedEarly => {
+                warn!(
+                    after = ?after,
+                    "The doctorsForDB cursor ended before the last doctor; resuming after the last id read."
+                );
             }
             Interrupted::Lost(e) => {
                 // The sources' one rule: a transient failure, or a cursor
@@ -186,16 +215,42 @@ async fn read_doctors(
     }
 }
 
-/// One cursor from after `after` to the end (`None`: every doctor sent) or
-/// until it is interrupted. The rows read before an interruption by the
-/// server are sent first, so nothing read is read twice.
+/// How one cursor's read ended.
+enum Read {
+    /// The consumer is gone: nothing more to do.
+    Done,
+    /// The cursor is exhausted and every row it gave was sent.
+    Ended,
+    Interrupted(Interrupted),
+}
+
+/// Whether `doctorsForDB` holds a doctor after `last` (one index probe).
+async fn more_after(
+    doctors: &Collection<Document>,
+    last: Option<&Bson>,
+) -> Result<bool, mongodb::error::Error> {
+    let Some(last) = last else {
+        // Nothing was read: an empty collection, or one the cursor's own
+        // `find` found empty a moment ago.
+        return Ok(false);
+    };
+    Ok(doctors
+        .find_one(resume_filter(last))
+        .projection(doc! {"_id": 1})
+        .await?
+        .is_some())
+}
+
+/// One cursor from after `after` to its end or until it is interrupted.
+/// The rows read before an interruption by the server are sent first, so
+/// nothing read is read twice.
 async fn read_from(
     doctors: &Collection<Document>,
     page_size: usize,
     stall_guard: Duration,
     pages: &mpsc::Sender<Result<DoctorPage, SourceError>>,
     after: &mut Option<Bson>,
-) -> Option<Interrupted> {
+) -> Read {
     let filter = after.as_ref().map(resume_filter).unwrap_or_default();
     let cursor = doctors
         .find(filter)
@@ -205,23 +260,23 @@ async fn read_from(
         .await;
     let mut cursor = match cursor {
         Ok(c) => c,
-        Err(e) => return Some(Interrupted::Lost(e)),
+        Err(e) => return Read::Interrupted(Interrupted::Lost(e)),
     };
     let mut rows = Vec::with_capacity(page_size);
     loop {
         let doc = match cursor.try_next().await {
             Ok(Some(doc)) => doc,
             Ok(None) => {
-                if !rows.is_empty() {
-                    let _ = pages.send(Ok(DoctorPage { rows })).await;
+                if !rows.is_empty() && pages.send(Ok(DoctorPage { rows })).await.is_err() {
+                    return Read::Done;
                 }
-                return None;
+                return Read::Ended;
             }
             Err(e) => {
                 if !rows.is_empty() && pages.send(Ok(DoctorPage { rows })).await.is_err() {
-                    return None;
+                    return Read::Done;
                 }
-                return Some(Interrupted::Lost(e));
+                return Read::Interrupted(Interrupted::Lost(e));
             }
         };
         *after = doc.get("_id").cloned();
@@ -236,9 +291,9 @@ async fn read_from(
             // The fault suite cuts MongoDB here, with the cursor open.
             Ok(()) => crate::failpoint::hit("gmc_page").await,
             Err(SendTimeoutError::Timeout(page)) => {
-                return Some(Interrupted::Stalled(page.expect("an Ok page was sent")))
+                return Read::Interrupted(Interrupted::Stalled(page.expect("an Ok page was sent")))
             }
-            Err(SendTimeoutError::Closed(_)) => return None,
+            Err(SendTimeoutError::Closed(_)) => return Read::Done,
         }
     }
 }
