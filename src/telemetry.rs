@@ -102,6 +102,18 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "(a panic without a message)".to_string())
 }
 
+/// Why a task ended abnormally: its panic's message, or its cancellation.
+pub fn join_error_text(error: tokio::task::JoinError) -> String {
+    if error.is_panic() {
+        format!(
+            "it panicked: {}",
+            panic_message(error.into_panic().as_ref())
+        )
+    } else {
+        "it was cancelled".into()
+    }
+}
+
 /// Whether log lines are JSON (stderr is not a terminal), so that anything
 /// else written to stderr belongs in a log line too.
 pub fn logs_are_json() -> bool {

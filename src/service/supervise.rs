@@ -9,7 +9,7 @@ use tokio::task::{JoinError, JoinHandle};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 
-use crate::telemetry::panic_message;
+use crate::telemetry::join_error_text;
 
 /// The background tasks of one service process.
 pub struct Background {
@@ -74,17 +74,6 @@ async fn until_done<T>(task: &mut Option<JoinHandle<T>>) -> Result<T, JoinError>
     match task.as_mut() {
         Some(handle) => handle.await,
         None => std::future::pending().await,
-    }
-}
-
-fn join_error_text(error: JoinError) -> String {
-    if error.is_panic() {
-        format!(
-            "it panicked: {}",
-            panic_message(error.into_panic().as_ref())
-        )
-    } else {
-        "it was cancelled".into()
     }
 }
 

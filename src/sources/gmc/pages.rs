@@ -80,7 +80,7 @@ impl DoctorPages {
             if let Err(e) = (&mut self.reader).await {
                 return Err(SourceError::ReaderDied {
                     source_name: "doctorsForDB".into(),
-                    cause: join_error_text(e),
+                    cause: crate::telemetry::join_error_text(e),
                 });
             }
         }
@@ -92,18 +92,6 @@ impl DoctorPages {
     pub fn resumes(&self) -> u64 {
         self.resumes.load(Ordering::Relaxed)
     }
-}
-
-/// What a task that ended abnormally died of.
-fn join_error_text(error: tokio::task::JoinError) -> String {
-    if !error.is_panic() {
-        return "the task was cancelled".into();
-    }
-    let payload = error.into_panic();
-    format!(
-        "it panicked: {}",
-        crate::telemetry::panic_message(payload.as_ref())
-    )
 }
 
 impl Drop for DoctorPages {
