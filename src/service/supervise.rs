@@ -28,6 +28,9 @@ pub async fn supervise(background: Background, shutdown: CancellationToken) -> O
     let mut applier = applier;
     let died = loop {
         tokio::select! {
+            // A stop asked for comes first: the applier ends because of it,
+            // and that end is not a death.
+            biased;
             _ = shutdown.cancelled() => break None,
             ended = until_done(&mut scheduler) => {
                 scheduler = None;
